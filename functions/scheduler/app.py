@@ -1,0 +1,19 @@
+"""Runs on a schedule: enqueues the work that has come due."""
+
+import time
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from crmsync import services
+
+logger = Logger()
+scheduler = services.scheduler()
+
+
+@logger.inject_lambda_context
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, int]:
+    enqueued = scheduler.run(int(time.time()))
+    logger.info("scheduled work enqueued", extra={"enqueued": enqueued})
+    return {"enqueued": enqueued}

@@ -1,0 +1,63 @@
+"""What every HTTP handler shares: the resolver, the caller's principal, errors as JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+
+from crmsync.auth import Principal, principal_from_claims
+from crmsync.errors import ServiceError
+from crmsync.settings import get_settings
+
+logger = Logger()
+
+
+def error_response(status: int, code: str, message: str, details: Any = None) -> Response[Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        error["details"] = details
+    return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body={"error": error})
+
+
+def _field(loc: Any) -> str:
+    return ".".join(str(part) for part in loc) or "request"
+
+
+def build_api() -> APIGatewayHttpResolver:
+    """A resolver that validates input with pydantic and answers every error as JSON."""
+    app = APIGatewayHttpResolver(enable_validation=True)
+
+    @app.exception_handler(RequestValidationError)
+    def _invalid(error: RequestValidationError) -> Response[Any]:
+        problems = [
+            {"field": _field(e.get("loc", ())), "problem": str(e.get("msg", "invalid")), "type": e.get("type")}
+            for e in error.errors()
+        ]
+        message = "; ".join(f"{p['field']}: {p['problem']}" for p in problems) or "invalid request"
+        return error_response(422, "invalid_request", message, problems)
+
+    @app.exception_handler(ServiceError)
+    def _service(error: ServiceError) -> Response[Any]:
+        return error_response(error.status, error.code, error.message)
+
+    @app.not_found
+    def _not_found(_: Exception) -> Response[Any]:
+        return error_response(404, "not_found", f"no route for {app.current_event.http_method} {app.current_event.path}")
+
+    @app.exception_handler(Exception)
+    def _unexpected(error: Exception) -> Response[Any]:
+        logger.exception("unhandled error", extra={"error_type": type(error).__name__})
+        request_id = app.current_event.request_context.request_id
+        return error_response(500, "internal", f"internal error (request {request_id})")
+
+    return app
+
+
+def current_principal(app: APIGatewayHttpResolver) -> Principal:
+    """The caller, from the claims API Gateway's JWT authorizer verified."""
+    settings = get_settings()
+    claims = app.current_event.request_context.authorizer.jwt_claim
+    return principal_from_claims(claims, settings.jwt_tenant_claim, settings.jwt_role_claim)

@@ -1,0 +1,50 @@
+"""Errors the layer raises; the API maps each to an HTTP status with a readable message."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(ServiceError):
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(ServiceError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ServiceError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(ServiceError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(ServiceError):
+    status = 409
+    code = "conflict"
+
+
+class Unprocessable(ServiceError):
+    status = 422
+    code = "invalid_request"
+
+
+class TransientError(Exception):
+    """A failure worth retrying later (throttling, 5xx, a lost race)."""
+
+
+class PermanentError(Exception):
+    """A failure that retrying cannot fix; the work goes to the dead-letter queue with this reason."""

@@ -1,0 +1,82 @@
+"""Sync jobs: what the sync queue carries and how the worker runs each one.
+
+Messages are grouped by account (MessageGroupId = account id), so one account is worked by
+one worker at a time (SYNC-5). A job that can never succeed (unreadable, unknown type, a
+PermanentError) goes straight to the dead-letter queue with its reason and blocks nothing
+else (SYNC-8); any other failure is retried by SQS and, after maxReceiveCount, redriven
+to the same DLQ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from crmsync.errors import PermanentError
+from crmsync.resync import ResyncJob
+
+
+class Job(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(min_length=1, max_length=64)
+    tenant_id: str
+    account_id: str
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class ResyncStarter(Protocol):
+    def start(self, name: str, job: ResyncJob) -> None: ...
+
+
+class DeadLetters(Protocol):
+    def send(self, body: str, group_id: str, dedup_id: str, reason: str) -> None: ...
+
+
+JobHandler = Callable[[Job, str], None]
+
+
+class JobRunner:
+    def __init__(self, resyncs: ResyncStarter, dead_letters: DeadLetters) -> None:
+        self._resyncs = resyncs
+        self._dead = dead_letters
+        self._handlers: dict[str, JobHandler] = {"resync.start": self._start_resync}
+
+    def register(self, job_type: str, handler: JobHandler) -> None:
+        self._handlers[job_type] = handler
+
+    @property
+    def job_types(self) -> list[str]:
+        return sorted(self._handlers)
+
+    def handle(self, body: str, message_id: str, group_id: str) -> str:
+        """Run one queued job. Returns what became of it: 'done' or 'dead-lettered'."""
+        try:
+            job = Job.model_validate_json(body)
+        except ValidationError as error:
+            return self._dead_letter(body, message_id, group_id, f"unreadable job: {error.errors()[0]['msg']}")
+        handler = self._handlers.get(job.type)
+        if handler is None:
+            return self._dead_letter(body, message_id, group_id, f"unknown job type {job.type!r}")
+        try:
+            handler(job, message_id)
+        except PermanentError as error:
+            return self._dead_letter(body, message_id, group_id, f"{job.type}: {error}")
+        return "done"
+
+    def _dead_letter(self, body: str, message_id: str, group_id: str, reason: str) -> str:
+        self._dead.send(body, group_id or "unknown", message_id, reason)
+        return "dead-lettered"
+
+    def _start_resync(self, job: Job, message_id: str) -> None:
+        try:
+            resync = ResyncJob.model_validate({**job.payload, "tenant_id": job.tenant_id, "account_id": job.account_id})
+        except ValidationError as error:
+            raise PermanentError(f"bad resync payload: {error.errors()[0]['msg']}") from error
+        # The name makes a redelivered job start nothing new: Step Functions refuses a second
+        # execution of the same name.
+        digest = hashlib.sha256(f"{job.account_id}|{message_id}".encode()).hexdigest()[:32]
+        self._resyncs.start(f"{resync.kind}-{digest}", resync)

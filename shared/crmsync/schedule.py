@@ -1,0 +1,61 @@
+"""Scheduled work, fanned out: due items live in the cursors table's `due` index.
+
+A due item carries the job to enqueue and when it is due; it may repeat every N seconds.
+The scheduler reads what has come due, shard by shard, enqueues each job on the sync queue
+and moves the item on. It never walks all accounts, only what is due (SYNC-2, SYNC-7).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from crmsync.jobs import Job
+
+
+class DueItem(BaseModel):
+    pk: str
+    sk: str
+    due_at: int
+    job: dict[str, Any]
+    every_s: int | None = None
+
+
+class DueStore(Protocol):
+    def due(self, now: int, limit: int) -> Iterator[DueItem]: ...
+
+    def advance(self, item: DueItem, next_due: int | None) -> bool: ...
+
+    def put(self, item: DueItem) -> None: ...
+
+
+class JobQueue(Protocol):
+    def send(self, job: Job, dedup_id: str) -> None: ...
+
+
+class Scheduler:
+    def __init__(self, store: DueStore, queue: JobQueue) -> None:
+        self._store = store
+        self._queue = queue
+
+    def schedule(self, item: DueItem) -> None:
+        self._store.put(item)
+
+    def run(self, now: int, limit: int = 5000) -> int:
+        """Enqueue what is due at `now` (epoch seconds); returns how many jobs were enqueued."""
+        sent = 0
+        for item in self._store.due(now, limit):
+            job = Job.model_validate(item.job)
+            dedup = hashlib.sha256(f"{item.pk}|{item.sk}|{item.due_at}".encode()).hexdigest()
+            self._queue.send(job, dedup)
+            next_due = None
+            if item.every_s:
+                next_due = item.due_at + item.every_s
+                if next_due <= now:  # long overdue: do not replay every missed tick
+                    next_due = now + item.every_s
+            self._store.advance(item, next_due)
+            sent += 1
+        return sent

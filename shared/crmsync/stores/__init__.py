@@ -1,0 +1,1 @@
+"""Adapters to AWS. The only modules that talk to boto3."""

@@ -1,0 +1,102 @@
+"""The cursors table (CURSORS_TABLE): sync state per account, and the due index.
+
+Items (see docs/architecture.md, "Cursors"):
+- progress:  pk=ACC#{account}  sk=RESYNC#{kind}
+- due items: any pk/sk, with due_shard=due#{n} and due_at (epoch s) while they are pending
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+from boto3.dynamodb.conditions import Key
+from botocore.exceptions import ClientError
+
+from crmsync.resync import ResyncProgress
+from crmsync.schedule import DueItem
+from crmsync.stores.aws import dynamodb
+from crmsync.stores.dynamo import is_condition_failure, plain
+
+
+class DynamoSyncStateStore:
+    def __init__(self, table_name: str) -> None:
+        self._table = dynamodb().Table(table_name)
+
+    def get_progress(self, account_id: str, kind: str) -> ResyncProgress | None:
+        item = self._table.get_item(Key={"pk": f"ACC#{account_id}", "sk": f"RESYNC#{kind}"}, ConsistentRead=True)
+        found = item.get("Item")
+        return ResyncProgress.model_validate(plain(found["progress"])) if found else None
+
+    def put_progress(self, progress: ResyncProgress) -> None:
+        self._table.put_item(
+            Item={
+                "pk": f"ACC#{progress.account_id}",
+                "sk": f"RESYNC#{progress.kind}",
+                "progress": progress.model_dump(mode="json"),
+            }
+        )
+
+
+class DynamoDueStore:
+    def __init__(self, table_name: str, shards: int) -> None:
+        self._table = dynamodb().Table(table_name)
+        self._shards = shards
+
+    def _shard(self, pk: str) -> str:
+        return f"due#{zlib.crc32(pk.encode()) % self._shards}"
+
+    def put(self, item: DueItem) -> None:
+        self._table.update_item(
+            Key={"pk": item.pk, "sk": item.sk},
+            UpdateExpression="SET due_shard = :s, due_at = :d, job = :j, every_s = :e",
+            ExpressionAttributeValues={
+                ":s": self._shard(item.pk),
+                ":d": item.due_at,
+                ":j": item.job,
+                ":e": item.every_s,
+            },
+        )
+
+    def due(self, now: int, limit: int) -> Iterator[DueItem]:
+        left = limit
+        for shard in range(self._shards):
+            kwargs: dict[str, Any] = {
+                "IndexName": "due",
+                "KeyConditionExpression": Key("due_shard").eq(f"due#{shard}") & Key("due_at").lte(now),
+            }
+            while left > 0:
+                page = self._table.query(Limit=min(left, 500), **kwargs)
+                for raw in page["Items"]:
+                    item = plain(raw)
+                    left -= 1
+                    yield DueItem(
+                        pk=item["pk"], sk=item["sk"], due_at=item["due_at"], job=item["job"], every_s=item.get("every_s")
+                    )
+                if "LastEvaluatedKey" not in page:
+                    break
+                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def advance(self, item: DueItem, next_due: int | None) -> bool:
+        """Move the item to its next due time (or out of the index); False if someone else did."""
+        try:
+            if next_due is None:
+                self._table.update_item(
+                    Key={"pk": item.pk, "sk": item.sk},
+                    UpdateExpression="REMOVE due_shard, due_at",
+                    ConditionExpression="due_at = :d",
+                    ExpressionAttributeValues={":d": item.due_at},
+                )
+            else:
+                self._table.update_item(
+                    Key={"pk": item.pk, "sk": item.sk},
+                    UpdateExpression="SET due_at = :n",
+                    ConditionExpression="due_at = :d",
+                    ExpressionAttributeValues={":d": item.due_at, ":n": next_due},
+                )
+        except ClientError as error:
+            if is_condition_failure(error):
+                return False
+            raise
+        return True
