@@ -110,6 +110,7 @@ class FunctionRuntime:
     memory: int
     environment: dict[str, str]
     invocations: int = 0
+    module: Any = None
     _entry: Callable[[Any, Any], Any] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -121,7 +122,9 @@ class FunctionRuntime:
             if spec is None or spec.loader is None:
                 raise ImportError(f"cannot load handler {self.handler} of {self.logical_id} from {path}")
             module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
             spec.loader.exec_module(module)
+            self.module = module
             self._entry = getattr(module, attribute)
         return self._entry
 
@@ -333,7 +336,7 @@ class LocalStack:
                     f"{logical_id}: resource type {resource['Type']} is not modelled by the local stack (local/stack.py)"
                 )
         for logical_id, resource in self.template["Resources"].items():
-            if resource["Type"] in NOT_MODELLED:
+            if resource["Type"] in NOT_MODELLED and self._condition_holds(resource):
                 self.skipped[logical_id] = NOT_MODELLED[resource["Type"]]
         iam = boto3.client("iam")
         self._role_arn = iam.create_role(

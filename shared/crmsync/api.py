@@ -26,16 +26,23 @@ def _field(loc: Any) -> str:
     return ".".join(str(part) for part in loc) or "request"
 
 
+def _problem(error: Any) -> dict[str, Any]:
+    kind = error.get("type")
+    loc = tuple(error.get("loc", ()))
+    if kind == "json_invalid":  # the location is a character offset, not a field
+        offset = loc[1] if len(loc) > 1 else "?"
+        return {"field": "body", "problem": f"malformed JSON (at character {offset})", "type": kind}
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    return {"field": _field(loc), "problem": message, "type": kind}
+
+
 def build_api() -> APIGatewayHttpResolver:
     """A resolver that validates input with pydantic and answers every error as JSON."""
     app = APIGatewayHttpResolver(enable_validation=True)
 
     @app.exception_handler(RequestValidationError)
     def _invalid(error: RequestValidationError) -> Response[Any]:
-        problems = [
-            {"field": _field(e.get("loc", ())), "problem": str(e.get("msg", "invalid")), "type": e.get("type")}
-            for e in error.errors()
-        ]
+        problems = [_problem(e) for e in error.errors()]
         message = "; ".join(f"{p['field']}: {p['problem']}" for p in problems) or "invalid request"
         return error_response(422, "invalid_request", message, problems)
 

@@ -1,0 +1,61 @@
+# crmsync: `make run` serves the whole service locally; `make test` runs every check.
+# Both create the Python 3.13 environment (.venv) and install what they need first.
+
+SHELL := /bin/bash
+PYTHON313 ?= $(shell command -v python3.13 2>/dev/null || ls -d $$HOME/.pyenv/versions/3.13*/bin/python3.13 2>/dev/null | sort -V | tail -n 1)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export SAM_CLI_TELEMETRY := 0
+export AWS_DEFAULT_REGION ?= us-east-1
+
+TENANT ?= t1
+USER_ID ?= u1
+ROLE ?= admin
+
+.PHONY: run test token lint typecheck cfn-lint sam-validate pytest bench build schemas demo clean
+
+$(STAMP): requirements-dev.txt shared/requirements.txt
+	@if [ -z "$(PYTHON313)" ]; then echo "Python 3.13 is needed: put python3.13 on PATH (e.g. pyenv install 3.13)"; exit 1; fi
+	@[ -x $(PY) ] || $(PYTHON313) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m local run
+
+# make token TENANT=t1 USER=u1 ROLE=admin  (USER overrides the shell's USER for this call)
+token: $(STAMP)
+	@$(PY) -m local token --tenant $(TENANT) --user $(if $(filter command line,$(origin USER)),$(USER),$(USER_ID)) --role $(ROLE)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy shared/crmsync local functions bench scripts
+
+cfn-lint: $(STAMP)
+	$(VENV)/bin/cfn-lint template.yaml
+
+sam-validate: $(STAMP)
+	$(VENV)/bin/sam validate --lint --template template.yaml
+
+pytest: $(STAMP)
+	$(PY) -m pytest --cov --cov-report=term --cov-report=xml:coverage.xml
+
+test: lint typecheck cfn-lint sam-validate pytest
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+# sam build needs python3.13 on PATH: the venv's is.
+build: $(STAMP)
+	$(VENV)/bin/sam build --template template.yaml
+
+schemas: $(STAMP)
+	$(PY) -m scripts.generate_docs
+
+clean:
+	rm -rf .aws-sam .pytest_cache .mypy_cache .ruff_cache coverage.xml .coverage
