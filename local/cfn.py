@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-PSEUDO_DEFAULTS = {
+PSEUDO_DEFAULTS: dict[str, str | None] = {
     "AWS::AccountId": "123456789012",
     "AWS::Region": "us-east-1",
     "AWS::Partition": "aws",
@@ -60,13 +60,17 @@ class Resolver:
     `refs` maps a logical id to what Ref returns; `attrs` maps it to its GetAtt attributes.
     """
 
-    def __init__(self, template: Mapping[str, Any], parameters: Mapping[str, Any], pseudo: Mapping[str, Any]) -> None:
+    def __init__(
+        self, template: Mapping[str, Any], parameters: Mapping[str, Any], pseudo: Mapping[str, Any]
+    ) -> None:
         self.template = template
         self.pseudo = dict(pseudo)
         self.parameters = self._parameters(parameters)
         self.refs: dict[str, Any] = {}
         self.attrs: dict[str, dict[str, Any]] = {}
-        self.conditions = {name: bool(self.resolve(expr)) for name, expr in template.get("Conditions", {}).items()}
+        self.conditions = {
+            name: bool(self.resolve(expr)) for name, expr in template.get("Conditions", {}).items()
+        }
 
     def _parameters(self, given: Mapping[str, Any]) -> dict[str, Any]:
         values: dict[str, Any] = {}
@@ -103,7 +107,7 @@ class Resolver:
         if not isinstance(value, dict):
             return value
         if len(value) == 1:
-            (key, arg), = value.items()
+            ((key, arg),) = value.items()
             handler = self._functions().get(key)
             if handler is not None:
                 return handler(arg)

@@ -31,7 +31,9 @@ def _b64(number: int) -> str:
 
 
 class DevIssuer:
-    def __init__(self, issuer: str = DEFAULT_ISSUER, audience: str = DEFAULT_AUDIENCE, key_dir: Path = KEY_DIR) -> None:
+    def __init__(
+        self, issuer: str = DEFAULT_ISSUER, audience: str = DEFAULT_AUDIENCE, key_dir: Path = KEY_DIR
+    ) -> None:
         self.issuer = issuer
         self.audience = audience
         self._key = self._load_or_create(key_dir / "private.pem")
@@ -71,10 +73,25 @@ class DevIssuer:
 
     def jwks(self) -> dict[str, Any]:
         numbers = self._key.public_key().public_numbers()
-        return {"keys": [{"kty": "RSA", "use": "sig", "alg": "RS256", "kid": KID, "n": _b64(numbers.n), "e": _b64(numbers.e)}]}
+        return {
+            "keys": [
+                {
+                    "kty": "RSA",
+                    "use": "sig",
+                    "alg": "RS256",
+                    "kid": KID,
+                    "n": _b64(numbers.n),
+                    "e": _b64(numbers.e),
+                }
+            ]
+        }
 
     def openid_configuration(self) -> dict[str, Any]:
-        return {"issuer": self.issuer, "jwks_uri": f"{self.issuer}/jwks.json", "id_token_signing_alg_values_supported": ["RS256"]}
+        return {
+            "issuer": self.issuer,
+            "jwks_uri": f"{self.issuer}/jwks.json",
+            "id_token_signing_alg_values_supported": ["RS256"],
+        }
 
     def verify(self, authorization: str | None, issuer: str, audiences: list[str]) -> dict[str, Any]:
         """Check a bearer token as the HTTP API's JWT authorizer does; return its claims."""

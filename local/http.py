@@ -24,7 +24,9 @@ _TEXTUAL = ("application/json", "text/", "application/x-www-form-urlencoded", "a
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(body, default=str), status=status, headers=headers, content_type="application/json")
+    return Response(
+        json.dumps(body, default=str), status=status, headers=headers, content_type="application/json"
+    )
 
 
 def _claims_for_event(claims: dict[str, Any]) -> dict[str, str]:
@@ -46,7 +48,7 @@ class LocalHttpApi:
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         request = Request(environ)
         response = self.dispatch(request)
-        return response(environ, start_response)  # type: ignore[no-any-return]
+        return response(environ, start_response)
 
     def dispatch(self, request: Request) -> Response:
         if request.path.startswith("/_local/"):
@@ -87,7 +89,9 @@ class LocalHttpApi:
                     request.headers.get("Authorization"), route.authorizer["issuer"], list(audiences)
                 )
             except AuthError:
-                return _json(401, {"message": "Unauthorized"}, {"www-authenticate": 'Bearer error="invalid_token"'})
+                return _json(
+                    401, {"message": "Unauthorized"}, {"www-authenticate": 'Bearer error="invalid_token"'}
+                )
         event = self.event(route, path_parameters, request, claims)
         try:
             result = route.function.invoke(event)
@@ -147,7 +151,9 @@ class LocalHttpApi:
         if path_parameters:
             event["pathParameters"] = path_parameters
         if raw_body:
-            event["body"] = raw_body.decode("utf-8", "replace") if textual else base64.b64encode(raw_body).decode()
+            event["body"] = (
+                raw_body.decode("utf-8", "replace") if textual else base64.b64encode(raw_body).decode()
+            )
         return event
 
     @staticmethod
@@ -205,7 +211,14 @@ class LocalHttpApi:
         if path == f"{issuer_path}/jwks.json":
             return _json(200, self.stack.issuer.jwks())
         if path == "/_local/routes":
-            return _json(200, {"routes": [{"route": r.route_key, "function": r.function.logical_id} for r in self.stack.routes]})
+            return _json(
+                200,
+                {
+                    "routes": [
+                        {"route": r.route_key, "function": r.function.logical_id} for r in self.stack.routes
+                    ]
+                },
+            )
         if path.startswith("/_local/schedules/") and request.method == "POST":
             name = path.rsplit("/", 1)[1]
             for source in self.stack.schedules:

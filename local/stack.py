@@ -36,8 +36,8 @@ from local.devissuer import DEFAULT_AUDIENCE, DevIssuer
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "template.yaml"
-REGION = PSEUDO_DEFAULTS["AWS::Region"]
-ACCOUNT = PSEUDO_DEFAULTS["AWS::AccountId"]
+REGION = str(PSEUDO_DEFAULTS["AWS::Region"])
+ACCOUNT = str(PSEUDO_DEFAULTS["AWS::AccountId"])
 
 # Resource types that have no behaviour to reproduce locally, with the reason.
 NOT_MODELLED = {
@@ -65,11 +65,11 @@ ORDER = [
     "AWS::CloudWatch::Alarm",
 ]
 
-LOCAL_ENVIRONMENT = {
+LOCAL_ENVIRONMENT: dict[str, str] = {
     "AWS_DEFAULT_REGION": REGION,
     "AWS_REGION": REGION,
     "AWS_ACCESS_KEY_ID": "local",
-    "AWS_SECRET_ACCESS_KEY": "local",  # noqa: S105 - moto's placeholder credentials
+    "AWS_SECRET_ACCESS_KEY": "local",
     "AWS_SESSION_TOKEN": "local",
     "POWERTOOLS_TRACE_DISABLED": "true",
     "POWERTOOLS_DEV": "false",
@@ -133,7 +133,9 @@ class FunctionRuntime:
         with self._lock:
             entry = self.load()
             self.invocations += 1
-            context = LocalContext(self.name, self.memory, self.arn, self.timeout, log_group_name=f"/aws/lambda/{self.name}")
+            context = LocalContext(
+                self.name, self.memory, self.arn, self.timeout, log_group_name=f"/aws/lambda/{self.name}"
+            )
             return entry(event, context)
 
 
@@ -179,6 +181,11 @@ class ScheduleSource:
     every_s: float
     rule_arn: str
     fired: int = 0
+
+
+def _aws(service: str) -> Any:
+    """A moto-backed client; untyped because the stack passes CloudFormation-shaped values through."""
+    return boto3.client(service)  # type: ignore[call-overload]
 
 
 def _rate_seconds(expression: str) -> float:
@@ -278,7 +285,7 @@ class LocalStack:
         if self._original_invoke is not None:
             from moto.awslambda.models import LambdaFunction
 
-            LambdaFunction._invoke_lambda = self._original_invoke
+            LambdaFunction._invoke_lambda = self._original_invoke  # type: ignore[method-assign]
         if self._mock is not None:
             self._mock.stop()
         for key, value in self._saved_env.items():
@@ -333,14 +340,16 @@ class LocalStack:
         for logical_id, resource in self.template["Resources"].items():
             if resource["Type"] not in known:
                 raise NotImplementedError(
-                    f"{logical_id}: resource type {resource['Type']} is not modelled by the local stack (local/stack.py)"
+                    f"{logical_id}: resource type {resource['Type']} is not modelled by the local stack "
+                    "(add it to local/stack.py)"
                 )
         for logical_id, resource in self.template["Resources"].items():
             if resource["Type"] in NOT_MODELLED and self._condition_holds(resource):
                 self.skipped[logical_id] = NOT_MODELLED[resource["Type"]]
-        iam = boto3.client("iam")
+        iam = _aws("iam")
         self._role_arn = iam.create_role(
-            RoleName="crmsync-local-role", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []})
+            RoleName="crmsync-local-role",
+            AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
         )["Role"]["Arn"]
         for kind in ORDER:
             resources = list(self._resources(kind))
@@ -357,8 +366,10 @@ class LocalStack:
 
     def _create_KMS_Key(self, logical_id: str, resource: dict[str, Any]) -> None:
         props = self._props(resource)
-        kms = boto3.client("kms")
-        key = kms.create_key(Description=props.get("Description", logical_id), Policy=json.dumps(props["KeyPolicy"]))
+        kms = _aws("kms")
+        key = kms.create_key(
+            Description=props.get("Description", logical_id), Policy=json.dumps(props["KeyPolicy"])
+        )
         key_id = key["KeyMetadata"]["KeyId"]
         if props.get("EnableKeyRotation"):
             kms.enable_key_rotation(KeyId=key_id)
@@ -367,12 +378,12 @@ class LocalStack:
 
     def _create_KMS_Alias(self, logical_id: str, resource: dict[str, Any]) -> None:
         props = self._props(resource)
-        boto3.client("kms").create_alias(AliasName=props["AliasName"], TargetKeyId=props["TargetKeyId"])
+        _aws("kms").create_alias(AliasName=props["AliasName"], TargetKeyId=props["TargetKeyId"])
         self.resolver.refs[logical_id] = props["AliasName"]
 
     def _create_Logs_LogGroup(self, logical_id: str, resource: dict[str, Any]) -> None:
         props = self._props(resource)
-        logs = boto3.client("logs")
+        logs = _aws("logs")
         name = props.get("LogGroupName", logical_id)
         logs.create_log_group(logGroupName=name)
         if "RetentionInDays" in props:
@@ -383,13 +394,15 @@ class LocalStack:
     def _create_SNS_Topic(self, logical_id: str, resource: dict[str, Any]) -> None:
         props = self._props(resource)
         attributes = {"KmsMasterKeyId": props["KmsMasterKeyId"]} if "KmsMasterKeyId" in props else {}
-        arn = boto3.client("sns").create_topic(Name=props.get("TopicName", logical_id), Attributes=attributes)["TopicArn"]
+        arn = _aws("sns").create_topic(Name=props.get("TopicName", logical_id), Attributes=attributes)[
+            "TopicArn"
+        ]
         self.resolver.refs[logical_id] = arn
         self.resolver.attrs[logical_id] = {"TopicArn": arn, "TopicName": arn.rsplit(":", 1)[1]}
 
     def _create_DynamoDB_Table(self, logical_id: str, resource: dict[str, Any]) -> None:
         props = self._props(resource)
-        ddb = boto3.client("dynamodb")
+        ddb = _aws("dynamodb")
         name = props.get("TableName", logical_id)
         request: dict[str, Any] = {
             "TableName": name,
@@ -417,7 +430,10 @@ class LocalStack:
             )
         self.tables[logical_id] = name
         self.resolver.refs[logical_id] = name
-        self.resolver.attrs[logical_id] = {"Arn": table["TableArn"], "StreamArn": table.get("LatestStreamArn", "")}
+        self.resolver.attrs[logical_id] = {
+            "Arn": table["TableArn"],
+            "StreamArn": table.get("LatestStreamArn", ""),
+        }
 
     def _create_SQS_Queue(self, logical_id: str, resource: dict[str, Any]) -> None:
         props = self._props(resource)
@@ -439,7 +455,7 @@ class LocalStack:
                 attributes[key] = str(value).lower() if isinstance(value, bool) else str(value)
         if "RedrivePolicy" in props:
             attributes["RedrivePolicy"] = json.dumps(props["RedrivePolicy"])
-        sqs = boto3.client("sqs")
+        sqs = _aws("sqs")
         url = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
         arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         self.queues[logical_id] = url
@@ -448,7 +464,7 @@ class LocalStack:
 
     def _create_Events_EventBus(self, logical_id: str, resource: dict[str, Any]) -> None:
         props = self._props(resource)
-        arn = boto3.client("events").create_event_bus(Name=props["Name"])["EventBusArn"]
+        arn = _aws("events").create_event_bus(Name=props["Name"])["EventBusArn"]
         self.buses[logical_id] = props["Name"]
         self.resolver.refs[logical_id] = props["Name"]
         self.resolver.attrs[logical_id] = {"Arn": arn, "Name": props["Name"]}
@@ -456,7 +472,7 @@ class LocalStack:
     def _create_Events_Archive(self, logical_id: str, resource: dict[str, Any]) -> None:
         props = self._props(resource)
         name = props.get("ArchiveName", logical_id)
-        archive = boto3.client("events").create_archive(
+        archive = _aws("events").create_archive(
             ArchiveName=name,
             EventSourceArn=props["SourceArn"],
             Description=props.get("Description", ""),
@@ -472,7 +488,7 @@ class LocalStack:
             request["SecretString"] = props["SecretString"]
         if "KmsKeyId" in props:
             request["KmsKeyId"] = props["KmsKeyId"]
-        arn = boto3.client("secretsmanager").create_secret(**request)["ARN"]
+        arn = _aws("secretsmanager").create_secret(**request)["ARN"]
         self.resolver.refs[logical_id] = arn
         self.resolver.attrs[logical_id] = {"Id": arn}
 
@@ -481,7 +497,9 @@ class LocalStack:
         content = (self.template_path.parent / props["ContentUri"]).resolve()
         if str(content) not in sys.path:
             sys.path.insert(0, str(content))  # what /opt/python is in Lambda
-        self.resolver.refs[logical_id] = f"arn:aws:lambda:{REGION}:{ACCOUNT}:layer:{props.get('LayerName', logical_id)}:1"
+        self.resolver.refs[logical_id] = (
+            f"arn:aws:lambda:{REGION}:{ACCOUNT}:layer:{props.get('LayerName', logical_id)}:1"
+        )
 
     def _create_Serverless_HttpApi(self, logical_id: str, resource: dict[str, Any]) -> None:
         props = self._props(resource)
@@ -490,7 +508,7 @@ class LocalStack:
 
     def _create_S3_Bucket(self, logical_id: str, resource: dict[str, Any]) -> None:
         props = self._props(resource)
-        s3 = boto3.client("s3")
+        s3 = _aws("s3")
         name = props.get("BucketName", logical_id.lower())
         s3.create_bucket(Bucket=name)
         if "BucketEncryption" in props:
@@ -519,7 +537,10 @@ class LocalStack:
             s3.put_bucket_cors(Bucket=name, CORSConfiguration={"CORSRules": rules})
         self.buckets[logical_id] = name
         self.resolver.refs[logical_id] = name
-        self.resolver.attrs[logical_id] = {"Arn": f"arn:aws:s3:::{name}", "DomainName": f"{name}.s3.amazonaws.com"}
+        self.resolver.attrs[logical_id] = {
+            "Arn": f"arn:aws:s3:::{name}",
+            "DomainName": f"{name}.s3.amazonaws.com",
+        }
 
     @staticmethod
     def _lifecycle_rule(rule: dict[str, Any]) -> dict[str, Any]:
@@ -554,7 +575,7 @@ class LocalStack:
             memory=int(props.get("MemorySize", 128)),
             environment=environment,
         )
-        boto3.client("lambda").create_function(
+        _aws("lambda").create_function(
             FunctionName=name,
             Runtime=props.get("Runtime", "python3.13"),
             Role=self._role_arn,
@@ -573,7 +594,9 @@ class LocalStack:
         kind, props = event["Type"], event.get("Properties", {})
         if kind == "HttpApi":
             api = self.http_apis[self._api_logical_id(props.get("ApiId"))]
-            authorizer_name = props.get("Auth", {}).get("Authorizer", api.get("Auth", {}).get("DefaultAuthorizer"))
+            authorizer_name = props.get("Auth", {}).get(
+                "Authorizer", api.get("Auth", {}).get("DefaultAuthorizer")
+            )
             authorizer = None
             if authorizer_name and authorizer_name != "NONE":
                 authorizer = api["Auth"]["Authorizers"][authorizer_name]["JwtConfiguration"]
@@ -593,12 +616,14 @@ class LocalStack:
         elif kind in ("Schedule", "ScheduleV2"):
             expression = props.get("Schedule") or props["ScheduleExpression"]
             rule_name = f"{runtime.name}-{event_name}"[:64]
-            rule_arn = boto3.client("events").put_rule(Name=rule_name, ScheduleExpression=expression)["RuleArn"]
+            rule_arn = _aws("events").put_rule(Name=rule_name, ScheduleExpression=expression)["RuleArn"]
             self.schedules.append(ScheduleSource(event_name, runtime, _rate_seconds(expression), rule_arn))
         elif kind == "S3":
             self._pending_notifications.append((runtime, props))
         else:
-            raise NotImplementedError(f"{runtime.logical_id}.{event_name}: event type {kind} is not wired locally")
+            raise NotImplementedError(
+                f"{runtime.logical_id}.{event_name}: event type {kind} is not wired locally"
+            )
 
     def _api_logical_id(self, api_id: Any) -> str:
         if api_id is None:
@@ -617,7 +642,7 @@ class LocalStack:
             if "Filter" in props:
                 config["Filter"] = props["Filter"]
             by_bucket.setdefault(props["Bucket"], []).append(config)
-        s3 = boto3.client("s3")
+        s3 = _aws("s3")
         for bucket, configs in by_bucket.items():
             s3.put_bucket_notification_configuration(
                 Bucket=bucket, NotificationConfiguration={"LambdaFunctionConfigurations": configs}
@@ -633,17 +658,30 @@ class LocalStack:
         for key, value in props.get("DefinitionSubstitutions", {}).items():
             text = text.replace("${" + key + "}", str(value))
         name = self.resolver.attrs[logical_id]["Name"]
-        arn = boto3.client("stepfunctions").create_state_machine(
+        arn = _aws("stepfunctions").create_state_machine(
             name=name, definition=text, roleArn=self._role_arn, type=props.get("Type", "STANDARD")
         )["stateMachineArn"]
         self.state_machines[logical_id] = arn
 
     def _create_CloudWatch_Alarm(self, logical_id: str, resource: dict[str, Any]) -> None:
         props = self._props(resource)
-        allowed = {
-            "AlarmName", "AlarmDescription", "Namespace", "MetricName", "Dimensions", "Statistic", "Period",
-            "EvaluationPeriods", "Threshold", "ComparisonOperator", "TreatMissingData", "AlarmActions", "OKActions",
-        }  # fmt: skip
+        allowed = set(
+            [
+                "AlarmName",
+                "AlarmDescription",
+                "Namespace",
+                "MetricName",
+                "Dimensions",
+                "Statistic",
+                "Period",
+                "EvaluationPeriods",
+                "Threshold",
+                "ComparisonOperator",
+                "TreatMissingData",
+                "AlarmActions",
+                "OKActions",
+            ]
+        )
         request = {k: v for k, v in props.items() if k in allowed}
         request.setdefault("AlarmName", logical_id)
         for number in ("Period", "EvaluationPeriods"):
@@ -651,7 +689,7 @@ class LocalStack:
                 request[number] = int(request[number])
         if "Threshold" in request:
             request["Threshold"] = float(request["Threshold"])
-        boto3.client("cloudwatch").put_metric_alarm(**request)
+        _aws("cloudwatch").put_metric_alarm(**request)
 
     def _function_environment(self) -> dict[str, str]:
         """All handlers share this process, so they share one environment: it must agree."""
@@ -660,8 +698,8 @@ class LocalStack:
             for key, value in runtime.environment.items():
                 if key in merged and merged[key] != value:
                     raise ValueError(
-                        f"environment variable {key} differs between functions ({merged[key]!r} vs {value!r}); "
-                        "the local stack runs all handlers in one process"
+                        f"environment variable {key} differs between functions "
+                        f"({merged[key]!r} vs {value!r}); the local stack runs all handlers in one process"
                     )
                 merged[key] = value
         return merged
@@ -678,7 +716,7 @@ class LocalStack:
         def invoke(function: Any, event: Any = None) -> tuple[str, bool, str]:
             runtime = stack.function_by_name(function.function_name)
             if runtime is None:
-                return original(function, event)  # type: ignore[no-any-return]
+                return original(function, event)
             payload = json.loads(event) if isinstance(event, str | bytes) else (event or {})
             try:
                 return json.dumps(runtime.invoke(payload), default=str), False, ""
@@ -691,7 +729,7 @@ class LocalStack:
                 }
                 return json.dumps(body), True, ""
 
-        LambdaFunction._invoke_lambda = invoke
+        LambdaFunction._invoke_lambda = invoke  # type: ignore[method-assign,assignment]
 
     def function_by_name(self, name: str) -> FunctionRuntime | None:
         return next((f for f in self.functions.values() if f.name == name), None)
@@ -701,20 +739,26 @@ class LocalStack:
         """A rule on every bus sends every event to a local queue, which is printed and listed."""
         if not self.buses:
             return
-        sqs, events = boto3.client("sqs"), boto3.client("events")
+        sqs, events = _aws("sqs"), _aws("events")
         self._tap_queue_url = sqs.create_queue(QueueName="crmsync-local-events-tap")["QueueUrl"]
-        tap_arn = sqs.get_queue_attributes(QueueUrl=self._tap_queue_url, AttributeNames=["QueueArn"])["Attributes"][
-            "QueueArn"
-        ]
+        tap_arn = sqs.get_queue_attributes(QueueUrl=self._tap_queue_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
         for bus in self.buses.values():
             events.put_rule(
-                Name="crmsync-local-events-tap", EventBusName=bus, EventPattern=json.dumps({"account": [ACCOUNT]})
+                Name="crmsync-local-events-tap",
+                EventBusName=bus,
+                EventPattern=json.dumps({"account": [ACCOUNT]}),
             )
-            events.put_targets(Rule="crmsync-local-events-tap", EventBusName=bus, Targets=[{"Id": "tap", "Arn": tap_arn}])
+            events.put_targets(
+                Rule="crmsync-local-events-tap", EventBusName=bus, Targets=[{"Id": "tap", "Arn": tap_arn}]
+            )
 
     def _drain_events_tap(self) -> int:
-        sqs = boto3.client("sqs")
-        received = sqs.receive_message(QueueUrl=self._tap_queue_url, MaxNumberOfMessages=10).get("Messages", [])
+        sqs = _aws("sqs")
+        received = sqs.receive_message(QueueUrl=self._tap_queue_url, MaxNumberOfMessages=10).get(
+            "Messages", []
+        )
         for message in received:
             event = json.loads(message["Body"])
             with self._events_changed:
@@ -725,7 +769,9 @@ class LocalStack:
             sqs.delete_message(QueueUrl=self._tap_queue_url, ReceiptHandle=message["ReceiptHandle"])
         return len(received)
 
-    def wait_for_event(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
+    def wait_for_event(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+    ) -> dict[str, Any]:
         """The newest event matching `predicate`, waiting for it to arrive (tests, demos)."""
         deadline = time.monotonic() + timeout
         with self._events_changed:
@@ -769,7 +815,7 @@ class LocalStack:
 
     def poll_sqs(self, source: SqsSource) -> int:
         """Receive one batch and run it through the function as Lambda's SQS event source does."""
-        sqs = boto3.client("sqs")
+        sqs = _aws("sqs")
         messages = sqs.receive_message(
             QueueUrl=source.queue_url,
             MaxNumberOfMessages=min(source.batch_size, 10),
@@ -814,7 +860,9 @@ class LocalStack:
         message_attributes = {
             name: {
                 "stringValue": value.get("StringValue"),
-                "binaryValue": base64.b64encode(value["BinaryValue"]).decode() if "BinaryValue" in value else None,
+                "binaryValue": base64.b64encode(value["BinaryValue"]).decode()
+                if "BinaryValue" in value
+                else None,
                 "stringListValues": [],
                 "binaryListValues": [],
                 "dataType": value["DataType"],
@@ -843,7 +891,7 @@ class LocalStack:
     def fire_schedule(self, source: ScheduleSource) -> Any:
         """Deliver one EventBridge 'Scheduled Event' to the function, as the rule would."""
         source.fired += 1
-        event = {
+        event: dict[str, Any] = {
             "version": "0",
             "id": str(uuid.uuid4()),
             "detail-type": "Scheduled Event",
@@ -864,14 +912,18 @@ class LocalStack:
             lines.append(f"  {route.method:6} {route.path:40} -> {route.function.logical_id} ({auth})")
         lines.append("SQS event sources:")
         for s in self.sqs_sources:
-            lines.append(f"  {s.queue_url.rsplit('/', 1)[1]:40} -> {s.function.logical_id} (batch {s.batch_size})")
+            lines.append(
+                f"  {s.queue_url.rsplit('/', 1)[1]:40} -> {s.function.logical_id} (batch {s.batch_size})"
+            )
         lines.append("Schedules:")
         for sched in self.schedules:
             lines.append(f"  every {sched.every_s:>6.0f}s {sched.name:30} -> {sched.function.logical_id}")
         lines.append("State machines:")
         lines += [f"  {arn}" for arn in self.state_machines.values()]
         lines.append("Tables: " + ", ".join(self.tables.values()))
-        lines.append("Buckets: " + ", ".join(self.buckets.values()) + "   Buses: " + ", ".join(self.buses.values()))
+        lines.append(
+            "Buckets: " + ", ".join(self.buckets.values()) + "   Buses: " + ", ".join(self.buses.values())
+        )
         if self.skipped:
             lines.append("Not modelled locally: " + ", ".join(f"{k} ({v})" for k, v in self.skipped.items()))
         return lines

@@ -57,7 +57,8 @@ def openapi(stack: Any) -> dict[str, Any]:
         runtime.load()
         merge.add_schema(runtime.module.app.get_openapi_schema())
     # the merged document still holds pydantic models (security schemes): make it plain JSON
-    return json.loads(merge.get_openapi_json_schema())
+    document: dict[str, Any] = json.loads(merge.get_openapi_json_schema())
+    return document
 
 
 def main() -> int:

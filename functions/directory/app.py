@@ -76,6 +76,6 @@ def put_settings(body: Annotated[TenantSettings, Body()]) -> TenantSettings:
     return directory.put_settings(current_principal(app), body)
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return app.resolve(event, context)

@@ -11,7 +11,7 @@ logger = Logger()
 resync = services.resync()
 
 
-@logger.inject_lambda_context
+@logger.inject_lambda_context(clear_state=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     step = event.get("step")
     job = event.get("job")

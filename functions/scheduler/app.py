@@ -12,7 +12,7 @@ logger = Logger()
 scheduler = services.scheduler()
 
 
-@logger.inject_lambda_context
+@logger.inject_lambda_context(clear_state=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, int]:
     enqueued = scheduler.run(int(time.time()))
     logger.info("scheduled work enqueued", extra={"enqueued": enqueued})

@@ -40,21 +40,23 @@ def build_api() -> APIGatewayHttpResolver:
     """A resolver that validates input with pydantic and answers every error as JSON."""
     app = APIGatewayHttpResolver(enable_validation=True)
 
-    @app.exception_handler(RequestValidationError)
+    @app.exception_handler(RequestValidationError)  # type: ignore[untyped-decorator]
     def _invalid(error: RequestValidationError) -> Response[Any]:
         problems = [_problem(e) for e in error.errors()]
         message = "; ".join(f"{p['field']}: {p['problem']}" for p in problems) or "invalid request"
         return error_response(422, "invalid_request", message, problems)
 
-    @app.exception_handler(ServiceError)
+    @app.exception_handler(ServiceError)  # type: ignore[untyped-decorator]
     def _service(error: ServiceError) -> Response[Any]:
         return error_response(error.status, error.code, error.message)
 
     @app.not_found
     def _not_found(_: Exception) -> Response[Any]:
-        return error_response(404, "not_found", f"no route for {app.current_event.http_method} {app.current_event.path}")
+        return error_response(
+            404, "not_found", f"no route for {app.current_event.http_method} {app.current_event.path}"
+        )
 
-    @app.exception_handler(Exception)
+    @app.exception_handler(Exception)  # type: ignore[untyped-decorator]
     def _unexpected(error: Exception) -> Response[Any]:
         logger.exception("unhandled error", extra={"error_type": type(error).__name__})
         request_id = app.current_event.request_context.request_id

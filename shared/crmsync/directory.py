@@ -241,7 +241,9 @@ class Directory:
             return False
         links = record.data.get("contact_ids", []) if kind == "deals" else []
         self._store.delete(principal.tenant_id, record, links)
-        self._publisher.publish([DirectoryEntryDeleted(tenant_id=principal.tenant_id, kind=kind, id=entry_id)])
+        self._publisher.publish(
+            [DirectoryEntryDeleted(tenant_id=principal.tenant_id, kind=kind, id=entry_id)]
+        )
         return True
 
     # ---- lookups used by the sync rules
@@ -269,5 +271,7 @@ class Directory:
         if self._store.get_settings(principal.tenant_id) == settings:
             return settings
         self._store.put_settings(principal.tenant_id, settings)
-        self._publisher.publish([TenantSettingsChanged(tenant_id=principal.tenant_id, **settings.model_dump())])
+        self._publisher.publish(
+            [TenantSettingsChanged(tenant_id=principal.tenant_id, **settings.model_dump())]
+        )
         return settings

@@ -8,4 +8,9 @@ from crmsync import __version__
 
 
 def status() -> dict[str, str]:
-    return {"status": "ok", "service": "crmsync", "version": __version__, "stage": os.environ.get("STAGE", "dev")}
+    return {
+        "status": "ok",
+        "service": "crmsync",
+        "version": __version__,
+        "stage": os.environ.get("STAGE", "dev"),
+    }

@@ -8,7 +8,9 @@ from crmsync.errors import Unprocessable
 
 _ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 # A deliberately plain check: one @, no whitespace or control characters, a dotted domain.
-_ADDRESS = re.compile(r"^[^\s@<>()\[\],;:\"\\]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+$")
+_ADDRESS = re.compile(
+    r"^[^\s@<>()\[\],;:\"\\]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+$"
+)
 
 
 def check_id(value: str, what: str = "id") -> str:

@@ -57,7 +57,9 @@ class JobRunner:
         try:
             job = Job.model_validate_json(body)
         except ValidationError as error:
-            return self._dead_letter(body, message_id, group_id, f"unreadable job: {error.errors()[0]['msg']}")
+            return self._dead_letter(
+                body, message_id, group_id, f"unreadable job: {error.errors()[0]['msg']}"
+            )
         handler = self._handlers.get(job.type)
         if handler is None:
             return self._dead_letter(body, message_id, group_id, f"unknown job type {job.type!r}")
@@ -73,7 +75,9 @@ class JobRunner:
 
     def _start_resync(self, job: Job, message_id: str) -> None:
         try:
-            resync = ResyncJob.model_validate({**job.payload, "tenant_id": job.tenant_id, "account_id": job.account_id})
+            resync = ResyncJob.model_validate(
+                {**job.payload, "tenant_id": job.tenant_id, "account_id": job.account_id}
+            )
         except ValidationError as error:
             raise PermanentError(f"bad resync payload: {error.errors()[0]['msg']}") from error
         # The name makes a redelivered job start nothing new: Step Functions refuses a second

@@ -75,7 +75,10 @@ class _NothingToImport:
 
 class Resync:
     def __init__(
-        self, store: SyncStateStore, publisher: EventPublisher, sources: Mapping[str, PageSource] | None = None
+        self,
+        store: SyncStateStore,
+        publisher: EventPublisher,
+        sources: Mapping[str, PageSource] | None = None,
     ) -> None:
         self._store = store
         self._publisher = publisher
@@ -102,7 +105,9 @@ class Resync:
     def progress(self, account_id: str, kind: ResyncKind) -> ResyncProgress | None:
         return self._store.get_progress(account_id, kind)
 
-    def _save(self, job: ResyncJob, status: Literal["running", "succeeded", "failed"], error: str | None = None) -> None:
+    def _save(
+        self, job: ResyncJob, status: Literal["running", "succeeded", "failed"], error: str | None = None
+    ) -> None:
         now = datetime.now(UTC)
         previous = self._store.get_progress(job.account_id, job.kind)
         started = previous.started_at if previous and job.pages else now
@@ -120,7 +125,9 @@ class Resync:
         )
 
     def _begin(self, job: ResyncJob) -> ResyncJob:
-        job = job.model_copy(update={"pages": 0, "items": 0, "done": False, "page_token": None, "error": None})
+        job = job.model_copy(
+            update={"pages": 0, "items": 0, "done": False, "page_token": None, "error": None}
+        )
         self._save(job, "running")
         return job
 
@@ -149,7 +156,9 @@ class Resync:
         self._publisher.publish([self._event(job, "failed", reason)])
         return job
 
-    def _event(self, job: ResyncJob, status: Literal["succeeded", "failed"], error: str | None = None) -> ResyncFinished:
+    def _event(
+        self, job: ResyncJob, status: Literal["succeeded", "failed"], error: str | None = None
+    ) -> ResyncFinished:
         return ResyncFinished(
             tenant_id=job.tenant_id,
             account_id=job.account_id,

@@ -53,7 +53,9 @@ def scheduler() -> Scheduler:
     from crmsync.stores.queue import SqsJobQueue
 
     settings = get_settings()
-    return Scheduler(DynamoDueStore(settings.cursors_table, settings.due_shards), SqsJobQueue(settings.sync_queue_url))
+    return Scheduler(
+        DynamoDueStore(settings.cursors_table, settings.due_shards), SqsJobQueue(settings.sync_queue_url)
+    )
 
 
 def reset() -> None:

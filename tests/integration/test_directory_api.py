@@ -10,16 +10,23 @@ from tests.conftest import Api
 
 def _event(stack: LocalStack, detail_type: str, tenant: str, **match: object) -> dict:
     return stack.wait_for_event(
-        lambda e: e["detail-type"] == detail_type
-        and e["detail"]["tenant_id"] == tenant
-        and all(e["detail"].get(k) == v for k, v in match.items())
+        lambda e: (
+            e["detail-type"] == detail_type
+            and e["detail"]["tenant_id"] == tenant
+            and all(e["detail"].get(k) == v for k, v in match.items())
+        )
     )
 
 
-def test_contact_found_by_address_in_any_case_and_event_published(api: Api, stack: LocalStack, tenant: str) -> None:
+def test_contact_found_by_address_in_any_case_and_event_published(
+    api: Api, stack: LocalStack, tenant: str
+) -> None:
     admin = api.token(tenant, "u1", "admin")
     put = api.call(
-        "PUT", "/v1/directory/contacts/c1", admin, json={"name": "Ann Lee", "emails": ["Ann.Lee@Example.com", "ann@home.org"]}
+        "PUT",
+        "/v1/directory/contacts/c1",
+        admin,
+        json={"name": "Ann Lee", "emails": ["Ann.Lee@Example.com", "ann@home.org"]},
     )
     assert put.status_code == 200, put.text
     assert put.json()["addresses"] == ["ann.lee@example.com", "ann@home.org"]
@@ -42,8 +49,16 @@ def test_changing_addresses_moves_the_lookup(api: Api, tenant: str) -> None:
     api.call("PUT", "/v1/directory/contacts/c1", admin, json={"name": "A", "emails": ["old@x.io"]})
     changed = api.call("PUT", "/v1/directory/contacts/c1", admin, json={"name": "A", "emails": ["new@x.io"]})
     assert changed.json()["version"] == 2
-    assert api.call("GET", "/v1/directory/lookup", admin, params={"address": "old@x.io"}).json()["contacts"] == []
-    assert [c["id"] for c in api.call("GET", "/v1/directory/lookup", admin, params={"address": "NEW@x.io"}).json()["contacts"]] == ["c1"]
+    assert (
+        api.call("GET", "/v1/directory/lookup", admin, params={"address": "old@x.io"}).json()["contacts"]
+        == []
+    )
+    assert [
+        c["id"]
+        for c in api.call("GET", "/v1/directory/lookup", admin, params={"address": "NEW@x.io"}).json()[
+            "contacts"
+        ]
+    ] == ["c1"]
 
 
 def test_unchanged_put_writes_nothing_and_publishes_nothing(api: Api, stack: LocalStack, tenant: str) -> None:
@@ -53,15 +68,40 @@ def test_unchanged_put_writes_nothing_and_publishes_nothing(api: Api, stack: Loc
     _event(stack, "DirectoryEntryUpserted", tenant, id="l1")
     again = api.call("PUT", "/v1/directory/leads/l1", admin, json=body).json()
     assert again["version"] == first["version"] == 1
-    upserts = [e for e in stack.events if e["detail"].get("tenant_id") == tenant and e["detail-type"] == "DirectoryEntryUpserted"]
+    upserts = [
+        e
+        for e in stack.events
+        if e["detail"].get("tenant_id") == tenant and e["detail-type"] == "DirectoryEntryUpserted"
+    ]
     assert len(upserts) == 1
 
 
 def test_users_leads_and_deals_answer_the_lookup(api: Api, tenant: str) -> None:
     service = api.token(tenant, "crm-backend", "service")
-    assert api.call("PUT", "/v1/directory/users/u7", service, json={"name": "Una", "email": "una@corp.io", "alternative_addresses": ["U.Alt@corp.io"]}).status_code == 200
-    assert api.call("PUT", "/v1/directory/contacts/c1", service, json={"name": "Carl", "emails": ["carl@client.io"]}).status_code == 200
-    assert api.call("PUT", "/v1/directory/leads/l1", service, json={"name": "Carl (lead)", "emails": ["CARL@client.io"]}).status_code == 200
+    assert (
+        api.call(
+            "PUT",
+            "/v1/directory/users/u7",
+            service,
+            json={"name": "Una", "email": "una@corp.io", "alternative_addresses": ["U.Alt@corp.io"]},
+        ).status_code
+        == 200
+    )
+    assert (
+        api.call(
+            "PUT", "/v1/directory/contacts/c1", service, json={"name": "Carl", "emails": ["carl@client.io"]}
+        ).status_code
+        == 200
+    )
+    assert (
+        api.call(
+            "PUT",
+            "/v1/directory/leads/l1",
+            service,
+            json={"name": "Carl (lead)", "emails": ["CARL@client.io"]},
+        ).status_code
+        == 200
+    )
     deal = {"name": "Big deal", "status": "open", "contact_ids": ["c1"], "updated_at": "2026-11-01T10:00:00Z"}
     assert api.call("PUT", "/v1/directory/deals/d1", service, json=deal).status_code == 200
 
@@ -75,7 +115,10 @@ def test_users_leads_and_deals_answer_the_lookup(api: Api, tenant: str) -> None:
 
     # the deal no longer names the contact: the lookup stops finding it
     api.call("PUT", "/v1/directory/deals/d1", service, json={**deal, "contact_ids": []})
-    assert api.call("GET", "/v1/directory/lookup", member, params={"address": "carl@client.io"}).json()["deals"] == []
+    assert (
+        api.call("GET", "/v1/directory/lookup", member, params={"address": "carl@client.io"}).json()["deals"]
+        == []
+    )
 
 
 def test_delete_removes_entry_and_its_addresses(api: Api, stack: LocalStack, tenant: str) -> None:
@@ -83,7 +126,10 @@ def test_delete_removes_entry_and_its_addresses(api: Api, stack: LocalStack, ten
     api.call("PUT", "/v1/directory/contacts/c9", admin, json={"name": "Gone", "emails": ["gone@x.io"]})
     assert api.call("DELETE", "/v1/directory/contacts/c9", admin).status_code == 204
     assert api.call("GET", "/v1/directory/contacts/c9", admin).status_code == 404
-    assert api.call("GET", "/v1/directory/lookup", admin, params={"address": "gone@x.io"}).json()["contacts"] == []
+    assert (
+        api.call("GET", "/v1/directory/lookup", admin, params={"address": "gone@x.io"}).json()["contacts"]
+        == []
+    )
     _event(stack, "DirectoryEntryDeleted", tenant, id="c9")
     # DELETE is idempotent
     assert api.call("DELETE", "/v1/directory/contacts/c9", admin).status_code == 204
@@ -92,7 +138,11 @@ def test_delete_removes_entry_and_its_addresses(api: Api, stack: LocalStack, ten
 def test_tenant_settings_round_trip_with_event(api: Api, stack: LocalStack, tenant: str) -> None:
     admin = api.token(tenant, "u1", "admin")
     defaults = api.call("GET", "/v1/directory/settings", admin).json()
-    assert defaults == {"plan": "essential", "automation_sender": "tenant_provider", "apply_gap_changes": False}
+    assert defaults == {
+        "plan": "essential",
+        "automation_sender": "tenant_provider",
+        "apply_gap_changes": False,
+    }
     new = {"plan": "professional", "automation_sender": "default_account", "apply_gap_changes": True}
     assert api.call("PUT", "/v1/directory/settings", admin, json=new).json() == new
     assert api.call("GET", "/v1/directory/settings", api.token(tenant, "u2")).json() == new
@@ -107,7 +157,10 @@ def test_tenant_b_neither_reads_nor_writes_tenant_a(api: Api, tenant: str) -> No
     api.call("PUT", "/v1/directory/contacts/c1", a_admin, json={"name": "A's", "emails": ["shared@x.io"]})
     api.call("PUT", "/v1/directory/settings", a_admin, json={"plan": "power"})
 
-    assert api.call("GET", "/v1/directory/lookup", b_admin, params={"address": "shared@x.io"}).json()["contacts"] == []
+    assert (
+        api.call("GET", "/v1/directory/lookup", b_admin, params={"address": "shared@x.io"}).json()["contacts"]
+        == []
+    )
     assert api.call("GET", "/v1/directory/contacts/c1", b_admin).status_code == 404
     assert api.call("GET", "/v1/directory/settings", b_admin).json()["plan"] == "essential"
     # B writing the same ids lands in B's directory only
@@ -132,7 +185,9 @@ def test_a_member_cannot_write_the_directory(api: Api, tenant: str) -> None:
 
 
 @pytest.mark.rule("SEC-4")
-def test_missing_expired_or_foreign_tokens_get_401(api: Api, stack: LocalStack, tenant: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_missing_expired_or_foreign_tokens_get_401(
+    api: Api, stack: LocalStack, tenant: str, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     from local.devissuer import DevIssuer
 
     assert api.call("GET", "/v1/directory/settings").status_code == 401
@@ -163,14 +218,22 @@ def test_token_without_tenant_claim_is_refused(api: Api) -> None:
         ({"name": 42, "emails": []}, "body.name", "valid string"),
         ({"name": "X", "emails": "a@b.io"}, "body.emails", "valid list"),
         ({"name": "X", "emails": ["not an address"]}, "body.emails.0", "not a valid e-mail address"),
-        ({"name": "X", "emails": ["a@b.io\r\nBcc: evil@x.io"]}, "body.emails.0", "not a valid e-mail address"),
+        (
+            {"name": "X", "emails": ["a@b.io\r\nBcc: evil@x.io"]},
+            "body.emails.0",
+            "not a valid e-mail address",
+        ),
         ({"emails": []}, "body.name", "Field required"),
     ],
 )
-def test_bad_input_gets_422_naming_the_field(api: Api, tenant: str, body: object, field: str, problem: str) -> None:
+def test_bad_input_gets_422_naming_the_field(
+    api: Api, tenant: str, body: object, field: str, problem: str
+) -> None:
     admin = api.token(tenant, "u1", "admin")
     if isinstance(body, str):
-        response = api.call("PUT", "/v1/directory/contacts/c1", admin, data=body, headers={"content-type": "application/json"})
+        response = api.call(
+            "PUT", "/v1/directory/contacts/c1", admin, data=body, headers={"content-type": "application/json"}
+        )
     else:
         response = api.call("PUT", "/v1/directory/contacts/c1", admin, json=body)
     assert response.status_code == 422, response.text

@@ -25,7 +25,9 @@ class ScriptedProvider:
     """A provider's history as pages; may throttle or fail on a given page (a stand-in for
     the provider adapters the Gmail, Graph and calendar issues plug in)."""
 
-    def __init__(self, pages: list[int], throttle_once_at: int | None = None, fail_at: int | None = None) -> None:
+    def __init__(
+        self, pages: list[int], throttle_once_at: int | None = None, fail_at: int | None = None
+    ) -> None:
         self.pages = pages
         self.throttle_once_at = throttle_once_at
         self.fail_at = fail_at
@@ -69,12 +71,16 @@ def test_runs_to_success_on_an_empty_account(stack: LocalStack, tenant: str) -> 
     assert function.invocations - before == 3  # begin, one page, finish: each reached the real handler
     progress = services.resync().progress(job["account_id"], "calendar_resync")
     assert progress is not None and progress.status == "succeeded"
-    event = stack.wait_for_event(lambda e: e["detail-type"] == "ResyncFinished" and e["detail"]["account_id"] == job["account_id"])
+    event = stack.wait_for_event(
+        lambda e: e["detail-type"] == "ResyncFinished" and e["detail"]["account_id"] == job["account_id"]
+    )
     assert event["detail"]["status"] == "succeeded"
 
 
 @pytest.mark.rule("SYNC-6")
-def test_pages_through_the_provider_and_retries_a_throttled_step(stack: LocalStack, tenant: str, provider: Any) -> None:
+def test_pages_through_the_provider_and_retries_a_throttled_step(
+    stack: LocalStack, tenant: str, provider: Any
+) -> None:
     source = provider("mail_import", ScriptedProvider([10, 5, 7], throttle_once_at=1))
     job = _job(tenant)
     described = run_execution(stack.state_machines["ResyncStateMachine"], job)
@@ -96,5 +102,7 @@ def test_a_step_that_gives_up_is_recorded_and_reported(stack: LocalStack, tenant
     progress = services.resync().progress(job["account_id"], "mail_resync")
     assert progress is not None and progress.status == "failed"
     assert progress.pages == 1 and "refused the account" in (progress.error or "")
-    event = stack.wait_for_event(lambda e: e["detail-type"] == "ResyncFinished" and e["detail"]["account_id"] == job["account_id"])
+    event = stack.wait_for_event(
+        lambda e: e["detail-type"] == "ResyncFinished" and e["detail"]["account_id"] == job["account_id"]
+    )
     assert event["detail"]["status"] == "failed" and "PermanentError" in event["detail"]["error"]

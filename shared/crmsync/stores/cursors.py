@@ -25,7 +25,9 @@ class DynamoSyncStateStore:
         self._table = dynamodb().Table(table_name)
 
     def get_progress(self, account_id: str, kind: str) -> ResyncProgress | None:
-        item = self._table.get_item(Key={"pk": f"ACC#{account_id}", "sk": f"RESYNC#{kind}"}, ConsistentRead=True)
+        item = self._table.get_item(
+            Key={"pk": f"ACC#{account_id}", "sk": f"RESYNC#{kind}"}, ConsistentRead=True
+        )
         found = item.get("Item")
         return ResyncProgress.model_validate(plain(found["progress"])) if found else None
 
@@ -72,7 +74,11 @@ class DynamoDueStore:
                     item = plain(raw)
                     left -= 1
                     yield DueItem(
-                        pk=item["pk"], sk=item["sk"], due_at=item["due_at"], job=item["job"], every_s=item.get("every_s")
+                        pk=item["pk"],
+                        sk=item["sk"],
+                        due_at=item["due_at"],
+                        job=item["job"],
+                        every_s=item.get("every_s"),
                     )
                 if "LastEvaluatedKey" not in page:
                     break

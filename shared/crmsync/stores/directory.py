@@ -55,7 +55,9 @@ class DynamoDirectoryStore:
         self._table = dynamodb().Table(table_name)
 
     def get(self, tenant_id: str, kind: str, entry_id: str) -> DirectoryRecord | None:
-        item = self._table.get_item(Key=_entry_key(tenant_id, kind, entry_id), ConsistentRead=True).get("Item")
+        item = self._table.get_item(Key=_entry_key(tenant_id, kind, entry_id), ConsistentRead=True).get(
+            "Item"
+        )
         return _record(plain(item)) if item else None
 
     def get_many(self, tenant_id: str, keys: Sequence[tuple[str, str]]) -> list[DirectoryRecord]:
@@ -88,12 +90,18 @@ class DynamoDirectoryStore:
             actions.append({"Delete": {"TableName": self._name, "Key": key}})
         for address in sorted(new_addresses - old_addresses):
             key = _address_key(tenant_id, address, record.kind, record.id)
-            actions.append({"Put": {"TableName": self._name, "Item": {**key, "kind": record.kind, "id": record.id}}})
+            actions.append(
+                {"Put": {"TableName": self._name, "Item": {**key, "kind": record.kind, "id": record.id}}}
+            )
         old_links = set(previous.data.get("contact_ids", [])) if previous else set()
         for contact in sorted(old_links - set(links)):
-            actions.append({"Delete": {"TableName": self._name, "Key": _deal_key(tenant_id, contact, record.id)}})
+            actions.append(
+                {"Delete": {"TableName": self._name, "Key": _deal_key(tenant_id, contact, record.id)}}
+            )
         for contact in sorted(set(links) - old_links):
-            actions.append({"Put": {"TableName": self._name, "Item": _deal_key(tenant_id, contact, record.id)}})
+            actions.append(
+                {"Put": {"TableName": self._name, "Item": _deal_key(tenant_id, contact, record.id)}}
+            )
         self._transact(actions)
 
     def delete(self, tenant_id: str, record: DirectoryRecord, links: Sequence[str]) -> None:
@@ -111,7 +119,9 @@ class DynamoDirectoryStore:
             key = _address_key(tenant_id, address, record.kind, record.id)
             actions.append({"Delete": {"TableName": self._name, "Key": key}})
         for contact in links:
-            actions.append({"Delete": {"TableName": self._name, "Key": _deal_key(tenant_id, contact, record.id)}})
+            actions.append(
+                {"Delete": {"TableName": self._name, "Key": _deal_key(tenant_id, contact, record.id)}}
+            )
         self._transact(actions)
 
     def _transact(self, actions: list[dict[str, Any]]) -> None:

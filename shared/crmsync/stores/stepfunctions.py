@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from crmsync.resync import ResyncJob
 from crmsync.stores.aws import client
 
@@ -12,7 +14,6 @@ class StepFunctionsResyncStarter:
         self._sfn = client("stepfunctions")
 
     def start(self, name: str, job: ResyncJob) -> None:
-        try:
+        # the same job delivered twice: the first execution stands
+        with contextlib.suppress(self._sfn.exceptions.ExecutionAlreadyExists):
             self._sfn.start_execution(stateMachineArn=self._arn, name=name, input=job.model_dump_json())
-        except self._sfn.exceptions.ExecutionAlreadyExists:
-            pass  # the same job delivered twice: the first execution stands
