@@ -2,7 +2,10 @@
 # Both create the Python 3.13 environment (.venv) and install what they need first.
 
 SHELL := /bin/bash
-PYTHON313 ?= $(shell command -v python3.13 2>/dev/null || ls -d $$HOME/.pyenv/versions/3.13*/bin/python3.13 2>/dev/null | sort -V | tail -n 1)
+# The first Python 3.13 that actually runs (a pyenv shim may exist without a 3.13 behind it).
+PYTHON313 ?= $(shell for p in $$(ls -d $$HOME/.pyenv/versions/3.13*/bin/python3.13 2>/dev/null | sort -rV) \
+	$$(command -v python3.13); do "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 13)' 2>/dev/null \
+	&& { echo "$$p"; break; }; done)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed

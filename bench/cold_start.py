@@ -56,9 +56,14 @@ def run(repeats: int = 7) -> list[tuple[str, float, float]]:
     for _ in range(repeats):  # interleaved, so drift on the machine hits every figure alike
         samples["boto3"].append(_measure("boto3", base_env))
         for name, (path, env) in functions.items():
-            samples[name].append(_measure(str(path), {**base_env, **env, "POWERTOOLS_TRACE_DISABLED": "false"}))
+            samples[name].append(
+                _measure(str(path), {**base_env, **env, "POWERTOOLS_TRACE_DISABLED": "false"})
+            )
     baseline = statistics.median(samples["boto3"])
-    return [(name, statistics.median(values), statistics.median(values) / baseline) for name, values in samples.items()]
+    return [
+        (name, statistics.median(values), statistics.median(values) / baseline)
+        for name, values in samples.items()
+    ]
 
 
 def main() -> None:

@@ -43,8 +43,8 @@ class CrmEvent(BaseModel):
 class DirectoryEntryUpserted(CrmEvent):
     """A user, contact, lead or deal was created or changed in the service's directory."""
 
-    kind: DirectoryKind
-    id: str
+    kind: DirectoryKind = Field(description="Which collection of the directory.")
+    id: str = Field(description="The CRM's id of the entry.")
     addresses: list[str] = Field(description="The entry's addresses, lower case.")
     version: int = Field(description="Increases by one with every change of this entry.")
 
@@ -52,28 +52,30 @@ class DirectoryEntryUpserted(CrmEvent):
 class DirectoryEntryDeleted(CrmEvent):
     """A user, contact, lead or deal was removed from the service's directory."""
 
-    kind: DirectoryKind
-    id: str
+    kind: DirectoryKind = Field(description="Which collection of the directory.")
+    id: str = Field(description="The CRM's id of the entry.")
 
 
 class TenantSettingsChanged(CrmEvent):
     """The tenant's settings (plan, automation sender, gap changes) were replaced."""
 
-    plan: str
-    automation_sender: str
-    apply_gap_changes: bool
+    plan: str = Field(description="essential, advanced, professional, power or enterprise (ACC-4).")
+    automation_sender: str = Field(description="tenant_provider or default_account (SEND-3).")
+    apply_gap_changes: bool = Field(
+        description="Whether a calendar resync applies changes made while stopped (CAL-11)."
+    )
 
 
 class ResyncFinished(CrmEvent):
     """A back-import or resync execution ended."""
 
-    account_id: str
-    user_id: str
-    kind: str
+    account_id: str = Field(description="The mailbox account or calendar connection.")
+    user_id: str = Field(description="The account's owner.")
+    kind: str = Field(description="mail_import, mail_resync or calendar_resync.")
     status: Literal["succeeded", "failed"]
-    pages: int
-    items: int
-    error: str | None = None
+    pages: int = Field(description="Provider pages read.")
+    items: int = Field(description="Messages or events imported.")
+    error: str | None = Field(default=None, description="Why it failed, when it did.")
 
 
 EVENT_TYPES: tuple[type[CrmEvent], ...] = (
