@@ -32,7 +32,7 @@ from typing import Any
 import boto3
 
 from local.cfn import PSEUDO_DEFAULTS, Resolver, load_template
-from local.devissuer import DEFAULT_AUDIENCE, DevIssuer
+from local.devissuer import DevIssuer
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "template.yaml"
@@ -232,7 +232,7 @@ class LocalStack:
         self.parameters = {
             "Stage": "local",
             "JwtIssuer": self.issuer.issuer,
-            "JwtAudience": DEFAULT_AUDIENCE,
+            "JwtAudience": self.issuer.audience,
             "CorsAllowedOrigins": "http://localhost:5173,http://127.0.0.1:5173",
             "LogRetentionDays": 1,
             **(parameters or {}),
@@ -347,10 +347,13 @@ class LocalStack:
             if resource["Type"] in NOT_MODELLED and self._condition_holds(resource):
                 self.skipped[logical_id] = NOT_MODELLED[resource["Type"]]
         iam = _aws("iam")
-        self._role_arn = iam.create_role(
-            RoleName="crmsync-local-role",
-            AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
-        )["Role"]["Arn"]
+        try:
+            self._role_arn = iam.create_role(
+                RoleName="crmsync-local-role",
+                AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
+            )["Role"]["Arn"]
+        except iam.exceptions.EntityAlreadyExistsException:  # a second stack in the same moto
+            self._role_arn = iam.get_role(RoleName="crmsync-local-role")["Role"]["Arn"]
         for kind in ORDER:
             resources = list(self._resources(kind))
             if kind == "AWS::SQS::Queue":  # dead-letter queues before the queues that name them

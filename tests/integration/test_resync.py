@@ -10,11 +10,16 @@ from typing import Any
 
 import pytest
 
-from crmsync import services
 from crmsync.errors import PermanentError, TransientError
 from crmsync.resync import Page, ResyncJob
 from local.stack import LocalStack
 from tests.integration.helpers import run_execution
+
+
+def _resync(stack: LocalStack) -> Any:
+    function = stack.functions["ResyncFunction"]
+    function.load()
+    return function.module.resync
 
 
 def _job(tenant: str, kind: str = "mail_import") -> dict[str, Any]:
@@ -47,7 +52,7 @@ class ScriptedProvider:
 
 @pytest.fixture
 def provider(stack: LocalStack) -> Iterator[Any]:
-    resync = services.resync()
+    resync = _resync(stack)  # the very service the handler calls
     registered: list[str] = []
 
     def plug(kind: str, source: ScriptedProvider) -> ScriptedProvider:
@@ -69,7 +74,7 @@ def test_runs_to_success_on_an_empty_account(stack: LocalStack, tenant: str) -> 
     output = json.loads(described["output"])
     assert output["done"] is True and output["pages"] == 1 and output["items"] == 0
     assert function.invocations - before == 3  # begin, one page, finish: each reached the real handler
-    progress = services.resync().progress(job["account_id"], "calendar_resync")
+    progress = _resync(stack).progress(job["account_id"], "calendar_resync")
     assert progress is not None and progress.status == "succeeded"
     event = stack.wait_for_event(
         lambda e: e["detail-type"] == "ResyncFinished" and e["detail"]["account_id"] == job["account_id"]
@@ -88,7 +93,7 @@ def test_pages_through_the_provider_and_retries_a_throttled_step(
     output = json.loads(described["output"])
     assert (output["pages"], output["items"], output["cursor"]) == (3, 22, "cursor-2")
     assert source.calls == [None, "1", "1", "2"]  # page 1 throttled once, then retried
-    progress = services.resync().progress(job["account_id"], "mail_import")
+    progress = _resync(stack).progress(job["account_id"], "mail_import")
     assert progress is not None
     assert (progress.status, progress.pages, progress.items) == ("succeeded", 3, 22)
 
@@ -99,7 +104,7 @@ def test_a_step_that_gives_up_is_recorded_and_reported(stack: LocalStack, tenant
     job = _job(tenant, "mail_resync")
     described = run_execution(stack.state_machines["ResyncStateMachine"], job)
     assert described["status"] == "FAILED"
-    progress = services.resync().progress(job["account_id"], "mail_resync")
+    progress = _resync(stack).progress(job["account_id"], "mail_resync")
     assert progress is not None and progress.status == "failed"
     assert progress.pages == 1 and "refused the account" in (progress.error or "")
     event = stack.wait_for_event(
