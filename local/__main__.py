@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
 import threading
 from typing import Any
 
-from local.devissuer import DevIssuer
+from local.devissuer import ROOT, DevIssuer
+from local.emulators.servers import Emulators, start_emulators
+
+STATE_DIR = ROOT / ".local"
+
+
+def local_parameters(api_url: str, emulators: Emulators) -> dict[str, str]:
+    """Template parameters of the local stack: its own URLs, the emulators, loopback IMAP."""
+    return {
+        **emulators.parameters(),
+        "PublicApiBaseUrl": api_url,
+        "ConnectReturnUrl": f"{api_url}/_local/connected",
+        "ImapAllowPrivateHosts": "true",
+    }
 
 
 def _issuer(port: int) -> DevIssuer:
@@ -23,15 +37,18 @@ def run(args: argparse.Namespace) -> int:
     def say(line: str) -> None:
         print(line, flush=True)
 
-    stack = LocalStack(issuer=_issuer(args.port), say=say)
+    try:
+        server = LocalServer(None, host=args.host, port=args.port)
+        emulators = start_emulators(STATE_DIR, args.host, args.port + 1, args.port + 2)
+    except OSError as error:
+        print(f"cannot listen on {args.host}:{args.port} to {args.port + 2}: {error}", file=sys.stderr)
+        return 1
+    stack = LocalStack(issuer=_issuer(args.port), say=say, parameters=local_parameters(server.url, emulators))
     say("crmsync local stack: building template.yaml in moto ...")
     stack.start()
-    try:
-        server = LocalServer(stack, host=args.host, port=args.port).start()
-    except OSError as error:
-        stack.stop()
-        print(f"cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
-        return 1
+    stack.set_secret("OAuthClientSecret", json.dumps(emulators.oauth_clients()))
+    server.api.attach(stack)
+    server.start()
     for line in stack.describe():
         say(line)
     say("")
@@ -39,6 +56,11 @@ def run(args: argparse.Namespace) -> int:
     say(f"Events          {server.url}/_local/events   (newest first; also printed below as they come)")
     say(f"Dev JWT issuer  {stack.issuer.issuer}   audience {stack.issuer.audience}")
     say("A token:        make token TENANT=t1 USER=u1 ROLE=admin")
+    say(
+        f"Google emulator {emulators.google_url}   Microsoft emulator {emulators.microsoft_url}"
+        f" (CA {emulators.ca_bundle})"
+    )
+    say("Connect:        POST /v1/accounts/connect, then open its authorization_url in a browser")
     say("Ctrl-C stops.")
     stopped = threading.Event()
 
@@ -50,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     stopped.wait()
     say("stopping ...")
     server.stop()
+    emulators.stop()
     stack.stop()
     say("stopped.")
     return 0

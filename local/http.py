@@ -5,6 +5,7 @@ template. /_local/* are routes of the local stack only (never deployed)."""
 from __future__ import annotations
 
 import base64
+import html
 import json
 import threading
 import time
@@ -41,8 +42,17 @@ def _claims_for_event(claims: dict[str, Any]) -> dict[str, str]:
 
 
 class LocalHttpApi:
-    def __init__(self, stack: LocalStack) -> None:
-        self.stack = stack
+    def __init__(self, stack: LocalStack | None) -> None:
+        self._stack = stack
+
+    @property
+    def stack(self) -> LocalStack:
+        if self._stack is None:
+            raise RuntimeError("the local stack is not attached yet")
+        return self._stack
+
+    def attach(self, stack: LocalStack) -> None:
+        self._stack = stack
 
     # ------------------------------------------------------------------ WSGI
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
@@ -210,6 +220,8 @@ class LocalHttpApi:
             return _json(200, self.stack.issuer.openid_configuration())
         if path == f"{issuer_path}/jwks.json":
             return _json(200, self.stack.issuer.jwks())
+        if path == "/_local/connected":  # the CRM's return URL, stood in for locally
+            return Response(connected_page(request.args), content_type="text/html; charset=utf-8")
         if path == "/_local/routes":
             return _json(
                 200,
@@ -228,10 +240,22 @@ class LocalHttpApi:
         return _json(404, {"message": "Not Found"})
 
 
-class LocalServer:
-    """The HTTP API served from a thread; port 0 picks a free one."""
+def connected_page(args: Any) -> str:
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in args.items())
+    ok = args.get("status") == "connected"
+    title = "Account connected" if ok else "Account not connected"
+    return (
+        f"<!doctype html><meta charset=utf-8><title>{title}</title><h1>{title}</h1>"
+        f"<p>(the CRM's return page, stood in for by the local stack)</p><table>{rows}</table>"
+        '<p><a href="/_local/events">events</a></p>'
+    )
 
-    def __init__(self, stack: LocalStack, host: str = "127.0.0.1", port: int = 3000) -> None:
+
+class LocalServer:
+    """The HTTP API served from a thread; port 0 picks a free one. The stack may be attached
+    after the port is known (the stack's configuration names its own URL)."""
+
+    def __init__(self, stack: LocalStack | None, host: str = "127.0.0.1", port: int = 3000) -> None:
         self.api = LocalHttpApi(stack)
         self.server: BaseWSGIServer = make_server(host, port, self.api, threaded=True)
         self.port = self.server.server_port
@@ -243,5 +267,7 @@ class LocalServer:
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self.server.shutdown()
+            self._thread.join(timeout=5)
+        self.server.server_close()

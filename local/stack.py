@@ -17,6 +17,8 @@ import io
 import json
 import os
 import re
+import secrets
+import string
 import sys
 import threading
 import time
@@ -489,6 +491,14 @@ class LocalStack:
         request = {"Name": props.get("Name", logical_id), "Description": props.get("Description", "")}
         if "SecretString" in props:
             request["SecretString"] = props["SecretString"]
+        elif "GenerateSecretString" in props:  # what CloudFormation generates, generated here
+            spec = props["GenerateSecretString"]
+            alphabet = string.ascii_letters + string.digits
+            if not spec.get("ExcludePunctuation"):
+                alphabet += "!#$%&()*+,-.:;<=>?@[]^_{|}~"
+            request["SecretString"] = "".join(
+                secrets.choice(alphabet) for _ in range(int(spec.get("PasswordLength", 32)))
+            )
         if "KmsKeyId" in props:
             request["KmsKeyId"] = props["KmsKeyId"]
         arn = _aws("secretsmanager").create_secret(**request)["ARN"]
@@ -906,6 +916,11 @@ class LocalStack:
             "detail": {},
         }
         return source.function.invoke(event)
+
+    def set_secret(self, logical_id: str, value: str) -> None:
+        """What an operator does after deploying: put a value into a template's secret."""
+        _aws("secretsmanager").put_secret_value(SecretId=self.resolver.refs[logical_id], SecretString=value)
+        self._reset_layer_caches()
 
     # ------------------------------------------------------------------ description
     def describe(self) -> list[str]:

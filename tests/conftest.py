@@ -1,7 +1,9 @@
-"""Fixtures: the local stack (moto built from template.yaml, real handlers) served over HTTP."""
+"""Fixtures: the provider emulators, and the local stack (moto built from template.yaml,
+real handlers) served over HTTP and configured to use them."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -9,23 +11,39 @@ from typing import Any
 import pytest
 import requests
 
+from local.__main__ import local_parameters
 from local.devissuer import DevIssuer
+from local.emulators.servers import Emulators, start_emulators
 from local.http import LocalServer
 from local.stack import LocalStack
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    issuer = DevIssuer(key_dir=tmp_path_factory.mktemp("issuer"))
-    with LocalStack(issuer=issuer, run_schedules=False) as running:
-        yield running
+def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulators]:
+    running = start_emulators(tmp_path_factory.mktemp("emulators"))
+    yield running
+    running.stop()
 
 
 @pytest.fixture(scope="session")
-def server(stack: LocalStack) -> Iterator[LocalServer]:
-    running = LocalServer(stack, port=0).start()
+def server() -> Iterator[LocalServer]:
+    running = LocalServer(None, port=0)
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, server: LocalServer, emulators: Emulators
+) -> Iterator[LocalStack]:
+    issuer = DevIssuer(key_dir=tmp_path_factory.mktemp("issuer"))
+    # the test mail servers' certificates come from the emulators' local CA
+    parameters = {**local_parameters(server.url, emulators), "ImapCaBundle": str(emulators.ca_bundle)}
+    with LocalStack(issuer=issuer, run_schedules=False, parameters=parameters) as running:
+        running.set_secret("OAuthClientSecret", json.dumps(emulators.oauth_clients()))
+        server.api.attach(running)
+        server.start()
+        yield running
 
 
 class Api:
@@ -47,7 +65,7 @@ class Api:
 
 
 @pytest.fixture(scope="session")
-def api(server: LocalServer, stack: LocalStack) -> Api:
+def api(stack: LocalStack, server: LocalServer) -> Api:
     return Api(server.url, stack.issuer)
 
 

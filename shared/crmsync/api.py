@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -63,6 +64,24 @@ def build_api() -> APIGatewayHttpResolver:
         return error_response(500, "internal", f"internal error (request {request_id})")
 
     return app
+
+
+def public_base_url(app: APIGatewayHttpResolver) -> str:
+    """Where this API is reached from outside: configured, or the request's own domain."""
+    configured = get_settings().public_api_base
+    if configured:
+        return configured.rstrip("/")
+    return f"https://{app.current_event.request_context.domain_name}"
+
+
+def connect_result_page(outcome: Any) -> str:
+    """A bare page for when no CRM return URL is configured."""
+    title = "Connected" if outcome.status == "connected" else "Not connected"
+    detail = outcome.address if outcome.status == "connected" else outcome.message
+    return (
+        f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title>"
+        f"<h1>{html.escape(title)}</h1><p>{html.escape(str(detail or ''))}</p>"
+    )
 
 
 def current_principal(app: APIGatewayHttpResolver) -> Principal:

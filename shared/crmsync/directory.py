@@ -46,7 +46,12 @@ def _entity_id(value: str) -> str:
     return value
 
 
+def _unique(values: list[str]) -> list[str]:
+    return list(dict.fromkeys(values))  # the same address twice is one address
+
+
 Address = Annotated[str, AfterValidator(_address)]
+Addresses = Annotated[list[Address], AfterValidator(_unique)]
 EntityId = Annotated[str, AfterValidator(_entity_id)]
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 
@@ -60,7 +65,7 @@ class UserEntry(_Strict):
 
     name: Name
     email: Address = Field(description="The user's login address.")
-    alternative_addresses: list[Address] = Field(
+    alternative_addresses: Addresses = Field(
         default_factory=list, max_length=10, description="Verified extra sender addresses (LINK-9)."
     )
     role: Literal["admin", "member"] = "member"
@@ -70,13 +75,13 @@ class ContactEntry(_Strict):
     """A person in the CRM who is not a user."""
 
     name: Name
-    emails: list[Address] = Field(default_factory=list, max_length=20)
+    emails: Addresses = Field(default_factory=list, max_length=20)
     owner_user_id: EntityId | None = None
 
 
 class LeadEntry(_Strict):
     name: Name
-    emails: list[Address] = Field(default_factory=list, max_length=20)
+    emails: Addresses = Field(default_factory=list, max_length=20)
     owner_user_id: EntityId | None = None
 
 

@@ -78,11 +78,27 @@ class ResyncFinished(CrmEvent):
     error: str | None = Field(default=None, description="Why it failed, when it did.")
 
 
+class AccountStatusChanged(CrmEvent):
+    """A mailbox account or calendar connection changed status: connected, reauth_required,
+    replaced or disconnected (ACC-2, ACC-7, ACC-8, ACC-9)."""
+
+    account_id: str = Field(description="The account.")
+    user_id: str = Field(description="Its owner.")
+    provider: Literal["google", "microsoft", "imap"]
+    address: str = Field(description="The mailbox address, lower case.")
+    status: Literal["connected", "syncing", "reauth_required", "replaced", "disconnected"]
+    previous_status: Literal["connected", "syncing", "reauth_required", "replaced", "disconnected"] | None = (
+        Field(default=None, description="None for a new account.")
+    )
+    reason: str | None = Field(default=None, description="Why, in words a user can read.")
+
+
 EVENT_TYPES: tuple[type[CrmEvent], ...] = (
     DirectoryEntryUpserted,
     DirectoryEntryDeleted,
     TenantSettingsChanged,
     ResyncFinished,
+    AccountStatusChanged,
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import cache
+from typing import TYPE_CHECKING
 
 from crmsync.directory import Directory
 from crmsync.jobs import JobRunner
@@ -10,9 +11,17 @@ from crmsync.resync import Resync
 from crmsync.schedule import Scheduler
 from crmsync.settings import get_settings
 
+if TYPE_CHECKING:
+    from crmsync.accounts.credentials import Credentials
+    from crmsync.accounts.oauth import OAuthClient
+    from crmsync.accounts.service import Accounts
+    from crmsync.crypto import SecretBox
+    from crmsync.stores.accounts import DynamoAccountStore
+    from crmsync.stores.eventbridge import EventBridgePublisher
+
 
 @cache
-def publisher():  # type: ignore[no-untyped-def]
+def publisher() -> EventBridgePublisher:
     from crmsync.stores.eventbridge import EventBridgePublisher
 
     settings = get_settings()
@@ -58,11 +67,93 @@ def scheduler() -> Scheduler:
     )
 
 
+@cache
+def accounts() -> Accounts:
+    from crmsync.accounts.imap import ImapSmtpVerifier
+    from crmsync.accounts.service import Accounts
+    from crmsync.accounts.state import StateSigner
+    from crmsync.stores.queue import SqsJobQueue
+    from crmsync.stores.secrets import secret_text
+
+    settings = get_settings()
+    return Accounts(
+        store=account_store(),
+        box=secret_box(),
+        directory=directory(),
+        publisher=publisher(),
+        queue=SqsJobQueue(settings.sync_queue_url),
+        signer=StateSigner(secret_text(settings.state_signing_secret_arn).encode()),
+        oauth=oauth_client,
+        verifier=ImapSmtpVerifier(settings.imap_ca_bundle or None, settings.imap_allow_private_hosts),
+    )
+
+
+@cache
+def account_store() -> DynamoAccountStore:
+    from crmsync.stores.accounts import DynamoAccountStore
+
+    return DynamoAccountStore(get_settings().accounts_table)
+
+
+@cache
+def secret_box() -> SecretBox:
+    from crmsync.crypto import SecretBox
+    from crmsync.stores.kms import KmsKeyService
+
+    return SecretBox(KmsKeyService(get_settings().user_secrets_key_id))
+
+
+@cache
+def credentials() -> Credentials:
+    from crmsync.accounts.credentials import Credentials
+
+    return Credentials(account_store(), secret_box(), oauth_client, publisher())
+
+
+@cache
+def oauth_client(provider: str) -> OAuthClient:
+    """The OAuth adapter of a provider, with the client credentials from Secrets Manager."""
+    from crmsync.accounts.oauth import GoogleOAuth, MicrosoftOAuth, ProviderRefused
+    from crmsync.stores.secrets import secret_json
+
+    settings = get_settings()
+    clients = secret_json(settings.oauth_clients_secret_arn)
+    config = clients.get(provider) or {}
+    if not config.get("client_id") or not config.get("client_secret"):
+        raise ProviderRefused(
+            "provider_not_configured", f"{provider} sign-in is not configured on this service"
+        )
+    verify: str | bool = settings.provider_ca_bundle or True
+    if provider == "google":
+        return GoogleOAuth(
+            config["client_id"],
+            config["client_secret"],
+            settings.google_auth_uri,
+            settings.google_token_uri,
+            settings.google_userinfo_uri,
+            settings.gmail_api_base,
+            verify,
+        )
+    if provider == "microsoft":
+        return MicrosoftOAuth(
+            config["client_id"],
+            config["client_secret"],
+            config.get("tenant") or "common",
+            settings.microsoft_authority_host,
+            settings.graph_api_base,
+            verify,
+        )
+    raise ProviderRefused("unknown_provider", f"no OAuth provider {provider!r}")
+
+
 def reset() -> None:
     """Forget built services (tests rebuild them against a fresh moto)."""
-    from crmsync.stores import aws
+    from crmsync.stores import aws, secrets
 
-    for factory in (publisher, directory, resync, job_runner, scheduler):
+    factories = [publisher, directory, resync, job_runner, scheduler, accounts, account_store, secret_box]
+    for factory in [*factories, credentials, oauth_client]:
         factory.cache_clear()
+    secrets.secret_json.cache_clear()
+    secrets.secret_text.cache_clear()
     get_settings.cache_clear()
     aws.reset()

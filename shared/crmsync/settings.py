@@ -32,6 +32,24 @@ class Settings(BaseSettings):
     # How many shards the due index is spread over (scheduler fan-out).
     due_shards: int = 16
 
+    # Accounts: secrets, OAuth clients, where the connect flow returns.
+    user_secrets_key_id: str = ""
+    oauth_clients_secret_arn: str = ""
+    state_signing_secret_arn: str = ""
+    public_api_base: str = ""  # empty: derived from the request (https://<api domain>)
+    connect_return_url: str = ""
+    # Provider endpoints: the real ones by default; the emulators' in tests and `make run`.
+    google_auth_uri: str = "https://accounts.google.com/o/oauth2/v2/auth"
+    google_token_uri: str = "https://oauth2.googleapis.com/token"
+    google_userinfo_uri: str = "https://openidconnect.googleapis.com/v1/userinfo"
+    gmail_api_base: str = "https://gmail.googleapis.com"
+    microsoft_authority_host: str = "https://login.microsoftonline.com"
+    graph_api_base: str = "https://graph.microsoft.com"
+    # A CA bundle to trust for provider TLS (the emulators' local CA); empty: the system's.
+    provider_ca_bundle: str = ""
+    imap_ca_bundle: str = ""
+    imap_allow_private_hosts: bool = False
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

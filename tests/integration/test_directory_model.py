@@ -32,14 +32,14 @@ operation = st.one_of(
 def test_lookups_match_a_model_after_any_sequence_of_writes(stack: LocalStack, operations: list) -> None:
     directory = services.directory()
     admin = Principal(tenant_id=f"prop-{uuid.uuid4().hex[:10]}", user_id="u1", role="admin")
-    model: dict[tuple[str, str], set[str]] = {}
+    model: dict[tuple[str, str], list[str]] = {}  # order kept: the CRM's first address is its primary
     versions: dict[tuple[str, str], int] = {}
     for action, kind, entry_id, addresses in operations:
         key = (kind, entry_id)
         if action == "put":
             entry = (ContactEntry if kind == "contacts" else LeadEntry)(name=entry_id, emails=addresses)
             record = directory.upsert(admin, kind, entry_id, entry)
-            wanted = {a.lower() for a in addresses}
+            wanted = list(dict.fromkeys(a.lower() for a in addresses))
             if model.get(key) != wanted or key not in model:
                 versions[key] = versions.get(key, 0) + 1 if key in model else 1
             model[key] = wanted

@@ -1,0 +1,107 @@
+"""The accounts API: a user connects, lists, configures, replaces and disconnects their own
+mailbox accounts and calendars; an admin lists the tenant's."""
+
+from typing import Annotated, Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.openapi.params import Body, Path
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel
+
+from crmsync import services
+from crmsync.accounts.models import (
+    Account,
+    AccountSettingsPatch,
+    AdminAccounts,
+    ConnectRequest,
+    ConnectStarted,
+    ImapConnectRequest,
+)
+from crmsync.api import build_api, current_principal, public_base_url
+from crmsync.resync import ResyncProgress
+
+logger = Logger()
+app = build_api()
+accounts = services.accounts()
+resync = services.resync()
+
+AccountId = Annotated[str, Path(description="The account's id.")]
+TAGS = ["accounts"]
+
+
+class AccountList(BaseModel):
+    accounts: list[Account]
+
+
+class SyncProgress(BaseModel):
+    account_id: str
+    imports: list[ResyncProgress]
+
+
+@app.post("/v1/accounts/connect", summary="Start connecting a Google or Microsoft account", tags=TAGS)
+def connect(body: Annotated[ConnectRequest, Body()]) -> ConnectStarted:
+    return accounts.start_connect(current_principal(app), body, public_base_url(app))
+
+
+@app.post("/v1/accounts/imap", summary="Connect an IMAP/SMTP account (the login is tried first)", tags=TAGS)
+def connect_imap(body: Annotated[ImapConnectRequest, Body()]) -> Response[Account]:
+    account = accounts.connect_imap(current_principal(app), body)
+    return Response(status_code=201, body=account, content_type="application/json")
+
+
+@app.get("/v1/accounts", summary="Your accounts", tags=TAGS)
+def list_accounts() -> AccountList:
+    return AccountList(accounts=accounts.list(current_principal(app)))
+
+
+@app.get("/v1/accounts/<account_id>", summary="One of your accounts", tags=TAGS)
+def get_account(account_id: AccountId) -> Account:
+    return accounts.get(current_principal(app), account_id)
+
+
+@app.patch("/v1/accounts/<account_id>", summary="Change an account's settings", tags=TAGS)
+def patch_account(account_id: AccountId, body: Annotated[AccountSettingsPatch, Body()]) -> Account:
+    return accounts.update_settings(current_principal(app), account_id, body)
+
+
+@app.post("/v1/accounts/<account_id>/default", summary="Make this the default sender", tags=TAGS)
+def make_default(account_id: AccountId) -> Account:
+    return accounts.set_default(current_principal(app), account_id)
+
+
+@app.post(
+    "/v1/accounts/<account_id>/replace", summary="Connect another account in this one's place", tags=TAGS
+)
+def replace(account_id: AccountId, body: Annotated[ConnectRequest, Body()]) -> ConnectStarted:
+    return accounts.start_replace(current_principal(app), account_id, body, public_base_url(app))
+
+
+@app.delete("/v1/accounts/<account_id>", summary="Disconnect: stop syncing now, delete the tokens", tags=TAGS)
+def disconnect(account_id: AccountId) -> Account:
+    return accounts.disconnect(current_principal(app), account_id)
+
+
+@app.get("/v1/accounts/<account_id>/sync", summary="Progress of the account's imports", tags=TAGS)
+def sync_progress(account_id: AccountId) -> SyncProgress:
+    account = accounts.get(current_principal(app), account_id)
+    found = [
+        resync.progress(account.account_id, kind)
+        for kind in ("mail_import", "mail_resync", "calendar_resync")
+    ]
+    return SyncProgress(account_id=account.account_id, imports=[p for p in found if p is not None])
+
+
+@app.get(
+    "/v1/admin/accounts",
+    summary="Every user's accounts in the tenant, with plan usage (admins)",
+    tags=["admin"],
+)
+def admin_accounts() -> AdminAccounts:
+    return accounts.admin_overview(current_principal(app))
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(event, context)

@@ -1,0 +1,168 @@
+"""AccountStore on DynamoDB (table ACCOUNTS_TABLE).
+
+Items (see docs/architecture.md, "Accounts"):
+- account:  pk=T#{tenant}#U#{user}  sk=ACC#{id}
+            gsi1pk=ACC#{id}; gsi2pk=T#{tenant}, gsi2sk=U#{user}#ACC#{id}; gsi3pk=ADDR#{provider}#{address}
+- secret:   pk=ACC#{id}              sk=SECRET       sealed tokens/password, version for optimistic locking
+- pending:  pk=STATE#{state id}      sk=STATE        an OAuth connect in flight, TTL expires_at
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from boto3.dynamodb.conditions import Key
+from botocore.exceptions import ClientError
+
+from crmsync.accounts.models import Account, PendingConnect
+from crmsync.accounts.service import ConcurrentSecretUpdate
+from crmsync.stores.aws import dynamodb
+from crmsync.stores.dynamo import is_condition_failure, plain
+
+
+def _key(account: Account) -> dict[str, str]:
+    return {"pk": f"T#{account.tenant_id}#U#{account.user_id}", "sk": f"ACC#{account.account_id}"}
+
+
+def _item(account: Account) -> dict[str, Any]:
+    return {
+        **_key(account),
+        "gsi1pk": f"ACC#{account.account_id}",
+        "gsi2pk": f"T#{account.tenant_id}",
+        "gsi2sk": f"U#{account.user_id}#ACC#{account.account_id}",
+        "gsi3pk": f"ADDR#{account.provider}#{account.address}",
+        "account": account.model_dump(mode="json"),
+    }
+
+
+class DynamoAccountStore:
+    def __init__(self, table_name: str) -> None:
+        self._name = table_name
+        self._table = dynamodb().Table(table_name)
+
+    def _query_all(self, **kwargs: Any) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        while True:
+            page = self._table.query(**kwargs)
+            items.extend(plain(i) for i in page["Items"])
+            if "LastEvaluatedKey" not in page:
+                return items
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def list_for_user(self, tenant_id: str, user_id: str) -> list[Account]:
+        items = self._query_all(
+            KeyConditionExpression=Key("pk").eq(f"T#{tenant_id}#U#{user_id}") & Key("sk").begins_with("ACC#"),
+            ConsistentRead=True,
+        )
+        return sorted((Account.model_validate(i["account"]) for i in items), key=lambda a: a.connected_at)
+
+    def list_for_tenant(self, tenant_id: str) -> list[Account]:
+        items = self._query_all(IndexName="gsi2", KeyConditionExpression=Key("gsi2pk").eq(f"T#{tenant_id}"))
+        return [Account.model_validate(i["account"]) for i in items]
+
+    def get(self, tenant_id: str, user_id: str, account_id: str) -> Account | None:
+        item = self._table.get_item(
+            Key={"pk": f"T#{tenant_id}#U#{user_id}", "sk": f"ACC#{account_id}"}, ConsistentRead=True
+        ).get("Item")
+        return Account.model_validate(plain(item)["account"]) if item else None
+
+    def get_by_id(self, account_id: str) -> Account | None:
+        keys = self._table.query(
+            IndexName="gsi1", KeyConditionExpression=Key("gsi1pk").eq(f"ACC#{account_id}")
+        )["Items"]
+        if not keys:
+            return None
+        item = self._table.get_item(Key={"pk": keys[0]["pk"], "sk": keys[0]["sk"]}, ConsistentRead=True).get(
+            "Item"
+        )
+        return Account.model_validate(plain(item)["account"]) if item else None
+
+    def create(self, account: Account, sealed: Mapping[str, str] | None) -> None:
+        actions: list[dict[str, Any]] = [
+            {
+                "Put": {
+                    "TableName": self._name,
+                    "Item": _item(account),
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                }
+            }
+        ]
+        if sealed is not None:
+            secret = {"pk": f"ACC#{account.account_id}", "sk": "SECRET", "sealed": dict(sealed), "version": 1}
+            actions.append({"Put": {"TableName": self._name, "Item": secret}})
+        self._table.meta.client.transact_write_items(TransactItems=actions)  # type: ignore[arg-type]
+
+    def save(self, account: Account) -> None:
+        self._table.put_item(Item=_item(account))
+
+    def delete(self, account: Account) -> None:
+        self._table.delete_item(Key=_key(account))
+        self.delete_secret(account.account_id)
+
+    def set_default(self, account: Account, previous: Account | None) -> None:
+        account.is_default = True
+        actions: list[dict[str, Any]] = [{"Put": {"TableName": self._name, "Item": _item(account)}}]
+        if previous is not None and previous.account_id != account.account_id:
+            previous.is_default = False
+            actions.append({"Put": {"TableName": self._name, "Item": _item(previous)}})
+        self._table.meta.client.transact_write_items(TransactItems=actions)  # type: ignore[arg-type]
+
+    def get_secret(self, account_id: str) -> tuple[dict[str, str], int] | None:
+        item = self._table.get_item(Key={"pk": f"ACC#{account_id}", "sk": "SECRET"}, ConsistentRead=True).get(
+            "Item"
+        )
+        if not item:
+            return None
+        found = plain(item)
+        return dict(found["sealed"]), int(found["version"])
+
+    def put_secret(self, account_id: str, sealed: Mapping[str, str], expected_version: int | None) -> int:
+        version = (expected_version or 0) + 1
+        item: dict[str, Any] = {
+            "pk": f"ACC#{account_id}",
+            "sk": "SECRET",
+            "sealed": dict(sealed),
+            "version": version,
+        }
+        try:
+            if expected_version is None:
+                self._table.put_item(Item=item, ConditionExpression="attribute_not_exists(pk)")
+            else:
+                self._table.put_item(
+                    Item=item,
+                    ConditionExpression="version = :v",
+                    ExpressionAttributeValues={":v": expected_version},
+                )
+        except ClientError as error:
+            if is_condition_failure(error):
+                raise ConcurrentSecretUpdate from error
+            raise
+        return version
+
+    def delete_secret(self, account_id: str) -> None:
+        self._table.delete_item(Key={"pk": f"ACC#{account_id}", "sk": "SECRET"})
+
+    def put_pending(self, pending: PendingConnect) -> None:
+        self._table.put_item(
+            Item={
+                "pk": f"STATE#{pending.state_id}",
+                "sk": "STATE",
+                "pending": pending.model_dump_json(),  # a string: msal's flow may hold floats
+                "expires_at": pending.expires_at,
+            }
+        )
+
+    def take_pending(self, state_id: str) -> PendingConnect | None:
+        """Delete and return: of two callbacks with one state, only one gets it."""
+        try:
+            response = self._table.delete_item(
+                Key={"pk": f"STATE#{state_id}", "sk": "STATE"},
+                ConditionExpression="attribute_exists(pk)",
+                ReturnValues="ALL_OLD",
+            )
+        except ClientError as error:
+            if is_condition_failure(error):
+                return None
+            raise
+        return PendingConnect.model_validate_json(response["Attributes"]["pending"])  # type: ignore[arg-type]
