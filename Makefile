@@ -17,7 +17,7 @@ TENANT ?= t1
 USER_ID ?= u1
 ROLE ?= admin
 
-.PHONY: run test token lint typecheck cfn-lint sam-validate pytest bench build schemas demo clean
+.PHONY: run test token lint typecheck cfn-lint sam-validate pytest test-servers bench build schemas clean
 
 $(STAMP): requirements-dev.txt shared/requirements.txt
 	@if [ -z "$(PYTHON313)" ]; then echo "Python 3.13 is needed: put python3.13 on PATH (e.g. pyenv install 3.13)"; exit 1; fi
@@ -45,7 +45,17 @@ cfn-lint: $(STAMP)
 sam-validate: $(STAMP)
 	$(VENV)/bin/sam validate --lint --template template.yaml
 
-pytest: $(STAMP)
+# Real servers the tests start: Dovecot (IMAP) from Debian's packages. The SMTP server
+# (aiosmtpd) comes with the Python requirements.
+test-servers:
+	@if ! command -v dovecot >/dev/null 2>&1 && [ ! -x /usr/sbin/dovecot ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Dovecot for the IMAP tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd >/dev/null; \
+	  else echo "the IMAP tests need Dovecot: sudo apt-get install dovecot-imapd"; exit 1; fi; \
+	fi
+
+pytest: $(STAMP) test-servers
 	$(PY) -m pytest --cov --cov-report=term --cov-report=xml:coverage.xml
 
 test: lint typecheck cfn-lint sam-validate pytest

@@ -93,12 +93,30 @@ class AccountStatusChanged(CrmEvent):
     reason: str | None = Field(default=None, description="Why, in words a user can read.")
 
 
+class DefaultAccountChanged(CrmEvent):
+    """A user's default sending account changed (ACC-6)."""
+
+    user_id: str = Field(description="The user.")
+    account_id: str = Field(description="The new default account.")
+    previous_account_id: str | None = Field(default=None, description="The account that was the default, if any.")
+
+
+class AccountSettingsChanged(CrmEvent):
+    """A user changed an account's settings (sharing, labels or folders, scope, …)."""
+
+    user_id: str = Field(description="The account's owner.")
+    account_id: str = Field(description="The account.")
+    settings: dict[str, object] = Field(description="The settings as they are now.")
+
+
 EVENT_TYPES: tuple[type[CrmEvent], ...] = (
     DirectoryEntryUpserted,
     DirectoryEntryDeleted,
     TenantSettingsChanged,
     ResyncFinished,
     AccountStatusChanged,
+    DefaultAccountChanged,
+    AccountSettingsChanged,
 )
 
 

@@ -82,7 +82,7 @@ def accounts() -> Accounts:
         directory=directory(),
         publisher=publisher(),
         queue=SqsJobQueue(settings.sync_queue_url),
-        signer=StateSigner(secret_text(settings.state_signing_secret_arn).encode()),
+        signer=StateSigner(lambda: secret_text(settings.state_signing_secret_arn).encode()),
         oauth=oauth_client,
         verifier=ImapSmtpVerifier(settings.imap_ca_bundle or None, settings.imap_allow_private_hosts),
     )

@@ -32,7 +32,7 @@ from crmsync.auth import Principal
 from crmsync.crypto import SecretBox
 from crmsync.directory import Directory
 from crmsync.errors import Conflict, Forbidden, NotFound, TransientError, Unprocessable
-from crmsync.events import AccountStatusChanged, EventPublisher
+from crmsync.events import AccountSettingsChanged, AccountStatusChanged, DefaultAccountChanged, EventPublisher
 from crmsync.ids import is_address, normalize_address
 from crmsync.jobs import Job
 from crmsync.schedule import JobQueue
@@ -298,11 +298,14 @@ class Accounts:
         except Exception:
             self._store.delete(account)  # nothing half-made: no account without its watch
             raise
+        previous_default = next((a for a in mine if a.is_default), None)
         if account.is_default:
-            self._store.set_default(account, next((a for a in mine if a.is_default), None))
+            self._store.set_default(account, previous_default)
         if old is not None:
             self._retire(old, "replaced", f"replaced by {account.address}", replaced_by=account.account_id)
         self._publish(account, None)
+        if account.is_default:
+            self._publish_default(account, previous_default)
         self._start_import(account)
         return account
 
@@ -387,9 +390,22 @@ class Accounts:
     def update_settings(self, principal: Principal, account_id: str, patch: AccountSettingsPatch) -> Account:
         account = self.get(principal, account_id)
         changes = patch.model_dump(exclude_none=True)
-        account.settings = account.settings.model_copy(update=changes)
+        updated = account.settings.model_copy(update=changes)
+        if updated == account.settings:
+            return account
+        account.settings = updated
         account.updated_at = self._now()
         self._store.save(account)
+        self._publisher.publish(
+            [
+                AccountSettingsChanged(
+                    tenant_id=account.tenant_id,
+                    user_id=account.user_id,
+                    account_id=account.account_id,
+                    settings=updated.model_dump(mode="json"),
+                )
+            ]
+        )
         return account
 
     def set_default(self, principal: Principal, account_id: str) -> Account:
@@ -407,7 +423,20 @@ class Accounts:
         account.is_default = True
         account.updated_at = self._now()
         self._store.set_default(account, previous)
+        self._publish_default(account, previous)
         return account
+
+    def _publish_default(self, account: Account, previous: Account | None) -> None:
+        self._publisher.publish(
+            [
+                DefaultAccountChanged(
+                    tenant_id=account.tenant_id,
+                    user_id=account.user_id,
+                    account_id=account.account_id,
+                    previous_account_id=previous.account_id if previous else None,
+                )
+            ]
+        )
 
     def disconnect(self, principal: Principal, account_id: str) -> Account:
         """ACC-8: stop everything now, delete the tokens, keep what was synced."""

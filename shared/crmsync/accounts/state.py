@@ -13,6 +13,7 @@ import hmac
 import json
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -43,11 +44,21 @@ def _unb64(text: str) -> bytes:
 
 
 class StateSigner:
-    def __init__(self, key: bytes, ttl_s: int = 600) -> None:
-        if len(key) < 32:
-            raise ValueError("the state signing key must be at least 32 bytes")
-        self._key = key
+    """`key` is the key, or a function that fetches it on first use (no secret read at init)."""
+
+    def __init__(self, key: bytes | Callable[[], bytes], ttl_s: int = 600) -> None:
+        self._key_source = key
+        self._loaded: bytes | None = None
         self.ttl_s = ttl_s
+
+    @property
+    def _key(self) -> bytes:
+        if self._loaded is None:
+            key = self._key_source() if callable(self._key_source) else self._key_source
+            if len(key) < 32:
+                raise ValueError("the state signing key must be at least 32 bytes")
+            self._loaded = key
+        return self._loaded
 
     def issue(self, tenant_id: str, user_id: str, provider: str, now: float | None = None) -> StateClaims:
         return StateClaims(
