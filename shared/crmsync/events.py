@@ -98,7 +98,7 @@ class DefaultAccountChanged(CrmEvent):
 
     user_id: str = Field(description="The user.")
     account_id: str = Field(description="The new default account.")
-    previous_account_id: str | None = Field(default=None, description="The account that was the default, if any.")
+    previous_account_id: str | None = Field(default=None, description="The previous default, if any.")
 
 
 class AccountSettingsChanged(CrmEvent):

@@ -299,7 +299,9 @@ def test_the_limit_is_checked_again_at_the_callback(api: Api, browser: Browser, 
 
 
 @pytest.mark.rule("ACC-6")
-def test_exactly_one_default_and_switching_it(api: Api, stack: LocalStack, browser: Browser, tenant: str) -> None:
+def test_exactly_one_default_and_switching_it(
+    api: Api, stack: LocalStack, browser: Browser, tenant: str
+) -> None:
     set_plan(api, tenant, "power")
     user = api.token(tenant, "u1")
     a = connect(api, browser, user, "google", mail_address())["account_id"]
@@ -312,13 +314,22 @@ def test_exactly_one_default_and_switching_it(api: Api, stack: LocalStack, brows
     api.call("POST", f"/v1/accounts/{a}/default", user)
     assert {x["account_id"]: x["is_default"] for x in accounts_of(api, user)} == {a: True, b: False}
     changes = wait_until(
-        lambda: [
-            (e["detail"]["account_id"], e["detail"]["previous_account_id"])
-            for e in reversed(stack.events)
-            if e["detail-type"] == "DefaultAccountChanged" and e["detail"]["tenant_id"] == tenant
-        ][-3:]
-        if len([e for e in stack.events if e["detail-type"] == "DefaultAccountChanged" and e["detail"]["tenant_id"] == tenant]) >= 3
-        else None
+        lambda: (
+            [
+                (e["detail"]["account_id"], e["detail"]["previous_account_id"])
+                for e in reversed(stack.events)
+                if e["detail-type"] == "DefaultAccountChanged" and e["detail"]["tenant_id"] == tenant
+            ][-3:]
+            if len(
+                [
+                    e
+                    for e in stack.events
+                    if e["detail-type"] == "DefaultAccountChanged" and e["detail"]["tenant_id"] == tenant
+                ]
+            )
+            >= 3
+            else None
+        )
     )
     assert changes == [(a, None), (b, a), (a, b)]
 
