@@ -2,6 +2,7 @@
 The signed, single-use state is the only credential; the result goes back to the CRM."""
 
 from typing import Any
+from urllib.parse import parse_qsl
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response
@@ -43,6 +44,13 @@ def google_callback() -> Response[str]:
 @app.get("/oauth/microsoft/callback", include_in_schema=False)
 def microsoft_callback() -> Response[str]:
     return _finish(accounts.complete_connect("microsoft", _params()))
+
+
+@app.post("/oauth/microsoft/callback", include_in_schema=False)
+def microsoft_form_post() -> Response[str]:
+    """response_mode=form_post: the result comes as a form body."""
+    body = app.current_event.decoded_body or ""
+    return _finish(accounts.complete_connect("microsoft", dict(parse_qsl(body, keep_blank_values=True))))
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True)

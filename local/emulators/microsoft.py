@@ -7,6 +7,7 @@ tokens (`invalid_grant` AADSTS50173 once revoked). Served over https: msal refus
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 import secrets
@@ -112,6 +113,7 @@ class MicrosoftEmulator:
                 "code_challenge",
                 "code_challenge_method",
                 "nonce",
+                "response_mode",
             )
         }
         fields["tenant"] = tenant
@@ -124,8 +126,8 @@ class MicrosoftEmulator:
         form = request.form
         target = form["redirect_uri"]
         if form.get("decision") != "allow":
-            return redirect(
-                target,
+            return self._respond(
+                form,
                 {
                     "error": "access_denied",
                     "error_description": "AADSTS65004: User declined to consent to access the app.",
@@ -147,9 +149,27 @@ class MicrosoftEmulator:
                 "tenant": form.get("tenant", "common"),
                 "expires": time.time() + 600,
             }
-        return redirect(
-            target, {"code": code, "state": form.get("state", ""), "session_state": str(uuid.uuid4())}
+        return self._respond(
+            form, {"code": code, "state": form.get("state", ""), "session_state": str(uuid.uuid4())}
         )
+
+    @staticmethod
+    def _respond(form: Any, params: dict[str, str]) -> Response:
+        """response_mode=form_post: a page that posts the result to the redirect URI;
+        otherwise a redirect with the result in the query."""
+        target = form["redirect_uri"]
+        if form.get("response_mode") != "form_post":
+            return redirect(target, params)
+        fields = "".join(
+            f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+            for k, v in params.items()
+        )
+        page = (
+            '<!doctype html><html><body onload="document.forms[0].submit()">'
+            f'<form method="post" action="{html.escape(target)}">{fields}'
+            "<noscript><button>Continue</button></noscript></form></body></html>"
+        )
+        return Response(page, content_type="text/html; charset=utf-8")
 
     def _tokens(
         self, email: str, client_id: str, scope: str, tenant: str, nonce: str | None

@@ -52,13 +52,22 @@ class Browser:
         decided = session.post(
             origin + action, data=fields, allow_redirects=False, verify=self.verify, timeout=10
         )
+        if decided.status_code == 200:  # response_mode=form_post: the page posts the result back
+            target = html.unescape(re.search(r'<form method="post" action="([^"]+)"', decided.text).group(1))  # type: ignore[union-attr]
+            posted = {
+                k: html.unescape(v) for k, v in re.findall(r'name="([^"]+)" value="([^"]*)"', decided.text)
+            }
+            return self.follow(target, posted), target
         assert decided.status_code == 302, decided.text
         callback = decided.headers["Location"]
         return self.follow(callback), callback
 
     @staticmethod
-    def follow(callback: str) -> dict[str, str]:
-        back = requests.get(callback, allow_redirects=False, timeout=30)
+    def follow(callback: str, form: dict[str, str] | None = None) -> dict[str, str]:
+        if form is None:
+            back = requests.get(callback, allow_redirects=False, timeout=30)
+        else:
+            back = requests.post(callback, data=form, allow_redirects=False, timeout=30)
         assert back.status_code == 302, back.text
         assert back.headers["Cache-Control"] == "no-store"
         return dict(parse_qsl(urlsplit(back.headers["Location"]).query))
@@ -166,7 +175,8 @@ def test_denied_consent_returns_a_reason_and_stores_nothing(
     assert "declined" in result["message"]
     assert accounts_of(api, user) == []
     assert len(account_items(stack)) == before  # the pending connect is gone too
-    assert Browser.follow(callback)["reason"] == "invalid_state"  # and cannot be replayed
+    replay = {"state": started["state"], "error": "access_denied"}
+    assert Browser.follow(callback, replay)["reason"] == "invalid_state"  # and cannot be replayed
 
 
 # ---------------------------------------------------------------------------- state

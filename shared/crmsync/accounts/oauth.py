@@ -262,7 +262,12 @@ class MicrosoftOAuth:
     ) -> tuple[str, dict[str, Any]]:
         scopes = ["User.Read", *scopes_for(MICROSOFT_SCOPES, purpose)]
         flow: dict[str, Any] = self._app().initiate_auth_code_flow(
-            scopes, redirect_uri=redirect_uri, state=state, login_hint=login_hint, prompt="select_account"
+            scopes,
+            redirect_uri=redirect_uri,
+            state=state,
+            login_hint=login_hint,
+            prompt="select_account",
+            response_mode="form_post",  # the code travels in a POST body, not in URLs and history
         )
         flow["scopes"] = scopes
         return str(flow["auth_uri"]), flow
