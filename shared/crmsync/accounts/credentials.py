@@ -14,10 +14,10 @@ from collections.abc import Callable
 
 from crmsync.accounts.models import Account, TokenSet
 from crmsync.accounts.oauth import InvalidGrant, OAuthClient
-from crmsync.accounts.service import AccountStore, ConcurrentSecretUpdate, secret_context
+from crmsync.accounts.service import AccountStore, ConcurrentSecretUpdate, secret_context, status_changed
 from crmsync.crypto import SecretBox
 from crmsync.errors import PermanentError
-from crmsync.events import AccountStatusChanged, EventPublisher
+from crmsync.events import EventPublisher
 
 REFRESH_MARGIN_S = 300
 
@@ -90,17 +90,4 @@ class Credentials:
         account.status = "reauth_required"
         account.status_reason = reason
         self._store.save(account)
-        self._publisher.publish(
-            [
-                AccountStatusChanged(
-                    tenant_id=account.tenant_id,
-                    user_id=account.user_id,
-                    account_id=account.account_id,
-                    provider=account.provider,
-                    address=account.address,
-                    status="reauth_required",
-                    previous_status=previous,
-                    reason=reason,
-                )
-            ]
-        )
+        self._publisher.publish([status_changed(account, previous)])

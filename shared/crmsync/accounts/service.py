@@ -471,20 +471,21 @@ class Accounts:
         return TokenSet.model_validate_json(self._box.open(found[0], secret_context(account)))
 
     def _publish(self, account: Account, previous: Status | None) -> None:
-        self._publisher.publish(
-            [
-                AccountStatusChanged(
-                    tenant_id=account.tenant_id,
-                    user_id=account.user_id,
-                    account_id=account.account_id,
-                    provider=account.provider,
-                    address=account.address,
-                    status=account.status,
-                    previous_status=previous,
-                    reason=account.status_reason,
-                )
-            ]
-        )
+        self._publisher.publish([status_changed(account, previous)])
+
+
+def status_changed(account: Account, previous: Status | None) -> AccountStatusChanged:
+    """The event for an account now in `account.status`, coming from `previous`."""
+    return AccountStatusChanged(
+        tenant_id=account.tenant_id,
+        user_id=account.user_id,
+        account_id=account.account_id,
+        provider=account.provider,
+        address=account.address,
+        status=account.status,
+        previous_status=previous,
+        reason=account.status_reason,
+    )
 
 
 def _failed(provider: str, reason: str, message: str) -> ConnectOutcome:
