@@ -130,7 +130,8 @@ class Smtp:
         self.controller.stop()
 
 
-def start_smtp(cert: Path, key: Path) -> Smtp:
+def start_smtp(cert: Path, key: Path, implicit_tls: bool = True) -> Smtp:
+    """Submission with AUTH: implicit TLS (port 465 style) or STARTTLS required (587 style)."""
     import ssl
 
     users: dict[str, str] = {}
@@ -142,13 +143,24 @@ def start_smtp(cert: Path, key: Path) -> Smtp:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(str(cert), str(key))
     port = free_port()
-    controller = Controller(
-        _Accept(),
-        hostname="127.0.0.1",
-        port=port,
-        ssl_context=context,  # implicit TLS (submissions, port 465 style)
-        authenticator=authenticate,
-        auth_require_tls=False,  # the whole connection is TLS already
-    )
+    if implicit_tls:
+        controller = Controller(
+            _Accept(),
+            hostname="127.0.0.1",
+            port=port,
+            ssl_context=context,
+            authenticator=authenticate,
+            auth_require_tls=False,  # the whole connection is TLS already
+        )
+    else:
+        controller = Controller(
+            _Accept(),
+            hostname="127.0.0.1",
+            port=port,
+            tls_context=context,
+            require_starttls=True,
+            authenticator=authenticate,
+            auth_require_tls=True,
+        )
     controller.start()
     return Smtp(controller, port, users)

@@ -481,6 +481,30 @@ def test_disconnect_removes_tokens_and_watches_at_once(
     assert [a["status"] for a in accounts_of(api, user)] == ["disconnected"]
 
 
+class FailingHooks(RecordingHooks):
+    def on_connected(self, account: Account, tokens: TokenSet) -> None:
+        raise RuntimeError("users.watch answered 500")
+
+
+@pytest.mark.rule("ACC-2")
+def test_a_provider_that_cannot_start_leaves_nothing_behind(
+    api: Api, stack: LocalStack, browser: Browser, tenant: str
+) -> None:
+    set_plan(api, tenant, "advanced")
+    user = api.token(tenant, "u1")
+    callback_accounts = service(stack, "OAuthCallbackFunction", "accounts")
+    callback_accounts.register_hooks("google", FailingHooks())
+    try:
+        before = len(account_items(stack))
+        result = connect(api, browser, user, "google", mail_address())
+    finally:
+        callback_accounts._hooks.pop("google", None)
+    assert result["status"] == "error" and result["reason"] == "provider_start_failed"
+    assert "try again" in result["message"]
+    assert accounts_of(api, user) == []
+    assert len(account_items(stack)) == before  # no account, no secret, no pending connect
+
+
 # ---------------------------------------------------------------------------- re-authorisation (ACC-9)
 
 
@@ -534,6 +558,44 @@ def test_invalid_grant_pauses_the_account_and_reconnecting_resumes(
     assert status_events(stack, account_id) == ["connected", "reauth_required", "connected"]
 
 
+class RacingProvider:
+    """The provider as seen by a worker that loses a race: while it refreshes, another worker
+    refreshes the same account and stores its token first."""
+
+    def __init__(self, real: Any, other_worker: Credentials, account_id: str) -> None:
+        self.real = real
+        self.other_worker = other_worker
+        self.account_id = account_id
+        self.winner: str | None = None
+
+    def refresh(self, tokens: TokenSet) -> TokenSet:
+        self.winner = self.other_worker.access_token(self.account_id)
+        return self.real.refresh(tokens)
+
+
+@pytest.mark.rule("ACC-9")
+def test_two_workers_refreshing_at_once_do_not_fight(
+    api: Api, stack: LocalStack, browser: Browser, tenant: str
+) -> None:
+    set_plan(api, tenant, "advanced")
+    account_id = connect(api, browser, api.token(tenant, "u1"), "google", mail_address())["account_id"]
+    services = service(stack, "OAuthCallbackFunction", "services")
+    store = services.account_store()
+
+    def later() -> float:
+        return time.time() + 7200
+
+    other = Credentials(
+        store, services.secret_box(), services.oauth_client, services.publisher(), clock=later
+    )
+    racing = RacingProvider(services.oauth_client("google"), other, account_id)
+    loser = Credentials(store, services.secret_box(), lambda _: racing, services.publisher(), clock=later)
+    token = loser.access_token(account_id)
+    assert racing.winner is not None and token == racing.winner  # the loser uses the winner's token
+    assert store.get_secret(account_id)[1] == 2  # one refresh stored, not two
+    assert accounts_of(api, api.token(tenant, "u1"))[0]["status"] == "connected"
+
+
 # ---------------------------------------------------------------------------- isolation, admin (ACC-1, ACC-10, SEC-4)
 
 
@@ -580,19 +642,22 @@ def test_admins_list_every_users_accounts_with_plan_usage(api: Api, browser: Bro
 
 
 @pytest.fixture
-def mail_servers(emulators: Emulators) -> Iterator[tuple[Dovecot, Smtp]]:
+def mail_servers(emulators: Emulators, request: pytest.FixtureRequest) -> Iterator[tuple[Dovecot, Smtp]]:
     """A Dovecot of its own per test: its penalty for failed logins (per client IP) would
-    otherwise slow every later test's login."""
+    otherwise slow every later test's login. SMTP speaks implicit TLS unless the test asks
+    for STARTTLS (indirect parameter)."""
     tls = emulators.ca_bundle.parent
     dovecot = start_dovecot(tls / "server.pem", tls / "server.key")
-    smtp = start_smtp(tls / "server.pem", tls / "server.key")
+    smtp = start_smtp(
+        tls / "server.pem", tls / "server.key", implicit_tls=getattr(request, "param", "tls") == "tls"
+    )
     yield dovecot, smtp
     smtp.stop()
     dovecot.stop()
 
 
 def _imap_body(
-    dovecot: Dovecot, smtp: Smtp, user: str, password: str, security: str = "tls"
+    dovecot: Dovecot, smtp: Smtp, user: str, password: str, security: str = "tls", smtp_security: str = "tls"
 ) -> dict[str, Any]:
     return {
         "address": user,
@@ -603,14 +668,16 @@ def _imap_body(
             "imap_security": security,
             "smtp_host": "127.0.0.1",
             "smtp_port": smtp.port,
-            "smtp_security": "tls",
+            "smtp_security": smtp_security,
             "username": user,
         },
     }
 
 
 @pytest.mark.rule("ACC-3")
-@pytest.mark.parametrize("security", ["tls", "starttls"])
+@pytest.mark.parametrize(
+    ("security", "mail_servers"), [("tls", "tls"), ("starttls", "starttls")], indirect=["mail_servers"]
+)
 def test_imap_account_connects_only_when_the_login_works(
     api: Api, stack: LocalStack, mail_servers: tuple[Dovecot, Smtp], tenant: str, security: str
 ) -> None:
@@ -623,7 +690,10 @@ def test_imap_account_connects_only_when_the_login_works(
     smtp.users[address] = password
 
     created = api.call(
-        "POST", "/v1/accounts/imap", user, json=_imap_body(dovecot, smtp, address, password, security)
+        "POST",
+        "/v1/accounts/imap",
+        user,
+        json=_imap_body(dovecot, smtp, address, password, security, security),
     )
     assert created.status_code == 201, created.text
     account = created.json()
@@ -635,7 +705,10 @@ def test_imap_account_connects_only_when_the_login_works(
     other = f"bob-{uuid.uuid4().hex[:6]}@example.test"
     dovecot.add_user(other, "the-right-one")
     wrong = api.call(
-        "POST", "/v1/accounts/imap", user, json=_imap_body(dovecot, smtp, other, "not-the-password", security)
+        "POST",
+        "/v1/accounts/imap",
+        user,
+        json=_imap_body(dovecot, smtp, other, "not-the-password", security, security),
     )
     assert wrong.status_code == 422
     assert "login failed" in wrong.json()["error"]["message"] and other in wrong.json()["error"]["message"]

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 from urllib.parse import urlencode
 
+from aws_lambda_powertools import Logger
 from pydantic import BaseModel
 
 from crmsync.accounts.imap import LoginRefused, MailLoginVerifier, ServerUnreachable
@@ -36,6 +37,8 @@ from crmsync.events import AccountSettingsChanged, AccountStatusChanged, Default
 from crmsync.ids import is_address, normalize_address
 from crmsync.jobs import Job
 from crmsync.schedule import JobQueue
+
+logger = Logger()
 
 IMPORT_MONTHS = {"1m": 1, "3m": 3, "6m": 6, "12m": 12}
 
@@ -255,6 +258,9 @@ class Accounts:
             return _failed(provider, "plan_limit", error.message)
         except TransientError as error:
             return _failed(provider, "provider_unavailable", f"the provider could not be reached ({error})")
+        except Exception:  # the user still gets a readable answer; the details go to the log
+            logger.exception("connect failed", extra={"provider": provider})
+            return _failed(provider, "internal_error", "the connect failed on our side; try again")
         return ConnectOutcome(
             status="connected", account_id=account.account_id, provider=provider, address=address
         )
@@ -295,9 +301,12 @@ class Accounts:
         self._store.create(account, sealed)
         try:
             self._start_provider(account, tokens)
-        except Exception:
+        except Exception as error:
             self._store.delete(account)  # nothing half-made: no account without its watch
-            raise
+            logger.exception("provider start failed", extra={"provider": account.provider})
+            raise ProviderRefused(
+                "provider_start_failed", f"{account.provider} could not start syncing this mailbox; try again"
+            ) from error
         previous_default = next((a for a in mine if a.is_default), None)
         if account.is_default:
             self._store.set_default(account, previous_default)
@@ -384,7 +393,10 @@ class Accounts:
             connected_at=now,
             updated_at=now,
         )
-        return self._activate(account, TokenSet(password=request.password), mine)
+        try:
+            return self._activate(account, TokenSet(password=request.password), mine)
+        except ProviderRefused as error:
+            raise Unprocessable(error.message) from error
 
     # ------------------------------------------------------------------ changes
     def update_settings(self, principal: Principal, account_id: str, patch: AccountSettingsPatch) -> Account:
