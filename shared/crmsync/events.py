@@ -109,6 +109,37 @@ class AccountSettingsChanged(CrmEvent):
     settings: dict[str, object] = Field(description="The settings as they are now.")
 
 
+class MessageSynced(CrmEvent):
+    """A message reached the CRM from a mailbox, or was sent from it (MAIL-1 … MAIL-4, LINK-1, LINK-2)."""
+
+    user_id: str = Field(description="The mailbox owner.")
+    account_id: str = Field(description="The mailbox account.")
+    message_id: str = Field(description="The service's id of the message (stable across retries).")
+    thread_id: str = Field(description="The service's id of the thread.")
+    direction: Literal["inbound", "outbound"]
+    subject: str
+    sender: str | None = Field(description="The From address, lower case.")
+    to: list[str]
+    cc: list[str]
+    date: datetime | None = Field(description="The message's Date header.")
+    contact_ids: list[str] = Field(description="LINK-1: contacts among the participants.")
+    lead_ids: list[str] = Field(description="LINK-1: leads among the participants.")
+    deal_id: str | None = Field(description="LINK-2: the open deal the thread is linked to.")
+    raw_key: str | None = Field(description="Where the raw MIME is in the data bucket.")
+
+
+class MessageSkipped(CrmEvent):
+    """A message in a connected mailbox was not synced, and why."""
+
+    user_id: str = Field(description="The mailbox owner.")
+    account_id: str = Field(description="The mailbox account.")
+    provider_message_id: str = Field(description="The provider's id of the message.")
+    reason: str = Field(
+        description="internal_mail, label_not_selected, not_a_crm_thread, malformed_mime, attachment_limit, …"
+    )
+    detail: str = Field(description="The reason in words.")
+
+
 EVENT_TYPES: tuple[type[CrmEvent], ...] = (
     DirectoryEntryUpserted,
     DirectoryEntryDeleted,
@@ -117,6 +148,8 @@ EVENT_TYPES: tuple[type[CrmEvent], ...] = (
     AccountStatusChanged,
     DefaultAccountChanged,
     AccountSettingsChanged,
+    MessageSynced,
+    MessageSkipped,
 )
 
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from crmsync.accounts.oauth import OAuthClient
     from crmsync.accounts.service import Accounts
     from crmsync.crypto import SecretBox
+    from crmsync.mail.engine import MailSync
     from crmsync.stores.accounts import DynamoAccountStore
     from crmsync.stores.eventbridge import EventBridgePublisher
 
@@ -146,12 +147,26 @@ def oauth_client(provider: str) -> OAuthClient:
     raise ProviderRefused("unknown_provider", f"no OAuth provider {provider!r}")
 
 
+@cache
+def mail_sync() -> MailSync:
+    from crmsync.mail.engine import MailSync
+    from crmsync.stores.mail import DynamoMailStore, S3RawStore
+
+    settings = get_settings()
+    return MailSync(
+        DynamoMailStore(settings.threads_table, settings.messages_table),
+        S3RawStore(settings.data_bucket),
+        directory(),
+        publisher(),
+    )
+
+
 def reset() -> None:
     """Forget built services (tests rebuild them against a fresh moto)."""
     from crmsync.stores import aws, secrets
 
     factories = [publisher, directory, resync, job_runner, scheduler, accounts, account_store, secret_box]
-    for factory in [*factories, credentials, oauth_client]:
+    for factory in [*factories, credentials, oauth_client, mail_sync]:
         factory.cache_clear()
     secrets.secret_json.cache_clear()
     secrets.secret_text.cache_clear()

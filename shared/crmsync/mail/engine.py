@@ -1,0 +1,337 @@
+"""The mail sync engine: a provider message in, a CRM message out, exactly once (MAIL-7).
+
+Writes happen in an order that survives a crash between any two of them: the raw MIME goes to
+S3 under a key derived from the provider's id (a retry rewrites the same object), then one
+DynamoDB transaction creates the message, the provider-id map, the Message-ID index entry and
+the thread together (the map's existence condition makes a second attempt a no-op), then the
+event is published and the message marked published. A redelivery that finds the message
+stored but unpublished publishes it then: creation exactly once, events at least once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Protocol
+
+from crmsync.accounts.models import Account
+from crmsync.directory import Directory, LookupResult
+from crmsync.events import EventPublisher, MessageSkipped, MessageSynced
+from crmsync.ids import is_address
+from crmsync.mail.mime import Malformed, ParsedMessage, parse
+from crmsync.mail.models import IngestOutcome, MessageRecord, MessageRef, ProviderMessage, ThreadRecord
+from crmsync.mail.rules import Facts, decide
+
+_IDS = uuid.UUID("3b8c4f0e-6a53-4a4e-9a43-2f1b7c9d5e11")
+
+
+def stable_id(*parts: str) -> str:
+    """The same inputs give the same id: a retried ingest creates nothing new."""
+    return str(uuid.uuid5(_IDS, "|".join(parts)))
+
+
+class MailStore(Protocol):
+    """Port: thread maps, the Message-ID index, message metadata (stores/mail.py)."""
+
+    def find_provider_message(self, account_id: str, provider_message_id: str) -> MessageRef | None: ...
+
+    def find_message_id(self, tenant_id: str, message_id: str) -> MessageRef | None: ...
+
+    def find_provider_thread(self, account_id: str, provider_thread_id: str) -> str | None: ...
+
+    def get_thread(self, tenant_id: str, crm_thread_id: str) -> ThreadRecord | None: ...
+
+    def record_message(self, record: MessageRecord, thread: ThreadRecord, previous_version: int) -> bool: ...
+
+    def attach_copy(self, account: Account, message: ProviderMessage, ref: MessageRef) -> None: ...
+
+    def get_message(self, tenant_id: str, user_id: str, crm_message_id: str) -> MessageRecord | None: ...
+
+    def mark_published(self, record: MessageRecord) -> None: ...
+
+    def record_skip(self, account_id: str, provider_message_id: str, reason: str) -> bool: ...
+
+    def thread_messages(self, tenant_id: str, crm_thread_id: str) -> list[MessageRecord]: ...
+
+
+class RawStore(Protocol):
+    def put(self, key: str, data: bytes) -> None: ...
+
+
+class MailSync:
+    def __init__(
+        self,
+        store: MailStore,
+        raw: RawStore,
+        directory: Directory,
+        publisher: EventPublisher,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._store = store
+        self._raw = raw
+        self._directory = directory
+        self._publisher = publisher
+        self._now = now
+
+    # ------------------------------------------------------------------ inbound from a mailbox
+    def ingest(self, account: Account, message: ProviderMessage) -> IngestOutcome:
+        known = self._store.find_provider_message(account.account_id, message.provider_message_id)
+        if known is not None:  # MAIL-7: seen before (duplicate push, resync, redelivery)
+            self._publish_if_pending(account.tenant_id, known)
+            return IngestOutcome(
+                status="updated", crm_message_id=known.crm_message_id, crm_thread_id=known.crm_thread_id
+            )
+        try:
+            parsed = parse(message.raw)
+        except Malformed as error:
+            return self._skip(account, message, f"malformed_mime: {error}")
+        if parsed.message_id:
+            same = self._store.find_message_id(account.tenant_id, parsed.message_id)
+            if same is not None and same.user_id == account.user_id:
+                # MAIL-2/MAIL-7: the mailbox's copy of a message the CRM already has (its Sent copy)
+                self._store.attach_copy(account, message, same)
+                self._publish_if_pending(account.tenant_id, same)
+                return IngestOutcome(
+                    status="updated", crm_message_id=same.crm_message_id, crm_thread_id=same.crm_thread_id
+                )
+        thread = self._thread_of(account, message, parsed)
+        lookups = self._lookups(account.tenant_id, parsed)
+        direction = "outbound" if parsed.sender == account.address else "inbound"
+        facts = self._facts(account, parsed, direction, thread is not None, lookups, message.labels)
+        decision = decide(account.settings, facts)
+        if not decision.sync:
+            return self._skip(account, message, decision.reason or "skipped")
+        return self._store_new(account, message, parsed, direction, thread, lookups)
+
+    # ------------------------------------------------------------------ sent from the CRM
+    def record_outgoing(
+        self, account: Account, raw: bytes, parent_message_id: str | None = None
+    ) -> MessageRecord:
+        """The send path records what it sends before the provider has an id for it, so that
+        the Sent copy is recognised (MAIL-2) and replies join the thread (MAIL-3)."""
+        parsed = parse(raw)
+        if not parsed.message_id:
+            raise Malformed("a message sent from the CRM needs a Message-ID")
+        thread = None
+        if parent_message_id:
+            parent = self._store.find_message_id(account.tenant_id, parent_message_id)
+            thread = self._store.get_thread(account.tenant_id, parent.crm_thread_id) if parent else None
+        lookups = self._lookups(account.tenant_id, parsed)
+        record = self._record(
+            account, None, parsed, "outbound", thread, lookups, raw_key=None, labels=["SENT"]
+        )
+        new_thread = self._thread_after(account, parsed, record, thread)
+        self._store.record_message(record, new_thread, thread.version if thread else 0)
+        self._publish_if_pending(account.tenant_id, self._ref(record))
+        return record
+
+    # ------------------------------------------------------------------ pieces
+    def _thread_of(
+        self, account: Account, message: ProviderMessage, parsed: ParsedMessage
+    ) -> ThreadRecord | None:
+        thread_id = None
+        if message.provider_thread_id:
+            thread_id = self._store.find_provider_thread(account.account_id, message.provider_thread_id)
+        if thread_id is None:  # the RFC 5322 chain: In-Reply-To, then References newest first
+            for ref in [parsed.in_reply_to, *reversed(parsed.references)]:
+                found = self._store.find_message_id(account.tenant_id, ref) if ref else None
+                if found is not None and found.user_id == account.user_id:
+                    thread_id = found.crm_thread_id
+                    break
+        return self._store.get_thread(account.tenant_id, thread_id) if thread_id else None
+
+    def _lookups(self, tenant_id: str, parsed: ParsedMessage) -> dict[str, LookupResult]:
+        addresses = [a for a in [*parsed.participants, *parsed.bcc] if is_address(a)]
+        return {a: self._directory.lookup(tenant_id, a) for a in dict.fromkeys(addresses)}
+
+    @staticmethod
+    def _facts(
+        account: Account,
+        parsed: ParsedMessage,
+        direction: str,
+        thread_known: bool,
+        lookups: dict[str, LookupResult],
+        labels: Sequence[str],
+    ) -> Facts:
+        sender = lookups.get(parsed.sender or "")
+        recipients = [a for a in [*parsed.to, *parsed.cc, *parsed.bcc] if a != account.address]
+        chosen = {label.lower() for label in account.settings.labels_or_folders}
+        return Facts(
+            direction=direction,
+            thread_known=thread_known,
+            sender_is_other_user=bool(sender and any(u.id != account.user_id for u in sender.users)),
+            recipients_all_users=bool(recipients)
+            and all(lookups[a].is_tenant_user for a in recipients if a in lookups),
+            sender_is_contact=bool(sender and sender.contacts),
+            in_selected_labels=not chosen or any(label.lower() in chosen for label in labels),
+        )
+
+    def _links(
+        self, account: Account, lookups: dict[str, LookupResult], thread: ThreadRecord | None
+    ) -> tuple[list[str], list[str], str | None]:
+        """LINK-1: contacts and leads among the participants. LINK-2 (automatic): the contacts'
+        open deal, the most recently updated; a thread keeps the deal it has."""
+        contacts: dict[str, None] = dict.fromkeys(thread.contact_ids if thread else [])
+        leads: dict[str, None] = dict.fromkeys(thread.lead_ids if thread else [])
+        deals = []
+        for address, found in lookups.items():
+            if address == account.address:
+                continue
+            contacts.update(dict.fromkeys(c.id for c in found.contacts))
+            leads.update(dict.fromkeys(lead.id for lead in found.leads))
+            deals += [d for d in found.deals if d.data.get("status") == "open"]
+        deal_id = thread.deal_id if thread and thread.deal_id else None
+        if deal_id is None and deals:
+            newest = max(deals, key=lambda d: str(d.data.get("updated_at") or d.updated_at.isoformat()))
+            deal_id = newest.id
+        return list(contacts), list(leads), deal_id
+
+    def _record(
+        self,
+        account: Account,
+        message: ProviderMessage | None,
+        parsed: ParsedMessage,
+        direction: str,
+        thread: ThreadRecord | None,
+        lookups: dict[str, LookupResult],
+        raw_key: str | None,
+        labels: list[str],
+    ) -> MessageRecord:
+        if parsed.message_id:
+            crm_message_id = stable_id(account.tenant_id, "mid", parsed.message_id)
+        else:
+            crm_message_id = stable_id(
+                account.account_id, "pmid", message.provider_message_id if message else ""
+            )
+        if thread is not None:
+            crm_thread_id = thread.crm_thread_id
+        else:
+            root = parsed.references[0] if parsed.references else parsed.message_id or crm_message_id
+            crm_thread_id = stable_id(account.tenant_id, account.user_id, "thread", root)
+        contacts, leads, deal = self._links(account, lookups, thread)
+        return MessageRecord(
+            crm_message_id=crm_message_id,
+            crm_thread_id=crm_thread_id,
+            tenant_id=account.tenant_id,
+            user_id=account.user_id,
+            account_id=account.account_id,
+            provider=account.provider,
+            provider_message_id=message.provider_message_id if message else None,
+            provider_thread_id=message.provider_thread_id if message else None,
+            message_id=parsed.message_id,
+            direction=direction,
+            subject=parsed.subject,
+            sender=parsed.sender,
+            to=parsed.to,
+            cc=parsed.cc,
+            date=parsed.date,
+            preview=parsed.preview,
+            labels=labels,
+            attachments=parsed.attachments,
+            contact_ids=contacts,
+            lead_ids=leads,
+            deal_id=deal,
+            raw_key=raw_key,
+            synced_at=self._now(),
+        )
+
+    def _thread_after(
+        self, account: Account, parsed: ParsedMessage, record: MessageRecord, thread: ThreadRecord | None
+    ) -> ThreadRecord:
+        base = thread or ThreadRecord(
+            crm_thread_id=record.crm_thread_id,
+            tenant_id=account.tenant_id,
+            user_id=account.user_id,
+            subject=parsed.subject,
+        )
+        latest = max(filter(None, [base.last_message_at, record.date]), default=None)
+        return base.model_copy(
+            update={
+                "contact_ids": record.contact_ids,
+                "lead_ids": record.lead_ids,
+                "deal_id": record.deal_id,
+                "account_ids": list(dict.fromkeys([*base.account_ids, account.account_id])),
+                "message_count": base.message_count + 1,
+                "last_message_at": latest,
+                "version": base.version + 1,
+            }
+        )
+
+    def _store_new(
+        self,
+        account: Account,
+        message: ProviderMessage,
+        parsed: ParsedMessage,
+        direction: str,
+        thread: ThreadRecord | None,
+        lookups: dict[str, LookupResult],
+    ) -> IngestOutcome:
+        raw_key = f"raw/{account.tenant_id}/{account.account_id}/{stable_id(message.provider_message_id)}.eml"
+        self._raw.put(raw_key, message.raw)
+        record = self._record(account, message, parsed, direction, thread, lookups, raw_key, message.labels)
+        new_thread = self._thread_after(account, parsed, record, thread)
+        if not self._store.record_message(record, new_thread, thread.version if thread else 0):
+            return IngestOutcome(
+                status="updated", crm_message_id=record.crm_message_id, crm_thread_id=record.crm_thread_id
+            )
+        self._publish(record)
+        return IngestOutcome(
+            status="synced", crm_message_id=record.crm_message_id, crm_thread_id=record.crm_thread_id
+        )
+
+    @staticmethod
+    def _ref(record: MessageRecord) -> MessageRef:
+        return MessageRef(
+            crm_message_id=record.crm_message_id,
+            crm_thread_id=record.crm_thread_id,
+            user_id=record.user_id,
+            published=record.published,
+        )
+
+    def _publish_if_pending(self, tenant_id: str, ref: MessageRef) -> None:
+        if ref.published:
+            return
+        record = self._store.get_message(tenant_id, ref.user_id, ref.crm_message_id)
+        if record is not None and not record.published:
+            self._publish(record)
+
+    def _publish(self, record: MessageRecord) -> None:
+        self._publisher.publish(
+            [
+                MessageSynced(
+                    tenant_id=record.tenant_id,
+                    user_id=record.user_id,
+                    account_id=record.account_id,
+                    message_id=record.crm_message_id,
+                    thread_id=record.crm_thread_id,
+                    direction=record.direction,
+                    subject=record.subject,
+                    sender=record.sender,
+                    to=record.to,
+                    cc=record.cc,
+                    date=record.date,
+                    contact_ids=record.contact_ids,
+                    lead_ids=record.lead_ids,
+                    deal_id=record.deal_id,
+                    raw_key=record.raw_key,
+                )
+            ]
+        )
+        self._store.mark_published(record)
+
+    def _skip(self, account: Account, message: ProviderMessage, reason: str) -> IngestOutcome:
+        if self._store.record_skip(account.account_id, message.provider_message_id, reason):
+            self._publisher.publish(
+                [
+                    MessageSkipped(
+                        tenant_id=account.tenant_id,
+                        user_id=account.user_id,
+                        account_id=account.account_id,
+                        provider_message_id=message.provider_message_id,
+                        reason=reason.split(":", 1)[0],
+                        detail=reason,
+                    )
+                ]
+            )
+        return IngestOutcome(status="skipped", reason=reason)

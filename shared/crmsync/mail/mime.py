@@ -1,0 +1,96 @@
+"""Reading raw RFC 5322 messages with the standard library (policy.default)."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import email.utils
+import re
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, Field
+
+from crmsync.ids import is_address, normalize_address
+
+MAX_HEADER_BYTES = 256 * 1024
+_MESSAGE_ID = re.compile(r"<[^<>\s]+>")
+
+
+class Malformed(Exception):
+    """The message cannot be read; it is skipped with this reason, never retried."""
+
+
+class Attachment(BaseModel):
+    filename: str | None
+    content_type: str
+    size: int
+
+
+class ParsedMessage(BaseModel):
+    message_id: str | None = Field(description="RFC 5322 Message-ID with its angle brackets")
+    in_reply_to: str | None = None
+    references: list[str] = Field(default_factory=list)
+    subject: str = ""
+    sender: str | None = None
+    to: list[str] = Field(default_factory=list)
+    cc: list[str] = Field(default_factory=list)
+    bcc: list[str] = Field(default_factory=list)
+    date: datetime | None = None
+    preview: str = ""
+    attachments: list[Attachment] = Field(default_factory=list)
+
+    @property
+    def participants(self) -> list[str]:
+        found = [self.sender, *self.to, *self.cc]
+        return list(dict.fromkeys(a for a in found if a))
+
+
+def _addresses(values: list[str]) -> list[str]:
+    pairs = email.utils.getaddresses(values)
+    return list(dict.fromkeys(normalize_address(a) for _, a in pairs if a and is_address(a)))
+
+
+def _ids(value: str | None) -> list[str]:
+    return _MESSAGE_ID.findall(value or "")
+
+
+def parse(raw: bytes) -> ParsedMessage:
+    head, _, _ = raw.partition(b"\r\n\r\n")
+    if len(head) > MAX_HEADER_BYTES:
+        raise Malformed("headers larger than 256 KiB")
+    try:
+        message = email.message_from_bytes(raw, policy=email.policy.default)
+        sender = _addresses([str(message.get("From", ""))])
+        date_header = message.get("Date")
+        date = email.utils.parsedate_to_datetime(str(date_header)) if date_header else None
+        if date is not None and date.tzinfo is None:
+            date = date.replace(tzinfo=UTC)
+        preview = ""
+        body = message.get_body(preferencelist=("plain", "html"))
+        if body is not None:
+            preview = " ".join(str(body.get_content()).split())[:200]
+        attachments = [
+            Attachment(
+                filename=part.get_filename(),
+                content_type=part.get_content_type(),
+                size=len(part.get_payload(decode=True) or b""),
+            )
+            for part in message.iter_attachments()
+        ]
+    except (ValueError, TypeError, LookupError, email.errors.MessageError) as error:
+        raise Malformed(f"unreadable message: {type(error).__name__}") from error
+    message_ids = _ids(str(message.get("Message-ID", "")))
+    in_reply_to = _ids(str(message.get("In-Reply-To", "")))
+    return ParsedMessage(
+        message_id=message_ids[0] if message_ids else None,
+        in_reply_to=in_reply_to[0] if in_reply_to else None,
+        references=_ids(str(message.get("References", ""))),
+        subject=str(message.get("Subject", ""))[:998],
+        sender=sender[0] if sender else None,
+        to=_addresses([str(v) for v in message.get_all("To", [])]),
+        cc=_addresses([str(v) for v in message.get_all("Cc", [])]),
+        bcc=_addresses([str(v) for v in message.get_all("Bcc", [])]),
+        date=date,
+        preview=preview,
+        attachments=attachments,
+    )

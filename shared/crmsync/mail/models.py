@@ -1,0 +1,79 @@
+"""What providers hand the engine, and what the engine keeps."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from crmsync.mail.mime import Attachment
+
+Direction = Literal["inbound", "outbound"]
+
+
+class ProviderMessage(BaseModel):
+    """One message as a provider adapter fetched it."""
+
+    provider_message_id: str
+    provider_thread_id: str | None = None
+    labels: list[str] = Field(default_factory=list, description="Gmail labels or the folder it is in")
+    raw: bytes = Field(repr=False)
+
+
+class MessageRef(BaseModel):
+    crm_message_id: str
+    crm_thread_id: str
+    user_id: str
+    published: bool = True
+
+
+class MessageRecord(BaseModel):
+    """A synced message as the CRM sees it (metadata; the raw MIME is in S3)."""
+
+    crm_message_id: str
+    crm_thread_id: str
+    tenant_id: str
+    user_id: str
+    account_id: str
+    provider: str
+    provider_message_id: str | None
+    provider_thread_id: str | None
+    message_id: str | None
+    direction: Direction
+    subject: str
+    sender: str | None
+    to: list[str]
+    cc: list[str]
+    date: datetime | None
+    preview: str
+    labels: list[str]
+    attachments: list[Attachment]
+    contact_ids: list[str]
+    lead_ids: list[str]
+    deal_id: str | None
+    raw_key: str | None
+    removed_in_mailbox: bool = False
+    published: bool = False
+    synced_at: datetime
+
+
+class ThreadRecord(BaseModel):
+    crm_thread_id: str
+    tenant_id: str
+    user_id: str
+    subject: str
+    contact_ids: list[str] = Field(default_factory=list)
+    lead_ids: list[str] = Field(default_factory=list)
+    deal_id: str | None = None
+    account_ids: list[str] = Field(default_factory=list)
+    message_count: int = 0
+    last_message_at: datetime | None = None
+    version: int = 0
+
+
+class IngestOutcome(BaseModel):
+    status: Literal["synced", "updated", "skipped"]
+    crm_message_id: str | None = None
+    crm_thread_id: str | None = None
+    reason: str | None = None

@@ -1,0 +1,231 @@
+"""MailStore on DynamoDB and RawStore on S3.
+
+THREADS_TABLE items (see docs/architecture.md, "Threads"):
+- provider message map: pk=ACC#{account}            sk=PMSG#{provider message id}
+- provider thread map:  pk=ACC#{account}            sk=PTHR#{provider thread id}
+- skipped message:      pk=ACC#{account}            sk=SKIP#{provider message id}
+- Message-ID index:     pk=T#{tenant}#MID#{id}      sk=MID
+- thread:               pk=T#{tenant}#THR#{thread}  sk=THREAD    (version for optimistic locking)
+MESSAGES_TABLE items:
+- message:              pk=T#{tenant}#U#{user}      sk=MSG#{crm id}
+                        gsi1pk=THR#{thread}         gsi1sk={date}#{crm id}   (a thread's messages in order)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from boto3.dynamodb.conditions import Key
+from botocore.exceptions import ClientError
+
+from crmsync.accounts.models import Account
+from crmsync.errors import TransientError
+from crmsync.mail.models import MessageRecord, MessageRef, ProviderMessage, ThreadRecord
+from crmsync.stores.aws import client, dynamodb
+from crmsync.stores.dynamo import is_condition_failure, plain
+
+
+def _ref_item(ref: MessageRef) -> dict[str, Any]:
+    return {"crm_message_id": ref.crm_message_id, "crm_thread_id": ref.crm_thread_id, "user_id": ref.user_id}
+
+
+def _ref(item: dict[str, Any] | None) -> MessageRef | None:
+    return MessageRef.model_validate(item) if item else None
+
+
+class DynamoMailStore:
+    def __init__(self, threads_table: str, messages_table: str) -> None:
+        self._threads_name = threads_table
+        self._messages_name = messages_table
+        self._threads = dynamodb().Table(threads_table)
+        self._messages = dynamodb().Table(messages_table)
+
+    def _get(self, key: dict[str, str]) -> dict[str, Any] | None:
+        item = self._threads.get_item(Key=key, ConsistentRead=True).get("Item")
+        return plain(item) if item else None
+
+    def find_provider_message(self, account_id: str, provider_message_id: str) -> MessageRef | None:
+        item = self._get({"pk": f"ACC#{account_id}", "sk": f"PMSG#{provider_message_id}"})
+        if item is None:
+            return None
+        ref = MessageRef.model_validate(item)
+        message = self._messages.get_item(
+            Key={"pk": item["message_pk"], "sk": f"MSG#{ref.crm_message_id}"}, ConsistentRead=True
+        ).get("Item")
+        ref.published = bool(message and message.get("published"))
+        return ref
+
+    def find_message_id(self, tenant_id: str, message_id: str) -> MessageRef | None:
+        item = self._get({"pk": f"T#{tenant_id}#MID#{message_id}", "sk": "MID"})
+        if item is None:
+            return None
+        ref = MessageRef.model_validate(item)
+        message = self._messages.get_item(
+            Key={"pk": f"T#{tenant_id}#U#{ref.user_id}", "sk": f"MSG#{ref.crm_message_id}"},
+            ConsistentRead=True,
+        ).get("Item")
+        ref.published = bool(message and message.get("published"))
+        return ref
+
+    def find_provider_thread(self, account_id: str, provider_thread_id: str) -> str | None:
+        item = self._get({"pk": f"ACC#{account_id}", "sk": f"PTHR#{provider_thread_id}"})
+        return str(item["crm_thread_id"]) if item else None
+
+    def get_thread(self, tenant_id: str, crm_thread_id: str) -> ThreadRecord | None:
+        item = self._get({"pk": f"T#{tenant_id}#THR#{crm_thread_id}", "sk": "THREAD"})
+        return ThreadRecord.model_validate_json(item["thread"]) if item else None
+
+    def record_message(self, record: MessageRecord, thread: ThreadRecord, previous_version: int) -> bool:
+        """Creates the message with its maps and thread in one transaction. False when the
+        provider copy is mapped already (a duplicate got there first)."""
+        message_pk = f"T#{record.tenant_id}#U#{record.user_id}"
+        ref = MessageRef(
+            crm_message_id=record.crm_message_id, crm_thread_id=record.crm_thread_id, user_id=record.user_id
+        )
+        actions: list[dict[str, Any]] = []
+        if record.provider_message_id:
+            actions.append(self._put_map(record.account_id, record, ref, message_pk))
+        if record.provider_thread_id:
+            item = {
+                "pk": f"ACC#{record.account_id}",
+                "sk": f"PTHR#{record.provider_thread_id}",
+                "crm_thread_id": record.crm_thread_id,
+            }
+            actions.append({"Put": {"TableName": self._threads_name, "Item": item}})
+        if record.message_id:
+            item = {"pk": f"T#{record.tenant_id}#MID#{record.message_id}", "sk": "MID", **_ref_item(ref)}
+            actions.append(
+                {
+                    "Put": {
+                        "TableName": self._threads_name,
+                        "Item": item,
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                    }
+                }
+            )
+        thread_put: dict[str, Any] = {
+            "TableName": self._threads_name,
+            "Item": {
+                "pk": f"T#{record.tenant_id}#THR#{thread.crm_thread_id}",
+                "sk": "THREAD",
+                "thread": thread.model_dump_json(),
+                "version": thread.version,
+            },
+        }
+        if previous_version:
+            thread_put["ConditionExpression"] = "version = :v"
+            thread_put["ExpressionAttributeValues"] = {":v": previous_version}
+        else:
+            thread_put["ConditionExpression"] = "attribute_not_exists(pk)"
+        actions.append({"Put": thread_put})
+        message_item = {
+            "pk": message_pk,
+            "sk": f"MSG#{record.crm_message_id}",
+            "gsi1pk": f"THR#{record.crm_thread_id}",
+            "gsi1sk": f"{record.date.isoformat() if record.date else ''}#{record.crm_message_id}",
+            "message": record.model_dump_json(),
+            "published": False,
+        }
+        actions.append(
+            {
+                "Put": {
+                    "TableName": self._messages_name,
+                    "Item": message_item,
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                }
+            }
+        )
+        try:
+            self._threads.meta.client.transact_write_items(TransactItems=actions)  # type: ignore[arg-type]
+        except ClientError as error:
+            if not is_condition_failure(error):
+                raise
+            reasons = error.response.get("CancellationReasons") or []
+            if record.provider_message_id and reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
+                return False  # the provider copy is mapped already: a duplicate finished first
+            raise TransientError("the thread changed meanwhile; the job is retried") from error
+        return True
+
+    def _put_map(
+        self, account_id: str, record: MessageRecord, ref: MessageRef, message_pk: str
+    ) -> dict[str, Any]:
+        item = {
+            "pk": f"ACC#{account_id}",
+            "sk": f"PMSG#{record.provider_message_id}",
+            "message_pk": message_pk,
+            **_ref_item(ref),
+        }
+        return {
+            "Put": {
+                "TableName": self._threads_name,
+                "Item": item,
+                "ConditionExpression": "attribute_not_exists(pk)",
+            }
+        }
+
+    def attach_copy(self, account: Account, message: ProviderMessage, ref: MessageRef) -> None:
+        item = {
+            "pk": f"ACC#{account.account_id}",
+            "sk": f"PMSG#{message.provider_message_id}",
+            "message_pk": f"T#{account.tenant_id}#U#{ref.user_id}",
+            **_ref_item(ref),
+        }
+        self._threads.put_item(Item=item)
+        if message.provider_thread_id:
+            self._threads.put_item(
+                Item={
+                    "pk": f"ACC#{account.account_id}",
+                    "sk": f"PTHR#{message.provider_thread_id}",
+                    "crm_thread_id": ref.crm_thread_id,
+                }
+            )
+
+    def get_message(self, tenant_id: str, user_id: str, crm_message_id: str) -> MessageRecord | None:
+        item = self._messages.get_item(
+            Key={"pk": f"T#{tenant_id}#U#{user_id}", "sk": f"MSG#{crm_message_id}"}, ConsistentRead=True
+        ).get("Item")
+        if not item:
+            return None
+        record = MessageRecord.model_validate_json(str(item["message"]))
+        record.published = bool(item.get("published"))
+        return record
+
+    def mark_published(self, record: MessageRecord) -> None:
+        self._messages.update_item(
+            Key={"pk": f"T#{record.tenant_id}#U#{record.user_id}", "sk": f"MSG#{record.crm_message_id}"},
+            UpdateExpression="SET published = :t",
+            ExpressionAttributeValues={":t": True},
+        )
+
+    def record_skip(self, account_id: str, provider_message_id: str, reason: str) -> bool:
+        try:
+            self._threads.put_item(
+                Item={"pk": f"ACC#{account_id}", "sk": f"SKIP#{provider_message_id}", "reason": reason},
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except ClientError as error:
+            if is_condition_failure(error):
+                return False
+            raise
+        return True
+
+    def thread_messages(self, tenant_id: str, crm_thread_id: str) -> list[MessageRecord]:
+        items = self._messages.query(
+            IndexName="gsi1", KeyConditionExpression=Key("gsi1pk").eq(f"THR#{crm_thread_id}")
+        )["Items"]
+        records = []
+        for item in items:
+            record = MessageRecord.model_validate_json(str(item["message"]))
+            if record.tenant_id == tenant_id:
+                record.published = bool(item.get("published"))
+                records.append(record)
+        return records
+
+
+class S3RawStore:
+    def __init__(self, bucket: str) -> None:
+        self._bucket = bucket
+        self._s3 = client("s3")
+
+    def put(self, key: str, data: bytes) -> None:
+        self._s3.put_object(Bucket=self._bucket, Key=key, Body=data, ContentType="message/rfc822")
