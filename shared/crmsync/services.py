@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from functools import cache
 from typing import TYPE_CHECKING
 
@@ -13,10 +14,12 @@ from crmsync.settings import get_settings
 
 if TYPE_CHECKING:
     from crmsync.accounts.credentials import Credentials
+    from crmsync.accounts.models import Account
     from crmsync.accounts.oauth import OAuthClient
     from crmsync.accounts.service import Accounts
     from crmsync.crypto import SecretBox
     from crmsync.mail.engine import MailSync
+    from crmsync.mail.sync import MailboxSync
     from crmsync.stores.accounts import DynamoAccountStore
     from crmsync.stores.eventbridge import EventBridgePublisher
 
@@ -161,12 +164,35 @@ def mail_sync() -> MailSync:
     )
 
 
+@cache
+def mailbox_sync() -> MailboxSync:
+    from crmsync.jobs import Job
+    from crmsync.mail.sync import MailboxSync
+    from crmsync.stores.cursors import DynamoCursorStore
+    from crmsync.stores.queue import SqsJobQueue
+
+    settings = get_settings()
+    queue = SqsJobQueue(settings.sync_queue_url)
+
+    def start_resync(account: Account, reason: str) -> None:
+        """SYNC-3: a full resync through the state machine, as a queued job of the account."""
+        job = Job(
+            type="resync.start",
+            tenant_id=account.tenant_id,
+            account_id=account.account_id,
+            payload={"user_id": account.user_id, "kind": "mail_resync"},
+        )
+        queue.send(job, f"resync-{account.account_id}-{int(time.time() // 300)}")
+
+    return MailboxSync(mail_sync(), DynamoCursorStore(settings.cursors_table), start_resync)
+
+
 def reset() -> None:
     """Forget built services (tests rebuild them against a fresh moto)."""
     from crmsync.stores import aws, secrets
 
     factories = [publisher, directory, resync, job_runner, scheduler, accounts, account_store, secret_box]
-    for factory in [*factories, credentials, oauth_client, mail_sync]:
+    for factory in [*factories, credentials, oauth_client, mail_sync, mailbox_sync]:
         factory.cache_clear()
     secrets.secret_json.cache_clear()
     secrets.secret_text.cache_clear()

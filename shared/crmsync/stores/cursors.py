@@ -41,6 +41,40 @@ class DynamoSyncStateStore:
         )
 
 
+class DynamoCursorStore:
+    """Provider cursors: pk=ACC#{account} sk=CUR#{name}. A write names the value it replaces."""
+
+    def __init__(self, table_name: str) -> None:
+        self._table = dynamodb().Table(table_name)
+
+    def get(self, account_id: str, name: str) -> str | None:
+        item = self._table.get_item(
+            Key={"pk": f"ACC#{account_id}", "sk": f"CUR#{name}"}, ConsistentRead=True
+        ).get("Item")
+        return str(item["cursor"]) if item else None
+
+    def advance(self, account_id: str, name: str, new: str, expected: str | None) -> bool:
+        try:
+            if expected is None:
+                self._table.put_item(
+                    Item={"pk": f"ACC#{account_id}", "sk": f"CUR#{name}", "cursor": new},
+                    ConditionExpression="attribute_not_exists(pk)",
+                )
+            else:
+                self._table.update_item(
+                    Key={"pk": f"ACC#{account_id}", "sk": f"CUR#{name}"},
+                    UpdateExpression="SET #c = :new",
+                    ConditionExpression="#c = :old",
+                    ExpressionAttributeNames={"#c": "cursor"},
+                    ExpressionAttributeValues={":new": new, ":old": expected},
+                )
+        except ClientError as error:
+            if is_condition_failure(error):
+                return False  # someone moved it meanwhile: theirs stands
+            raise
+        return True
+
+
 class DynamoDueStore:
     def __init__(self, table_name: str, shards: int) -> None:
         self._table = dynamodb().Table(table_name)
