@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from crmsync.accounts.service import Accounts
     from crmsync.crypto import SecretBox
     from crmsync.mail.engine import MailSync
+    from crmsync.mail.read import Mailbox
     from crmsync.mail.sync import MailboxSync
     from crmsync.stores.accounts import DynamoAccountStore
     from crmsync.stores.eventbridge import EventBridgePublisher
@@ -165,6 +166,15 @@ def mail_sync() -> MailSync:
 
 
 @cache
+def mailbox() -> Mailbox:
+    from crmsync.mail.read import Mailbox
+    from crmsync.stores.mail import DynamoMailStore
+
+    settings = get_settings()
+    return Mailbox(DynamoMailStore(settings.threads_table, settings.messages_table))
+
+
+@cache
 def mailbox_sync() -> MailboxSync:
     from crmsync.jobs import Job
     from crmsync.mail.sync import MailboxSync
@@ -192,7 +202,7 @@ def reset() -> None:
     from crmsync.stores import aws, secrets
 
     factories = [publisher, directory, resync, job_runner, scheduler, accounts, account_store, secret_box]
-    for factory in [*factories, credentials, oauth_client, mail_sync, mailbox_sync]:
+    for factory in [*factories, credentials, oauth_client, mail_sync, mailbox_sync, mailbox]:
         factory.cache_clear()
     secrets.secret_json.cache_clear()
     secrets.secret_text.cache_clear()

@@ -13,9 +13,12 @@ MESSAGES_TABLE items:
 
 from __future__ import annotations
 
+import base64
+import json
+from datetime import datetime
 from typing import Any
 
-from boto3.dynamodb.conditions import Key
+from boto3.dynamodb.conditions import Attr, Key
 from botocore.exceptions import ClientError
 
 from crmsync.accounts.models import Account
@@ -23,6 +26,10 @@ from crmsync.errors import TransientError
 from crmsync.mail.models import MessageRecord, MessageRef, ProviderMessage, ThreadRecord
 from crmsync.stores.aws import client, dynamodb
 from crmsync.stores.dynamo import is_condition_failure, plain
+
+
+def _iso(moment: datetime | None) -> str:
+    return moment.isoformat() if moment else ""
 
 
 def _ref_item(ref: MessageRef) -> dict[str, Any]:
@@ -110,6 +117,10 @@ class DynamoMailStore:
                 "sk": "THREAD",
                 "thread": thread.model_dump_json(),
                 "version": thread.version,
+                # a user's threads, newest first (LINK-4)
+                "gsi1pk": f"T#{record.tenant_id}#U#{thread.user_id}",
+                "gsi1sk": f"{_iso(thread.last_message_at)}#{thread.crm_thread_id}",
+                "account_ids": thread.account_ids,
             },
         }
         if previous_version:
@@ -220,6 +231,33 @@ class DynamoMailStore:
                 record.published = bool(item.get("published"))
                 records.append(record)
         return records
+
+    def list_threads(
+        self, tenant_id: str, user_id: str, limit: int, after: str | None, account_id: str | None
+    ) -> tuple[list[ThreadRecord], str | None]:
+        """A user's threads, newest first; `after` is the opaque token of the previous page."""
+        kwargs: dict[str, Any] = {
+            "IndexName": "gsi1",
+            "KeyConditionExpression": Key("gsi1pk").eq(f"T#{tenant_id}#U#{user_id}"),
+            "ScanIndexForward": False,
+            "Limit": limit,
+        }
+        if account_id:
+            kwargs["FilterExpression"] = Attr("account_ids").contains(account_id)
+        if after:
+            kwargs["ExclusiveStartKey"] = json.loads(base64.urlsafe_b64decode(after.encode()))
+        threads: list[ThreadRecord] = []
+        last: dict[str, Any] | None = None
+        while True:
+            kwargs["Limit"] = limit - len(threads)  # never read past what this page returns
+            page = self._threads.query(**kwargs)
+            threads += [ThreadRecord.model_validate_json(str(i["thread"])) for i in page["Items"]]
+            last = page.get("LastEvaluatedKey")
+            if last is None or len(threads) >= limit:
+                break
+            kwargs["ExclusiveStartKey"] = last
+        token = base64.urlsafe_b64encode(json.dumps(plain(last)).encode()).decode() if last else None
+        return threads, token
 
 
 class S3RawStore:
