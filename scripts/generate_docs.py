@@ -122,7 +122,9 @@ def openapi(stack: Any) -> dict[str, Any]:
     for logical_id in sorted(served):
         runtime = stack.functions[logical_id]
         runtime.load()
-        merge.add_schema(runtime.module.app.get_openapi_schema())
+        resolver = getattr(runtime.module, "app", None)
+        if resolver is not None:  # provider webhooks without a resolver are not part of the CRM's API
+            merge.add_schema(resolver.get_openapi_schema())
     # the merged document still holds pydantic models (security schemes): make it plain JSON
     document: dict[str, Any] = json.loads(merge.get_openapi_json_schema())
     return document

@@ -4,12 +4,15 @@ authorization code flow with PKCE, `access_type=offline` refresh tokens, `invali
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import time
 from collections.abc import Callable
 from typing import Any
 
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
 from werkzeug.wrappers import Request, Response
 
 from local.emulators.oauth import (
@@ -31,12 +34,92 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(json.dumps(body), status=status, content_type="application/json")
 
 
+PUSH_SERVICE_ACCOUNT = "gmail-push@crmsync-local.iam.gserviceaccount.com"
+
+
 class GoogleEmulator:
     def __init__(self, client_id: str = "google-local-client", client_secret: str | None = None) -> None:
         self.state = OAuthState()
         self.client = Client(client_id, client_secret or secrets.token_urlsafe(24))
         self.state.clients[client_id] = self.client
         self.history_id = 1000
+        # Pub/Sub signs push requests with Google's keys, published at oauth2/v3/certs
+        self._push_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self._push_kid = secrets.token_hex(20)
+
+    # ------------------------------------------------------------------ Pub/Sub push
+    def push_token(
+        self, audience: str, email: str = PUSH_SERVICE_ACCOUNT, key: Any = None, **claims: Any
+    ) -> str:
+        """The OIDC token Pub/Sub puts in a push's Authorization header."""
+        now = int(time.time())
+        body = {
+            "iss": "https://accounts.google.com",
+            "aud": audience,
+            "email": email,
+            "email_verified": True,
+            "sub": "1" + str(abs(hash(email)) % 10**20),
+            "iat": now,
+            "exp": now + 3600,
+            **claims,
+        }
+        return jwt.encode(body, key or self._push_key, algorithm="RS256", headers={"kid": self._push_kid})
+
+    @staticmethod
+    def push_body(email_address: str, history_id: int, message_id: str | None = None) -> str:
+        data = base64.b64encode(
+            json.dumps({"emailAddress": email_address, "historyId": history_id}).encode()
+        ).decode()
+        return json.dumps(
+            {
+                "message": {
+                    "data": data,
+                    "messageId": message_id or str(secrets.randbelow(10**16)),
+                    "publishTime": "2026-11-22T00:00:00Z",
+                },
+                "subscription": "projects/crmsync-local/subscriptions/gmail-push",
+            }
+        )
+
+    def deliver_push(
+        self,
+        url: str,
+        email_address: str,
+        history_id: int,
+        message_id: str | None = None,
+        token: str | None = None,
+    ) -> int:
+        """POST one push to the webhook as Pub/Sub would; returns the status (2xx acks it)."""
+        import requests
+
+        response = requests.post(
+            url,
+            data=self.push_body(email_address, history_id, message_id),
+            headers={
+                "Authorization": f"Bearer {token or self.push_token(url)}",
+                "Content-Type": "application/json",
+            },
+            timeout=10,
+        )
+        return response.status_code
+
+    def certs(self, request: Request) -> Response:
+        numbers = self._push_key.public_key().public_numbers()
+
+        def b64(n: int) -> str:
+            return (
+                base64.urlsafe_b64encode(n.to_bytes((n.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
+            )
+
+        key = {
+            "kty": "RSA",
+            "alg": "RS256",
+            "use": "sig",
+            "kid": self._push_kid,
+            "n": b64(numbers.n),
+            "e": b64(numbers.e),
+        }
+        return _json({"keys": [key]})
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         return self.dispatch(Request(environ))(environ, start_response)
@@ -48,6 +131,7 @@ class GoogleEmulator:
             ("POST", "/token"): self.token,
             ("GET", "/v1/userinfo"): self.userinfo,
             ("GET", "/gmail/v1/users/me/profile"): self.profile,
+            ("GET", "/oauth2/v3/certs"): self.certs,
             ("POST", "/_emulator/revoke"): lambda r: _json(
                 {"revoked": self.state.revoke(r.get_json()["email"])}
             ),

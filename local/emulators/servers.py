@@ -9,7 +9,7 @@ from typing import Any
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from local.emulators.google import GoogleEmulator
+from local.emulators.google import PUSH_SERVICE_ACCOUNT, GoogleEmulator
 from local.emulators.microsoft import MicrosoftEmulator
 from local.emulators.tls import make_local_tls
 
@@ -34,6 +34,8 @@ class Emulators:
             "MicrosoftAuthorityHost": self.microsoft_url,
             "GraphApiBase": self.microsoft_url,
             "ProviderCaBundle": str(self.ca_bundle),
+            "GooglePushCertsUrl": f"{self.google_url}/oauth2/v3/certs",
+            "GmailPushServiceAccount": PUSH_SERVICE_ACCOUNT,
         }
 
     def oauth_clients(self) -> dict[str, Any]:

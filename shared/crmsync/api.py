@@ -68,10 +68,14 @@ def build_api() -> APIGatewayHttpResolver:
 
 def public_base_url(app: APIGatewayHttpResolver) -> str:
     """Where this API is reached from outside: configured, or the request's own domain."""
+    return public_base_url_of(app.current_event.raw_event)
+
+
+def public_base_url_of(event: dict[str, Any]) -> str:
     configured = get_settings().public_api_base
     if configured:
         return configured.rstrip("/")
-    return f"https://{app.current_event.request_context.domain_name}"
+    return f"https://{event.get('requestContext', {}).get('domainName', '')}"
 
 
 def connect_result_page(outcome: Any) -> str:

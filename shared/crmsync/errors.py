@@ -48,3 +48,8 @@ class TransientError(Exception):
 
 class PermanentError(Exception):
     """A failure that retrying cannot fix; the work goes to the dead-letter queue with this reason."""
+
+
+class Paused(PermanentError):
+    """Work for an account that may not sync now (reauth required, replaced, disconnected):
+    dropped, not retried and not dead-lettered."""

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from crmsync.errors import PermanentError
+from crmsync.errors import Paused, PermanentError
 from crmsync.resync import ResyncJob
 
 
@@ -65,6 +65,8 @@ class JobRunner:
             return self._dead_letter(body, message_id, group_id, f"unknown job type {job.type!r}")
         try:
             handler(job, message_id)
+        except Paused:
+            return "dropped"  # the account may not sync now: its queued work goes (ACC-8, ACC-9)
         except PermanentError as error:
             return self._dead_letter(body, message_id, group_id, f"{job.type}: {error}")
         return "done"

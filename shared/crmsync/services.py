@@ -19,8 +19,9 @@ if TYPE_CHECKING:
     from crmsync.accounts.service import Accounts
     from crmsync.crypto import SecretBox
     from crmsync.mail.engine import MailSync
+    from crmsync.mail.push import GmailPush
     from crmsync.mail.read import Mailbox
-    from crmsync.mail.sync import MailboxSync
+    from crmsync.mail.sync import ChangeSource, MailboxSync
     from crmsync.stores.accounts import DynamoAccountStore
     from crmsync.stores.eventbridge import EventBridgePublisher
 
@@ -49,15 +50,39 @@ def resync() -> Resync:
 
 @cache
 def job_runner() -> JobRunner:
+    from crmsync.mail.jobs import MailSyncJob
     from crmsync.stores.queue import SqsDeadLetters
     from crmsync.stores.stepfunctions import StepFunctionsResyncStarter
 
     settings = get_settings()
     if not settings.resync_state_machine_arn or not settings.sync_dlq_url:
         raise RuntimeError("RESYNC_STATE_MACHINE_ARN and SYNC_DLQ_URL must be set for the sync worker")
-    return JobRunner(
+    runner = JobRunner(
         StepFunctionsResyncStarter(settings.resync_state_machine_arn),
         SqsDeadLetters(settings.sync_dlq_url),
+    )
+    runner.register("mail.sync", MailSyncJob(account_store(), mailbox_sync(), CHANGE_SOURCES))
+    return runner
+
+
+# provider → ChangeSource of its mailboxes; the provider adapters register theirs here
+CHANGE_SOURCES: dict[str, ChangeSource] = {}
+
+
+@cache
+def gmail_push(default_audience: str) -> GmailPush:
+    import jwt
+
+    from crmsync.mail.push import GmailPush
+    from crmsync.stores.queue import SqsJobQueue
+
+    settings = get_settings()
+    return GmailPush(
+        jwt.PyJWKClient(settings.google_push_certs_url, cache_keys=True, lifespan=3600),
+        settings.gmail_push_audience or default_audience,
+        settings.gmail_push_service_account,
+        account_store(),
+        SqsJobQueue(settings.sync_queue_url),
     )
 
 
@@ -202,7 +227,7 @@ def reset() -> None:
     from crmsync.stores import aws, secrets
 
     factories = [publisher, directory, resync, job_runner, scheduler, accounts, account_store, secret_box]
-    for factory in [*factories, credentials, oauth_client, mail_sync, mailbox_sync, mailbox]:
+    for factory in [*factories, credentials, oauth_client, mail_sync, mailbox_sync, mailbox, gmail_push]:
         factory.cache_clear()
     secrets.secret_json.cache_clear()
     secrets.secret_text.cache_clear()

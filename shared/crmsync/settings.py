@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     provider_ca_bundle: str = ""
     imap_ca_bundle: str = ""
     imap_allow_private_hosts: bool = False
+    # Gmail push (Pub/Sub OIDC): who signs, for whom, as whom
+    google_push_certs_url: str = "https://www.googleapis.com/oauth2/v3/certs"
+    gmail_push_audience: str = ""  # empty: https://<api domain>/webhooks/gmail
+    gmail_push_service_account: str = ""
 
 
 @lru_cache(maxsize=1)

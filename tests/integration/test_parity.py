@@ -62,7 +62,8 @@ def test_every_route_reaches_its_function(stack: LocalStack, api: Api) -> None:
             headers={"content-type": "application/json"},
             allow_redirects=False,
         )
-        assert response.status_code != 401, (props, response.text)
+        if props.get("Auth", {}).get("Authorizer") != "NONE":  # past the authorizer with a valid token
+            assert response.status_code != 401, (props, response.text)
         assert runtime.invocations == before + 1, (
             f"{props['Method']} {props['Path']} did not reach {logical_id}"
         )

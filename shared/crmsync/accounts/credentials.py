@@ -16,13 +16,13 @@ from crmsync.accounts.models import Account, TokenSet
 from crmsync.accounts.oauth import InvalidGrant, OAuthClient
 from crmsync.accounts.service import AccountStore, ConcurrentSecretUpdate, secret_context, status_changed
 from crmsync.crypto import SecretBox
-from crmsync.errors import PermanentError
+from crmsync.errors import Paused
 from crmsync.events import EventPublisher
 
 REFRESH_MARGIN_S = 300
 
 
-class AccountPaused(PermanentError):
+class AccountPaused(Paused):
     """The account may not sync now (reauth required, replaced, disconnected)."""
 
 

@@ -78,6 +78,22 @@ class DynamoAccountStore:
         )
         return Account.model_validate(plain(item)["account"]) if item else None
 
+    def find_by_address(self, provider: str, address: str) -> list[tuple[str, str]]:
+        """(tenant, account id) of the accounts that sync this provider mailbox."""
+        keys = self._query_all(
+            IndexName="gsi3", KeyConditionExpression=Key("gsi3pk").eq(f"ADDR#{provider}#{address}")
+        )
+        found = []
+        for key in keys:
+            item = self._table.get_item(Key={"pk": key["pk"], "sk": key["sk"]}, ConsistentRead=True).get(
+                "Item"
+            )
+            if item:
+                account = Account.model_validate(plain(item)["account"])
+                if account.can_sync:
+                    found.append((account.tenant_id, account.account_id))
+        return found
+
     def create(self, account: Account, sealed: Mapping[str, str] | None) -> None:
         actions: list[dict[str, Any]] = [
             {

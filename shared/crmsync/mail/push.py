@@ -1,0 +1,111 @@
+"""Gmail's Pub/Sub push (SEC-1): a Google-signed OIDC token, then the notification queued for
+the account's worker. Answers fast; the work happens behind the queue."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import jwt
+from pydantic import BaseModel, ValidationError
+
+from crmsync.jobs import Job
+from crmsync.schedule import JobQueue
+
+GOOGLE_ISSUERS = ("https://accounts.google.com", "accounts.google.com")
+
+
+class PushRefused(Exception):
+    """The request is not a genuine push (401)."""
+
+
+class AccountLookup(Protocol):
+    def find_by_address(self, provider: str, address: str) -> list[tuple[str, str]]: ...
+
+
+class PushOutcome(BaseModel):
+    status: str  # queued | dropped
+    reason: str | None = None
+    account_ids: list[str] = []
+
+
+class _Envelope(BaseModel):
+    class Message(BaseModel):
+        data: str
+        messageId: str
+        publishTime: str | None = None
+
+    message: Message
+    subscription: str | None = None
+
+
+def _decode(data: str) -> dict[str, Any]:
+    """Pub/Sub data is base64 (url-safe or not, padding or not)."""
+    text = data.replace("-", "+").replace("_", "/")
+    decoded = json.loads(base64.b64decode(text + "=" * (-len(text) % 4)))
+    if not isinstance(decoded, dict):
+        raise ValueError("not an object")
+    return decoded
+
+
+class GmailPush:
+    def __init__(
+        self, jwks: Any, audience: str, service_account: str, accounts: AccountLookup, queue: JobQueue
+    ) -> None:
+        self._jwks = jwks  # a jwt.PyJWKClient on Google's certs (or the emulator's)
+        self._audience = audience
+        self._service_account = service_account
+        self._accounts = accounts
+        self._queue = queue
+
+    def verify(self, authorization: str | None) -> dict[str, Any]:
+        if not authorization or not authorization.startswith("Bearer "):
+            raise PushRefused("no bearer token")
+        token = authorization[7:].strip()
+        try:
+            key = self._jwks.get_signing_key_from_jwt(token)
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key.key,
+                algorithms=["RS256"],
+                audience=self._audience,
+                issuer=GOOGLE_ISSUERS,
+                options={"require": ["exp", "iat", "iss", "aud", "email"]},
+            )
+        except jwt.PyJWTError as error:
+            raise PushRefused(f"token refused: {type(error).__name__}") from error
+        if claims.get("email") != self._service_account or claims.get("email_verified") is not True:
+            raise PushRefused("token of another service account")
+        return claims
+
+    def accept(self, authorization: str | None, body: str) -> PushOutcome:
+        self.verify(authorization)
+        try:
+            envelope = _Envelope.model_validate_json(body)
+            data = _decode(envelope.message.data)
+            address = str(data["emailAddress"]).lower()
+            history_id = str(int(data["historyId"]))
+        except (ValidationError, ValueError, KeyError, TypeError, binascii.Error) as error:
+            # acknowledged, not retried: a malformed push will not get better
+            return PushOutcome(status="dropped", reason=f"unreadable push: {type(error).__name__}")
+        accounts = self._accounts.find_by_address("google", address)
+        if not accounts:
+            return PushOutcome(status="dropped", reason="no connected account for this mailbox")
+        for tenant_id, account_id in accounts:
+            job = Job(
+                type="mail.sync",
+                tenant_id=tenant_id,
+                account_id=account_id,
+                payload={"history_id": history_id},
+            )
+            self._queue.send(
+                job, f"{envelope.message.messageId}-{account_id}"
+            )  # Pub/Sub's id: duplicates collapse
+        return PushOutcome(status="queued", account_ids=[a for _, a in accounts])
+
+
+def headers_get(headers: Mapping[str, str] | None, name: str) -> str | None:
+    return next((v for k, v in (headers or {}).items() if k.lower() == name.lower()), None)
