@@ -15,6 +15,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from werkzeug.wrappers import Request, Response
 
+from local.emulators.gmail import GmailEmulator
 from local.emulators.oauth import (
     ACCESS_TTL_S,
     Client,
@@ -42,10 +43,15 @@ class GoogleEmulator:
         self.state = OAuthState()
         self.client = Client(client_id, client_secret or secrets.token_urlsafe(24))
         self.state.clients[client_id] = self.client
-        self.history_id = 1000
+        self.gmail = GmailEmulator(self.state.owner_of)
         # Pub/Sub signs push requests with Google's keys, published at oauth2/v3/certs
         self._push_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self._push_kid = secrets.token_hex(20)
+
+    def issue_access_token(self, email: str) -> str:
+        """A token for `email` as if it had consented (tests and demos that start past sign-in)."""
+        with self.state.lock:
+            return self._issue_access(email.lower())
 
     # ------------------------------------------------------------------ Pub/Sub push
     def push_token(
@@ -130,7 +136,6 @@ class GoogleEmulator:
             ("POST", AUTH_PATH + "/decide"): self.decide,
             ("POST", "/token"): self.token,
             ("GET", "/v1/userinfo"): self.userinfo,
-            ("GET", "/gmail/v1/users/me/profile"): self.profile,
             ("GET", "/oauth2/v3/certs"): self.certs,
             ("POST", "/_emulator/revoke"): lambda r: _json(
                 {"revoked": self.state.revoke(r.get_json()["email"])}
@@ -139,6 +144,8 @@ class GoogleEmulator:
                 {"expired": self.state.expire(r.get_json()["email"])}
             ),
         }
+        if request.path.startswith("/gmail/v1/"):
+            return self.gmail.dispatch(request)
         handler: Callable[[Request], Response] | None = routes.get((request.method, request.path))
         if handler is None:
             return _json({"error": {"code": 404, "message": "Not Found", "status": "NOT_FOUND"}}, 404)
@@ -252,20 +259,3 @@ class GoogleEmulator:
         if email is None:
             return _json({"error": "invalid_token", "error_description": "Invalid Credentials"}, 401)
         return _json({"sub": str(abs(hash(email)) % 10**20), "email": email, "email_verified": True})
-
-    def profile(self, request: Request) -> Response:
-        email = self._owner(request)
-        if email is None:
-            return _json(
-                {
-                    "error": {
-                        "code": 401,
-                        "message": "Request had invalid authentication credentials.",
-                        "status": "UNAUTHENTICATED",
-                    }
-                },
-                401,
-            )
-        return _json(
-            {"emailAddress": email, "messagesTotal": 0, "threadsTotal": 0, "historyId": str(self.history_id)}
-        )

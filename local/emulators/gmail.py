@@ -1,0 +1,289 @@
+"""The Gmail API (v1), as much of it as the sync uses, checked against the discovery document.
+
+Mailboxes hold messages with labels and threads, and a history whose ids increase (not by one)
+and expire: a `startHistoryId` older than what is kept answers 404, as Gmail does. Any request
+can be made to answer 429 with Retry-After. `arrive` makes mail arrive; `send_from_client` is the
+user writing in the Gmail client. Batch requests are not emulated yet."""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+import json
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+from werkzeug.wrappers import Request, Response
+
+from local.emulators.discovery import DiscoveryValidator, Violation, discovery_document
+
+SYSTEM_LABELS = ["INBOX", "SENT", "TRASH", "SPAM", "DRAFT", "UNREAD", "STARRED", "IMPORTANT"]
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(body), status=status, content_type="application/json", headers=headers)
+
+
+def _error(status: int, message: str, reason: str, state: str) -> Response:
+    body = {
+        "error": {
+            "code": status,
+            "message": message,
+            "errors": [{"message": message, "domain": "global", "reason": reason}],
+            "status": state,
+        }
+    }
+    return _json(body, status)
+
+
+@dataclass
+class Stored:
+    id: str
+    thread_id: str
+    labels: set[str]
+    raw: bytes
+    internal_date: int
+    message_id: str | None
+
+
+@dataclass
+class Mailbox:
+    address: str
+    messages: dict[str, Stored] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    history_id: int = 1000
+    oldest_kept: int = 0
+    watch: dict[str, Any] | None = None
+    throttle: list[int] = field(default_factory=lambda: [0, 1])  # [requests left to refuse, retry-after]
+
+    def next_history(self, record: dict[str, Any]) -> int:
+        self.history_id += secrets.randbelow(7) + 1  # increasing, not contiguous
+        self.history.append({"id": str(self.history_id), **record})
+        return self.history_id
+
+
+class GmailEmulator:
+    def __init__(self, owner_of: Callable[[str | None], str | None]) -> None:
+        self.validator = DiscoveryValidator(discovery_document("gmail.v1"))
+        self._owner_of = owner_of  # access token -> mailbox address (the OAuth emulator knows)
+        self.mailboxes: dict[str, Mailbox] = {}
+        self.requests: list[str] = []
+        self.lock = threading.RLock()
+
+    # ------------------------------------------------------------------ controls
+    def mailbox(self, address: str) -> Mailbox:
+        with self.lock:
+            return self.mailboxes.setdefault(address.lower(), Mailbox(address.lower()))
+
+    def arrive(self, address: str, raw: bytes, labels: tuple[str, ...] = ("INBOX", "UNREAD")) -> Stored:
+        """Mail arrives in the mailbox."""
+        return self._store(self.mailbox(address), raw, set(labels), None)
+
+    def send_from_client(self, address: str, raw: bytes) -> Stored:
+        """The user writes (or replies) in the Gmail client: Gmail files it with SENT."""
+        return self._store(self.mailbox(address), raw, {"SENT"}, None)
+
+    def expire_history(self, address: str) -> None:
+        """History older than now is no longer kept (Gmail keeps at least a week, sometimes hours)."""
+        box = self.mailbox(address)
+        box.oldest_kept = box.history_id + 1
+
+    def throttle(self, address: str, requests: int, retry_after: int = 1) -> None:
+        self.mailbox(address).throttle = [requests, retry_after]
+
+    def _store(self, box: Mailbox, raw: bytes, labels: set[str], thread_id: str | None) -> Stored:
+        parsed = email.message_from_bytes(raw, policy=email.policy.default)
+        message_id = str(parsed.get("Message-ID") or "") or None
+        if thread_id is None:
+            refs = re.findall(
+                r"<[^<>\s]+>", f"{parsed.get('In-Reply-To', '')} {parsed.get('References', '')}"
+            )
+            known = {m.message_id: m.thread_id for m in box.messages.values() if m.message_id}
+            thread_id = next((known[r] for r in reversed(refs) if r in known), None)
+        with self.lock:
+            stored = Stored(
+                id=secrets.token_hex(8),
+                thread_id=thread_id or secrets.token_hex(8),
+                labels=labels,
+                raw=raw,
+                internal_date=int(time.time() * 1000),
+                message_id=message_id,
+            )
+            box.messages[stored.id] = stored
+            box.next_history(
+                {
+                    "messages": [{"id": stored.id, "threadId": stored.thread_id}],
+                    "messagesAdded": [{"message": self._minimal(stored)}],
+                }
+            )
+        return stored
+
+    # ------------------------------------------------------------------ HTTP
+    def dispatch(self, request: Request) -> Response:
+        query = parse_qs(request.query_string.decode(), keep_blank_values=True)
+        body = request.get_data() if request.method in ("POST", "PUT", "PATCH") else None
+        try:
+            method, path = self.validator.match(request.method, request.path, query, body)
+        except Violation as violation:
+            return _error(
+                400, f"Invalid request (emulator): {violation}", "invalidArgument", "INVALID_ARGUMENT"
+            )
+        address = self._owner_of(request.headers.get("Authorization"))
+        if address is None:
+            return _error(
+                401, "Request had invalid authentication credentials.", "authError", "UNAUTHENTICATED"
+            )
+        if path.get("userId") not in ("me", address):
+            return _error(403, "Delegation denied", "forbidden", "PERMISSION_DENIED")
+        box = self.mailbox(address)
+        self.requests.append(method.id)
+        if box.throttle[0] > 0:
+            box.throttle[0] -= 1
+            response = _error(429, "User-rate limit exceeded.", "rateLimitExceeded", "RESOURCE_EXHAUSTED")
+            response.headers["Retry-After"] = str(box.throttle[1])
+            return response
+        handler = getattr(self, "_" + method.id.removeprefix("gmail.users.").replace(".", "_"), None)
+        if handler is None:
+            return _error(501, f"{method.id} is not emulated", "notImplemented", "UNIMPLEMENTED")
+        with self.lock:
+            result: Response = handler(
+                box, path, {k: v[-1] for k, v in query.items()}, json.loads(body) if body else {}
+            )
+            return result
+
+    # ------------------------------------------------------------------ methods
+    @staticmethod
+    def _minimal(stored: Stored) -> dict[str, Any]:
+        return {"id": stored.id, "threadId": stored.thread_id, "labelIds": sorted(stored.labels)}
+
+    def _getProfile(self, box: Mailbox, path: dict[str, str], query: dict[str, str], body: Any) -> Response:
+        threads = {m.thread_id for m in box.messages.values()}
+        return _json(
+            {
+                "emailAddress": box.address,
+                "messagesTotal": len(box.messages),
+                "threadsTotal": len(threads),
+                "historyId": str(box.history_id),
+            }
+        )
+
+    def _messages_get(self, box: Mailbox, path: dict[str, str], query: dict[str, str], body: Any) -> Response:
+        stored = box.messages.get(path["id"])
+        if stored is None:
+            return _error(404, "Requested entity was not found.", "notFound", "NOT_FOUND")
+        result: dict[str, Any] = {
+            **self._minimal(stored),
+            "historyId": str(box.history_id),
+            "internalDate": str(stored.internal_date),
+            "sizeEstimate": len(stored.raw),
+        }
+        fmt = query.get("format", "full")
+        if fmt == "raw":
+            result["raw"] = base64.urlsafe_b64encode(stored.raw).decode()
+        elif fmt in ("metadata", "full"):
+            parsed = email.message_from_bytes(stored.raw, policy=email.policy.default)
+            headers = [{"name": k, "value": str(v)} for k, v in parsed.items()]
+            result["payload"] = {"mimeType": parsed.get_content_type(), "headers": headers}
+        return _json(result)
+
+    def _messages_list(
+        self, box: Mailbox, path: dict[str, str], query: dict[str, str], body: Any
+    ) -> Response:
+        wanted = set(query.get("labelIds", "").split(",")) - {""}
+        found = [m for m in box.messages.values() if not wanted or wanted <= m.labels]
+        found.sort(key=lambda m: m.internal_date, reverse=True)
+        start, size = int(query.get("pageToken", "0")), int(query.get("maxResults", "100"))
+        page = found[start : start + size]
+        result: dict[str, Any] = {
+            "messages": [{"id": m.id, "threadId": m.thread_id} for m in page],
+            "resultSizeEstimate": len(found),
+        }
+        if start + size < len(found):
+            result["nextPageToken"] = str(start + size)
+        return _json(result)
+
+    def _messages_send(
+        self, box: Mailbox, path: dict[str, str], query: dict[str, str], body: Any
+    ) -> Response:
+        raw = base64.urlsafe_b64decode(body.get("raw", "") + "=" * (-len(body.get("raw", "")) % 4))
+        stored = self._store(box, raw, {"SENT"}, body.get("threadId"))
+        return _json(self._minimal(stored))
+
+    def _label_change(self, box: Mailbox, stored: Stored, add: set[str], remove: set[str]) -> None:
+        added, removed = add - stored.labels, remove & stored.labels
+        stored.labels = (stored.labels | add) - remove
+        record: dict[str, Any] = {"messages": [{"id": stored.id, "threadId": stored.thread_id}]}
+        if added:
+            record["labelsAdded"] = [{"message": self._minimal(stored), "labelIds": sorted(added)}]
+        if removed:
+            record["labelsRemoved"] = [{"message": self._minimal(stored), "labelIds": sorted(removed)}]
+        if added or removed:
+            box.next_history(record)
+
+    def _messages_modify(
+        self, box: Mailbox, path: dict[str, str], query: dict[str, str], body: Any
+    ) -> Response:
+        stored = box.messages.get(path["id"])
+        if stored is None:
+            return _error(404, "Requested entity was not found.", "notFound", "NOT_FOUND")
+        self._label_change(box, stored, set(body.get("addLabelIds", [])), set(body.get("removeLabelIds", [])))
+        return _json(self._minimal(stored))
+
+    def _messages_trash(
+        self, box: Mailbox, path: dict[str, str], query: dict[str, str], body: Any
+    ) -> Response:
+        stored = box.messages.get(path["id"])
+        if stored is None:
+            return _error(404, "Requested entity was not found.", "notFound", "NOT_FOUND")
+        self._label_change(box, stored, {"TRASH"}, {"INBOX"})
+        return _json(self._minimal(stored))
+
+    def _history_list(self, box: Mailbox, path: dict[str, str], query: dict[str, str], body: Any) -> Response:
+        if "startHistoryId" not in query:
+            return _error(400, "Missing startHistoryId", "invalidArgument", "INVALID_ARGUMENT")
+        start = int(query["startHistoryId"])
+        if start < box.oldest_kept:
+            return _error(404, "Requested entity was not found.", "notFound", "NOT_FOUND")
+        kinds = set(query.get("historyTypes", "").split(",")) - {""}
+        records = [h for h in box.history if int(h["id"]) > start]
+        if kinds:
+            names = {
+                "messageAdded": "messagesAdded",
+                "messageDeleted": "messagesDeleted",
+                "labelAdded": "labelsAdded",
+                "labelRemoved": "labelsRemoved",
+            }
+            records = [h for h in records if any(names[k] in h for k in kinds)]
+        offset, size = int(query.get("pageToken", "0")), min(int(query.get("maxResults", "100")), 500)
+        page = records[offset : offset + size]
+        result: dict[str, Any] = {"historyId": str(box.history_id)}
+        if page:
+            result["history"] = page
+        if offset + size < len(records):
+            result["nextPageToken"] = str(offset + size)
+        return _json(result)
+
+    def _labels_list(self, box: Mailbox, path: dict[str, str], query: dict[str, str], body: Any) -> Response:
+        return _json({"labels": [{"id": name, "name": name, "type": "system"} for name in SYSTEM_LABELS]})
+
+    def _watch(self, box: Mailbox, path: dict[str, str], query: dict[str, str], body: Any) -> Response:
+        box.watch = {"topicName": body.get("topicName"), "labelIds": body.get("labelIds", [])}
+        expiration = int((time.time() + 7 * 86400) * 1000)
+        return _json({"historyId": str(box.history_id), "expiration": str(expiration)})
+
+    def _stop(self, box: Mailbox, path: dict[str, str], query: dict[str, str], body: Any) -> Response:
+        box.watch = None
+        return Response(status=204)
+
+    def _threads_get(self, box: Mailbox, path: dict[str, str], query: dict[str, str], body: Any) -> Response:
+        messages = [self._minimal(m) for m in box.messages.values() if m.thread_id == path["id"]]
+        if not messages:
+            return _error(404, "Requested entity was not found.", "notFound", "NOT_FOUND")
+        return _json({"id": path["id"], "historyId": str(box.history_id), "messages": messages})
