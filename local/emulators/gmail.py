@@ -62,6 +62,7 @@ class Mailbox:
     oldest_kept: int = 0
     watch: dict[str, Any] | None = None
     throttle: list[int] = field(default_factory=lambda: [0, 1])  # [requests left to refuse, retry-after]
+    requests: list[str] = field(default_factory=list)  # the methods called on this mailbox
 
     def next_history(self, record: dict[str, Any]) -> int:
         self.history_id += secrets.randbelow(7) + 1  # increasing, not contiguous
@@ -144,6 +145,7 @@ class GmailEmulator:
             return _error(403, "Delegation denied", "forbidden", "PERMISSION_DENIED")
         box = self.mailbox(address)
         self.requests.append(method.id)
+        box.requests.append(method.id)
         if box.throttle[0] > 0:
             box.throttle[0] -= 1
             response = _error(429, "User-rate limit exceeded.", "rateLimitExceeded", "RESOURCE_EXHAUSTED")
@@ -153,9 +155,9 @@ class GmailEmulator:
         if handler is None:
             return _error(501, f"{method.id} is not emulated", "notImplemented", "UNIMPLEMENTED")
         with self.lock:
-            result: Response = handler(
-                box, path, {k: v[-1] for k, v in query.items()}, json.loads(body) if body else {}
-            )
+            # a repeated parameter (historyTypes, labelIds) arrives whole, comma-joined
+            flat = {k: ",".join(v) for k, v in query.items()}
+            result: Response = handler(box, path, flat, json.loads(body) if body else {})
             return result
 
     # ------------------------------------------------------------------ methods

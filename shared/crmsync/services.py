@@ -65,8 +65,22 @@ def job_runner() -> JobRunner:
     return runner
 
 
-# provider → ChangeSource of its mailboxes; the provider adapters register theirs here
-CHANGE_SOURCES: dict[str, ChangeSource] = {}
+class _ChangeSources(dict[str, "ChangeSource"]):
+    """provider → ChangeSource, built on first use (Gmail's client is imported only then)."""
+
+    def __missing__(self, provider: str) -> ChangeSource:
+        if provider != "google":
+            raise KeyError(provider)
+        from crmsync.providers.gmail import GmailHistorySource
+
+        source = GmailHistorySource(
+            lambda account_id: credentials().access_token(account_id), get_settings().gmail_api_base
+        )
+        self[provider] = source
+        return source
+
+
+CHANGE_SOURCES: dict[str, ChangeSource] = _ChangeSources()
 
 
 @cache
@@ -106,7 +120,17 @@ def accounts() -> Accounts:
     from crmsync.stores.secrets import secret_text
 
     settings = get_settings()
+    from crmsync.providers.gmail import GmailHooks
+    from crmsync.stores.cursors import DynamoCursorStore
+
     return Accounts(
+        hooks={
+            "google": GmailHooks(
+                DynamoCursorStore(settings.cursors_table),
+                settings.gmail_api_base,
+                settings.gmail_push_topic or None,
+            )
+        },
         store=account_store(),
         box=secret_box(),
         directory=directory(),

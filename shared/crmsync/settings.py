@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     google_push_certs_url: str = "https://www.googleapis.com/oauth2/v3/certs"
     gmail_push_audience: str = ""  # empty: https://<api domain>/webhooks/gmail
     gmail_push_service_account: str = ""
+    gmail_push_topic: str = (
+        ""  # projects/<p>/topics/<t>; empty: no users.watch (pushes come from elsewhere or not at all)
+    )
 
 
 @lru_cache(maxsize=1)

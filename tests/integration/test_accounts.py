@@ -421,11 +421,12 @@ def hooks(stack: LocalStack) -> Iterator[RecordingHooks]:
         service(stack, "AccountsFunction", "accounts"),
         service(stack, "OAuthCallbackFunction", "accounts"),
     ]
+    previous = [accounts._hooks.get("google") for accounts in services]
     for accounts in services:
         accounts.register_hooks("google", recording)
     yield recording
-    for accounts in services:
-        accounts._hooks.pop("google", None)
+    for accounts, hooks_before in zip(services, previous, strict=True):
+        accounts._hooks["google"] = hooks_before  # put the Gmail hooks back
 
 
 @pytest.mark.rule("ACC-7")
@@ -493,12 +494,13 @@ def test_a_provider_that_cannot_start_leaves_nothing_behind(
     set_plan(api, tenant, "advanced")
     user = api.token(tenant, "u1")
     callback_accounts = service(stack, "OAuthCallbackFunction", "accounts")
+    previous = callback_accounts._hooks.get("google")
     callback_accounts.register_hooks("google", FailingHooks())
     try:
         before = len(account_items(stack))
         result = connect(api, browser, user, "google", mail_address())
     finally:
-        callback_accounts._hooks.pop("google", None)
+        callback_accounts._hooks["google"] = previous
     assert result["status"] == "error" and result["reason"] == "provider_start_failed"
     assert "try again" in result["message"]
     assert accounts_of(api, user) == []

@@ -48,6 +48,7 @@ def test_the_real_client_reads_history_messages_and_threads(
 ) -> None:
     gmail, address, _ = mailbox
     google = emulators.google.gmail
+    violations = len(google.validator.violations)
     start = gmail.users().getProfile(userId="me").execute()["historyId"]
     first = _mail("carla@client.test", address, "Hi")
     arrived = google.arrive(address, first.as_bytes())
@@ -100,7 +101,7 @@ def test_the_real_client_reads_history_messages_and_threads(
         .execute()
     )
     assert int(watch["expiration"]) > 0 and watch["historyId"]
-    assert google.validator.violations == []
+    assert len(google.validator.violations) == violations
 
 
 def test_requests_the_discovery_document_does_not_allow_are_refused(

@@ -1,37 +1,30 @@
-"""Gmail push end to end: Pub/Sub's OIDC token checked (SEC-1), the notification queued per
-account, the worker syncing from the cursor through the engine."""
+"""Gmail end to end: mail arrives in the emulated mailbox, Pub/Sub pushes (OIDC-checked, SEC-1),
+the worker reads history from the cursor and syncs through the engine; the CRM sees the thread."""
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 
 import boto3
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from crmsync import services
+from crmsync.auth import Principal
+from crmsync.directory import ContactEntry
 from local.emulators.servers import Emulators
 from local.stack import LocalStack
 from tests.conftest import Api
 from tests.integration.helpers import wait_until
 from tests.integration.test_accounts import Browser, accounts_of, connect, set_plan
-from tests.integration.test_mail_engine import delivered, mail
-from tests.integration.test_mailbox_sync import ScriptedHistory, cursor_of
+from tests.integration.test_mail_engine import mail
+from tests.integration.test_mailbox_sync import cursor_of
 
 
 @pytest.fixture
 def webhook(stack: LocalStack, api: Api) -> str:
     return f"{api.base}/webhooks/gmail"
-
-
-@pytest.fixture
-def history() -> Iterator[ScriptedHistory]:
-    scripted = ScriptedHistory([[]])
-    services.CHANGE_SOURCES["google"] = scripted  # stands in for the Gmail adapter
-    yield scripted
-    services.CHANGE_SOURCES.pop("google", None)
 
 
 def _connected(api: Api, emulators: Emulators, tenant: str) -> tuple[str, str]:
@@ -40,6 +33,10 @@ def _connected(api: Api, emulators: Emulators, tenant: str) -> tuple[str, str]:
     result = connect(api, Browser(emulators), api.token(tenant, "u1"), "google", address)
     assert result["status"] == "connected"
     return address, result["account_id"]
+
+
+def _threads(api: Api, tenant: str) -> list[dict]:
+    return api.call("GET", "/v1/threads", api.token(tenant, "u1")).json()["threads"]
 
 
 @pytest.mark.rule("SEC-1")
@@ -66,37 +63,51 @@ def test_forged_pushes_are_refused(
 
 
 @pytest.mark.rule("SYNC-2")
-def test_a_push_syncs_the_mailbox_once_through_the_queue(
-    stack: LocalStack, emulators: Emulators, webhook: str, api: Api, tenant: str, history: ScriptedHistory
+@pytest.mark.rule("MAIL-4")
+@pytest.mark.rule("MAIL-3")
+def test_mail_arriving_in_gmail_reaches_the_crm_once(
+    stack: LocalStack, emulators: Emulators, webhook: str, api: Api, tenant: str
 ) -> None:
     address, account_id = _connected(api, emulators, tenant)
-    services.mailbox_sync()._cursors.advance(account_id, "mail", "100", expected=None)
-    message = mail("stranger@else.test", [address], "Hello")
-    history.pages = [[delivered(message)]]
-    google = emulators.google
-    # the same Pub/Sub message twice (redelivery), then a later one: one sync each distinct push
-    assert google.deliver_push(webhook, address, 2001, message_id="m-1") == 204
-    assert google.deliver_push(webhook, address, 2001, message_id="m-1") == 204
-    wait_until(lambda: cursor_of(stack, account_id) == "110", timeout=15)
-    runs = len(history.calls)
-    assert runs == 1  # the duplicate collapsed in the FIFO queue
-    assert google.deliver_push(webhook, address, 2002, message_id="m-2") == 204
-    wait_until(lambda: len(history.calls) > runs, timeout=15)
-    assert history.calls[-1][0] == "110"  # the next run starts from the stored cursor
-    event = stack.wait_for_event(
-        lambda e: e["detail-type"] == "MessageSkipped" and e["detail"]["account_id"] == account_id
+    start = cursor_of(stack, account_id)
+    assert start is not None  # the provider-start hook recorded the mailbox's historyId
+    directory = services.directory()
+    directory.upsert(
+        Principal(tenant_id=tenant, user_id="admin", role="admin"),
+        "contacts",
+        "c1",
+        ContactEntry(name="Carla", emails=["carla@client.test"]),
     )
-    assert event["detail"]["reason"] == "not_a_crm_thread"  # a stranger's mail, crm_threads scope
-    skips = [
-        e
-        for e in stack.events
-        if e["detail-type"] == "MessageSkipped" and e["detail"]["account_id"] == account_id
-    ]
-    assert len(skips) == 1  # judged once, whatever the redeliveries
+    gmail = emulators.google.gmail
+    violations = len(gmail.validator.violations)
+    first = mail("carla@client.test", [address], "Pricing?")
+    gmail.arrive(address, first.as_bytes())
+    google = emulators.google
+    # the same Pub/Sub message twice (a redelivery): one job
+    assert google.deliver_push(webhook, address, gmail.mailbox(address).history_id, message_id="p-1") == 204
+    assert google.deliver_push(webhook, address, gmail.mailbox(address).history_id, message_id="p-1") == 204
+    threads = wait_until(lambda: _threads(api, tenant), timeout=20)
+    assert [t["subject"] for t in threads] == ["Pricing?"] and threads[0]["contact_ids"] == ["c1"]
+    wait_until(lambda: cursor_of(stack, account_id) != start, timeout=10)
+    assert gmail.mailbox(address).requests.count("gmail.users.history.list") == 1  # the duplicate collapsed
+
+    # the user answers in the Gmail client: it joins the thread as outbound mail
+    gmail.send_from_client(
+        address, mail(address, ["carla@client.test"], "Re: Pricing?", reply_to=first).as_bytes()
+    )
+    assert google.deliver_push(webhook, address, gmail.mailbox(address).history_id, message_id="p-2") == 204
+
+    def two_messages() -> dict | None:
+        view = api.call("GET", f"/v1/threads/{threads[0]['crm_thread_id']}", api.token(tenant, "u1")).json()
+        return view if len(view["messages"]) == 2 else None
+
+    view = wait_until(two_messages, timeout=20)
+    assert [m["direction"] for m in view["messages"]] == ["inbound", "outbound"]
+    assert len(gmail.validator.violations) == violations  # every request fit gmail.v1
 
 
 def test_pushes_for_unknown_or_disconnected_mailboxes_are_acknowledged_and_dropped(
-    stack: LocalStack, emulators: Emulators, webhook: str, api: Api, tenant: str, history: ScriptedHistory
+    stack: LocalStack, emulators: Emulators, webhook: str, api: Api, tenant: str
 ) -> None:
     google = emulators.google
     assert google.deliver_push(webhook, "nobody@gmail.test", 5) == 204  # 2xx: Pub/Sub must not retry forever
@@ -105,9 +116,12 @@ def test_pushes_for_unknown_or_disconnected_mailboxes_are_acknowledged_and_dropp
         api.call("DELETE", f"/v1/accounts/{account_id}", api.token(tenant, "u1")).json()["status"]
         == "disconnected"
     )
+    before = google.gmail.requests.count("gmail.users.history.list")
     assert google.deliver_push(webhook, address, 6) == 204
     time.sleep(1)
-    assert history.calls == []  # no sync for a disconnected account
+    assert (
+        google.gmail.requests.count("gmail.users.history.list") == before
+    )  # no sync for a disconnected account
     dead = boto3.client("sqs").receive_message(
         QueueUrl=stack.queues["SyncDeadLetterQueue"], MessageAttributeNames=["All"]
     )

@@ -25,7 +25,9 @@ def test_globals_runtime_architecture_tracing_and_layer() -> None:
     assert env["POWERTOOLS_SERVICE_NAME"] and env["POWERTOOLS_METRICS_NAMESPACE"]
     layer = RESOURCES["SharedLayer"]
     assert layer["Properties"]["ContentUri"] == "shared/"
-    assert layer["Metadata"] == {"BuildMethod": "python3.13", "BuildArchitecture": "arm64"}
+    assert layer["Metadata"] == {"BuildMethod": "makefile", "BuildArchitecture": "arm64"}
+    makefile = (TEMPLATE.parent / "shared" / "Makefile").read_text()
+    assert "build-SharedLayer:" in makefile and "--python-version 3.13" in makefile and "aarch64" in makefile
 
 
 def test_every_function_logs_to_its_own_group_with_retention() -> None:

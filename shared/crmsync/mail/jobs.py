@@ -29,7 +29,8 @@ class MailSyncJob:
             raise PermanentError(f"no account {job.account_id} in tenant {job.tenant_id}")
         if not account.can_sync:
             raise Paused(f"account {account.account_id} is {account.status}")
-        source = self._sources.get(account.provider)
-        if source is None:
-            raise PermanentError(f"no change source for {account.provider} mailboxes in this build")
+        try:
+            source = self._sources[account.provider]
+        except KeyError:
+            raise PermanentError(f"no change source for {account.provider} mailboxes in this build") from None
         self._sync.run(account, source)

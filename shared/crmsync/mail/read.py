@@ -60,6 +60,6 @@ class Mailbox:
             raise NotFound(f"no thread {thread_id!r} in your mail")
         messages = sorted(
             self._store.thread_messages(principal.tenant_id, thread_id),
-            key=lambda m: (m.date is None, m.date),
+            key=lambda m: (m.date is None, m.date, m.synced_at),
         )
         return ThreadView(thread=thread, messages=messages)

@@ -1,0 +1,1 @@
+"""Provider adapters behind the engine's ports (ChangeSource, ProviderHooks)."""
