@@ -43,6 +43,10 @@ def _error(status: int, message: str, reason: str, state: str) -> Response:
     return _json(body, status)
 
 
+def _not_found() -> Response:
+    return _error(404, "Requested entity was not found.", "notFound", "NOT_FOUND")
+
+
 @dataclass
 class Stored:
     id: str
@@ -179,7 +183,7 @@ class GmailEmulator:
     def _messages_get(self, box: Mailbox, path: dict[str, str], query: dict[str, str], body: Any) -> Response:
         stored = box.messages.get(path["id"])
         if stored is None:
-            return _error(404, "Requested entity was not found.", "notFound", "NOT_FOUND")
+            return _not_found()
         result: dict[str, Any] = {
             **self._minimal(stored),
             "historyId": str(box.history_id),
@@ -234,7 +238,7 @@ class GmailEmulator:
     ) -> Response:
         stored = box.messages.get(path["id"])
         if stored is None:
-            return _error(404, "Requested entity was not found.", "notFound", "NOT_FOUND")
+            return _not_found()
         self._label_change(box, stored, set(body.get("addLabelIds", [])), set(body.get("removeLabelIds", [])))
         return _json(self._minimal(stored))
 
@@ -243,7 +247,7 @@ class GmailEmulator:
     ) -> Response:
         stored = box.messages.get(path["id"])
         if stored is None:
-            return _error(404, "Requested entity was not found.", "notFound", "NOT_FOUND")
+            return _not_found()
         self._label_change(box, stored, {"TRASH"}, {"INBOX"})
         return _json(self._minimal(stored))
 
@@ -252,7 +256,7 @@ class GmailEmulator:
             return _error(400, "Missing startHistoryId", "invalidArgument", "INVALID_ARGUMENT")
         start = int(query["startHistoryId"])
         if start < box.oldest_kept:
-            return _error(404, "Requested entity was not found.", "notFound", "NOT_FOUND")
+            return _not_found()
         kinds = set(query.get("historyTypes", "").split(",")) - {""}
         records = [h for h in box.history if int(h["id"]) > start]
         if kinds:
@@ -287,5 +291,5 @@ class GmailEmulator:
     def _threads_get(self, box: Mailbox, path: dict[str, str], query: dict[str, str], body: Any) -> Response:
         messages = [self._minimal(m) for m in box.messages.values() if m.thread_id == path["id"]]
         if not messages:
-            return _error(404, "Requested entity was not found.", "notFound", "NOT_FOUND")
+            return _not_found()
         return _json({"id": path["id"], "historyId": str(box.history_id), "messages": messages})

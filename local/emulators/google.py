@@ -21,6 +21,7 @@ from local.emulators.oauth import (
     Client,
     Grant,
     OAuthState,
+    carried_fields,
     client_credentials,
     consent_page,
     oauth_error,
@@ -157,18 +158,7 @@ class GoogleEmulator:
             return Response("Error 401: invalid_client. The OAuth client was not found.", status=401)
         if args.get("response_type") != "code" or not args.get("redirect_uri"):
             return Response("Error 400: invalid_request", status=400)
-        fields = {
-            k: args.get(k, "")
-            for k in (
-                "client_id",
-                "redirect_uri",
-                "state",
-                "scope",
-                "code_challenge",
-                "code_challenge_method",
-                "access_type",
-            )
-        }
+        fields = carried_fields(args, "access_type")
         return consent_page(
             "Google",
             AUTH_PATH + "/decide",

@@ -23,6 +23,7 @@ from local.emulators.oauth import (
     Client,
     Grant,
     OAuthState,
+    carried_fields,
     client_credentials,
     consent_page,
     oauth_error,
@@ -103,19 +104,7 @@ class MicrosoftEmulator:
         args = request.args
         if args.get("client_id") not in self.state.clients:
             return Response("AADSTS700016: Application not found in the directory.", status=400)
-        fields = {
-            k: args.get(k, "")
-            for k in (
-                "client_id",
-                "redirect_uri",
-                "state",
-                "scope",
-                "code_challenge",
-                "code_challenge_method",
-                "nonce",
-                "response_mode",
-            )
-        }
+        fields = carried_fields(args, "nonce", "response_mode")
         fields["tenant"] = tenant
         action = f"/{tenant}/oauth2/v2.0/authorize/decide"
         return consent_page(

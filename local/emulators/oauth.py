@@ -76,6 +76,14 @@ def pkce_matches(verifier: str, challenge: str, method: str) -> bool:
     return method == "plain" and secrets.compare_digest(verifier, challenge)
 
 
+AUTHORIZE_FIELDS = ("client_id", "redirect_uri", "state", "scope", "code_challenge", "code_challenge_method")
+
+
+def carried_fields(args: Any, *extra: str) -> dict[str, str]:
+    """What the consent form carries from the authorize request to the decision."""
+    return {k: args.get(k, "") for k in (*AUTHORIZE_FIELDS, *extra)}
+
+
 def consent_page(
     provider: str, action: str, fields: dict[str, str], default_email: str, scope: str
 ) -> Response:
