@@ -203,7 +203,13 @@ class GmailEmulator:
         self, box: Mailbox, path: dict[str, str], query: dict[str, str], body: Any
     ) -> Response:
         wanted = set(query.get("labelIds", "").split(",")) - {""}
-        found = [m for m in box.messages.values() if not wanted or wanted <= m.labels]
+        after = re.search(r"\bafter:(\d+)\b", query.get("q", ""))  # Gmail's search: after:<epoch seconds>
+        found = [
+            m
+            for m in box.messages.values()
+            if (not wanted or wanted <= m.labels)
+            and (after is None or m.internal_date // 1000 > int(after.group(1)))
+        ]
         found.sort(key=lambda m: m.internal_date, reverse=True)
         start, size = int(query.get("pageToken", "0")), int(query.get("maxResults", "100"))
         page = found[start : start + size]

@@ -8,7 +8,7 @@ PageSource per resync kind; a kind with no source has nothing to import.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
@@ -79,10 +79,12 @@ class Resync:
         store: SyncStateStore,
         publisher: EventPublisher,
         sources: Mapping[str, PageSource] | None = None,
+        cursor_sink: Callable[[ResyncJob], None] | None = None,
     ) -> None:
         self._store = store
         self._publisher = publisher
         self._sources: dict[str, PageSource] = dict(sources or {})
+        self._cursor_sink = cursor_sink  # stores the fresh cursor a resync ends with (SYNC-3)
 
     def register(self, kind: ResyncKind, source: PageSource) -> None:
         self._sources[kind] = source
@@ -146,6 +148,8 @@ class Resync:
         return job
 
     def _finish(self, job: ResyncJob) -> ResyncJob:
+        if job.cursor and self._cursor_sink is not None:
+            self._cursor_sink(job)
         self._save(job, "succeeded")
         self._publisher.publish([self._event(job, "succeeded")])
         return job

@@ -43,9 +43,26 @@ def directory() -> Directory:
 
 @cache
 def resync() -> Resync:
-    from crmsync.stores.cursors import DynamoSyncStateStore
+    from crmsync.mail.pages import ProviderPages
+    from crmsync.stores.cursors import DynamoCursorStore, DynamoSyncStateStore
 
-    return Resync(DynamoSyncStateStore(get_settings().cursors_table), publisher())
+    settings = get_settings()
+    cursors = DynamoCursorStore(settings.cursors_table)
+
+    def gmail_pages() -> object:
+        from crmsync.providers.gmail import GmailPages
+
+        return GmailPages(
+            lambda a: credentials().access_token(a), settings.gmail_api_base, mail_sync().ingest
+        )
+
+    pages = ProviderPages(account_store(), {"google": gmail_pages})
+    return Resync(
+        DynamoSyncStateStore(settings.cursors_table),
+        publisher(),
+        sources={"mail_resync": pages, "mail_import": pages},
+        cursor_sink=lambda job: cursors.set(job.account_id, "mail", job.cursor or ""),
+    )
 
 
 @cache

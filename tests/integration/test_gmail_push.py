@@ -127,3 +127,38 @@ def test_pushes_for_unknown_or_disconnected_mailboxes_are_acknowledged_and_dropp
     )
     assert not any(account_id in m["Body"] for m in dead.get("Messages", []))
     assert accounts_of(api, api.token(tenant, "u1"))[0]["status"] == "disconnected"
+
+
+@pytest.mark.rule("SYNC-3")
+def test_expired_history_resyncs_the_mailbox_without_duplicates(
+    stack: LocalStack, emulators: Emulators, webhook: str, api: Api, tenant: str
+) -> None:
+    address, account_id = _connected(api, emulators, tenant)
+    admin = Principal(tenant_id=tenant, user_id="admin", role="admin")
+    services.directory().upsert(
+        admin, "contacts", "c1", ContactEntry(name="Carla", emails=["carla@client.test"])
+    )
+    gmail, google = emulators.google.gmail, emulators.google
+    first = mail("carla@client.test", [address], "Order 1")
+    gmail.arrive(address, first.as_bytes())
+    assert google.deliver_push(webhook, address, gmail.mailbox(address).history_id, message_id="q-1") == 204
+    wait_until(lambda: len(_threads(api, tenant)) == 1, timeout=20)
+
+    gmail.expire_history(address)  # Gmail no longer keeps the history our cursor points into
+    second = mail("carla@client.test", [address], "Order 2")
+    gmail.arrive(address, second.as_bytes())
+    assert google.deliver_push(webhook, address, gmail.mailbox(address).history_id, message_id="q-2") == 204
+    # 404 → a full resync through the state machine: the new mail comes in, the old one is not doubled
+    threads = wait_until(lambda: (found := _threads(api, tenant)) and len(found) == 2 and found, timeout=30)
+    assert sorted(t["subject"] for t in threads) == ["Order 1", "Order 2"]
+    assert all(t["message_count"] == 1 for t in threads)
+    fresh = wait_until(
+        lambda: (c := cursor_of(stack, account_id)) and int(c) >= gmail.mailbox(address).oldest_kept and c,
+        timeout=20,
+    )
+
+    # and the incremental sync goes on from the new cursor, with no further 404
+    gmail.arrive(address, mail("carla@client.test", [address], "Order 3").as_bytes())
+    assert google.deliver_push(webhook, address, gmail.mailbox(address).history_id, message_id="q-3") == 204
+    wait_until(lambda: len(_threads(api, tenant)) == 3, timeout=20)
+    assert int(cursor_of(stack, account_id) or 0) > int(fresh)

@@ -60,9 +60,10 @@ def provider(stack: LocalStack) -> Iterator[Any]:
         registered.append(kind)
         return source
 
+    before = dict(resync._sources)
     yield plug
-    for kind in registered:
-        resync._sources.pop(kind, None)
+    resync._sources.clear()
+    resync._sources.update(before)  # the real page sources are back for the tests after
 
 
 def test_runs_to_success_on_an_empty_account(stack: LocalStack, tenant: str) -> None:

@@ -29,7 +29,7 @@ def _resync_job(tenant: str, account: str) -> dict:
         "type": "resync.start",
         "tenant_id": tenant,
         "account_id": account,
-        "payload": {"user_id": "u1", "kind": "mail_import"},
+        "payload": {"user_id": "u1", "kind": "calendar_resync"},  # no calendar source yet: an empty account
     }
 
 

@@ -53,6 +53,10 @@ class DynamoCursorStore:
         ).get("Item")
         return str(item["cursor"]) if item else None
 
+    def set(self, account_id: str, name: str, value: str) -> None:
+        """A new baseline, whatever was there (the end of a full resync)."""
+        self._table.put_item(Item={"pk": f"ACC#{account_id}", "sk": f"CUR#{name}", "cursor": value})
+
     def advance(self, account_id: str, name: str, new: str, expected: str | None) -> bool:
         try:
             if expected is None:
