@@ -86,11 +86,7 @@ def disconnect(account_id: AccountId) -> Account:
 @app.get("/v1/accounts/<account_id>/sync", summary="Progress of the account's imports", tags=TAGS)
 def sync_progress(account_id: AccountId) -> SyncProgress:
     account = accounts.get(current_principal(app), account_id)
-    found = [
-        resync.progress(account.account_id, kind)
-        for kind in ("mail_import", "mail_resync", "calendar_resync")
-    ]
-    return SyncProgress(account_id=account.account_id, imports=[p for p in found if p is not None])
+    return SyncProgress(account_id=account.account_id, imports=resync.progress_of(account.account_id))
 
 
 @app.get(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -106,6 +106,11 @@ class Resync:
 
     def progress(self, account_id: str, kind: ResyncKind) -> ResyncProgress | None:
         return self._store.get_progress(account_id, kind)
+
+    def progress_of(self, account_id: str) -> list[ResyncProgress]:
+        """Every import or resync the account has had, whatever its kind."""
+        found = (self._store.get_progress(account_id, kind) for kind in get_args(ResyncKind))
+        return [p for p in found if p is not None]
 
     def _save(
         self, job: ResyncJob, status: Literal["running", "succeeded", "failed"], error: str | None = None

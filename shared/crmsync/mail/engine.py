@@ -123,7 +123,10 @@ class MailSync:
         )
         new_thread = self._thread_after(account, parsed, record, thread)
         self._store.record_message(record, new_thread, thread.version if thread else 0)
-        self._publish_if_pending(account.tenant_id, self._ref(record))
+        ref = MessageRef(
+            crm_message_id=record.crm_message_id, crm_thread_id=record.crm_thread_id, user_id=record.user_id
+        )
+        self._publish_if_pending(account.tenant_id, ref)  # a retried send records and publishes once
         return record
 
     # ------------------------------------------------------------------ pieces
@@ -280,18 +283,8 @@ class MailSync:
             status="synced", crm_message_id=record.crm_message_id, crm_thread_id=record.crm_thread_id
         )
 
-    @staticmethod
-    def _ref(record: MessageRecord) -> MessageRef:
-        return MessageRef(
-            crm_message_id=record.crm_message_id,
-            crm_thread_id=record.crm_thread_id,
-            user_id=record.user_id,
-            published=record.published,
-        )
-
     def _publish_if_pending(self, tenant_id: str, ref: MessageRef) -> None:
-        if ref.published:
-            return
+        """A stored message whose event did not go out (a crash in between) is published now."""
         record = self._store.get_message(tenant_id, ref.user_id, ref.crm_message_id)
         if record is not None and not record.published:
             self._publish(record)

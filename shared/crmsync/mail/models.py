@@ -22,10 +22,11 @@ class ProviderMessage(BaseModel):
 
 
 class MessageRef(BaseModel):
+    """Where a message already is; whether its event went out is read from the message itself."""
+
     crm_message_id: str
     crm_thread_id: str
     user_id: str
-    published: bool = True
 
 
 class MessageRecord(BaseModel):

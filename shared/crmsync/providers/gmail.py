@@ -55,6 +55,27 @@ def _is_rate_limit(error: Any) -> bool:
     )
 
 
+def fetch_raw(gmail: Any, message_id: str) -> ProviderMessage | None:
+    """One message in raw format; None if it is gone (deleted since the history was written)."""
+    from googleapiclient.errors import HttpError
+
+    try:
+        found = gmail.users().messages().get(userId="me", id=message_id, format="raw").execute()
+    except HttpError as error:
+        if _status(error) == 404:
+            return None  # deleted since the history was written: nothing to sync
+        if _is_rate_limit(error) or _status(error) >= 500:
+            raise TransientError(f"gmail answered {_status(error)} for a message") from error
+        raise
+    raw = base64.urlsafe_b64decode(found["raw"] + "=" * (-len(found["raw"]) % 4))
+    return ProviderMessage(
+        provider_message_id=found["id"],
+        provider_thread_id=found.get("threadId"),
+        labels=found.get("labelIds", []),
+        raw=raw,
+    )
+
+
 class GmailHistorySource:
     def __init__(self, access_token: Callable[[str], str], api_base: str) -> None:
         self._token = access_token  # Credentials.access_token: refreshes, or raises AccountPaused
@@ -89,29 +110,9 @@ class GmailHistorySource:
         for record in page.get("history", []):
             for item in record.get("messagesAdded", []):
                 added[item["message"]["id"]] = None
-        messages = [m for m in (self._fetch(gmail, i) for i in added) if m is not None]
+        messages = [m for m in (fetch_raw(gmail, i) for i in added) if m is not None]
         return ChangePage(
             messages=messages, next_page=page.get("nextPageToken"), cursor=str(page["historyId"])
-        )
-
-    @staticmethod
-    def _fetch(gmail: Any, message_id: str) -> ProviderMessage | None:
-        from googleapiclient.errors import HttpError
-
-        try:
-            found = gmail.users().messages().get(userId="me", id=message_id, format="raw").execute()
-        except HttpError as error:
-            if _status(error) == 404:
-                return None  # deleted since the history was written: nothing to sync
-            if _is_rate_limit(error) or _status(error) >= 500:
-                raise TransientError(f"gmail answered {_status(error)} for a message") from error
-            raise
-        raw = base64.urlsafe_b64decode(found["raw"] + "=" * (-len(found["raw"]) % 4))
-        return ProviderMessage(
-            provider_message_id=found["id"],
-            provider_thread_id=found.get("threadId"),
-            labels=found.get("labelIds", []),
-            raw=raw,
         )
 
     def is_newer(self, candidate: str, current: str) -> bool:
@@ -182,7 +183,7 @@ class GmailPages:
                 raise TransientError(f"gmail answered {_status(error)}") from error
             raise
         ids = [m["id"] for m in listed.get("messages", [])]
-        for message in (GmailHistorySource._fetch(gmail, i) for i in ids):
+        for message in (fetch_raw(gmail, i) for i in ids):
             if message is not None:
                 self._ingest(account, message)
         return Page(items=len(ids), next_token=listed.get("nextPageToken"), cursor=cursor)

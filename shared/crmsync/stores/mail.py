@@ -55,24 +55,13 @@ class DynamoMailStore:
         item = self._get({"pk": f"ACC#{account_id}", "sk": f"PMSG#{provider_message_id}"})
         if item is None:
             return None
-        ref = MessageRef.model_validate(item)
-        message = self._messages.get_item(
-            Key={"pk": item["message_pk"], "sk": f"MSG#{ref.crm_message_id}"}, ConsistentRead=True
-        ).get("Item")
-        ref.published = bool(message and message.get("published"))
-        return ref
+        return MessageRef.model_validate(item)
 
     def find_message_id(self, tenant_id: str, message_id: str) -> MessageRef | None:
         item = self._get({"pk": f"T#{tenant_id}#MID#{message_id}", "sk": "MID"})
         if item is None:
             return None
-        ref = MessageRef.model_validate(item)
-        message = self._messages.get_item(
-            Key={"pk": f"T#{tenant_id}#U#{ref.user_id}", "sk": f"MSG#{ref.crm_message_id}"},
-            ConsistentRead=True,
-        ).get("Item")
-        ref.published = bool(message and message.get("published"))
-        return ref
+        return MessageRef.model_validate(item)
 
     def find_provider_thread(self, account_id: str, provider_thread_id: str) -> str | None:
         item = self._get({"pk": f"ACC#{account_id}", "sk": f"PTHR#{provider_thread_id}"})
