@@ -42,6 +42,25 @@ class Unprocessable(ServiceError):
     code = "invalid_request"
 
 
+class TooLarge(ServiceError):
+    status = 413
+    code = "too_large"
+
+
+class ProviderRefused(ServiceError):
+    """The mail provider refused the request; its reason is in the message."""
+
+    status = 502
+    code = "provider_refused"
+
+
+class ProviderUnavailable(ServiceError):
+    """The mail provider is throttling or failing; the same request may be retried later."""
+
+    status = 503
+    code = "provider_unavailable"
+
+
 class TransientError(Exception):
     """A failure worth retrying later (throttling, 5xx, a lost race)."""
 

@@ -54,6 +54,15 @@ class MailStore(Protocol):
 
     def thread_messages(self, tenant_id: str, crm_thread_id: str) -> list[MessageRecord]: ...
 
+    def set_delivery(
+        self,
+        record: MessageRecord,
+        delivery: str,
+        error: str | None,
+        provider_message_id: str | None = None,
+        provider_thread_id: str | None = None,
+    ) -> MessageRecord: ...
+
 
 class RawStore(Protocol):
     def put(self, key: str, data: bytes) -> None: ...
@@ -106,28 +115,69 @@ class MailSync:
 
     # ------------------------------------------------------------------ sent from the CRM
     def record_outgoing(
-        self, account: Account, raw: bytes, parent_message_id: str | None = None
+        self, account: Account, raw: bytes, parent_message_id: str | None = None, publish: bool = True
     ) -> MessageRecord:
         """The send path records what it sends before the provider has an id for it, so that
-        the Sent copy is recognised (MAIL-2) and replies join the thread (MAIL-3)."""
+        the Sent copy is recognised (MAIL-2) and replies join the thread (MAIL-3). Recording
+        the same Message-ID again (a retried send) returns the record already there."""
         parsed = parse(raw)
         if not parsed.message_id:
             raise Malformed("a message sent from the CRM needs a Message-ID")
+        existing = self._store.find_message_id(account.tenant_id, parsed.message_id)
+        if existing is not None and existing.user_id == account.user_id:
+            found = self._store.get_message(account.tenant_id, existing.user_id, existing.crm_message_id)
+            if found is not None:
+                return found
         thread = None
         if parent_message_id:
             parent = self._store.find_message_id(account.tenant_id, parent_message_id)
             thread = self._store.get_thread(account.tenant_id, parent.crm_thread_id) if parent else None
+        raw_key = f"raw/{account.tenant_id}/{account.account_id}/{stable_id('mid', parsed.message_id)}.eml"
+        self._raw.put(raw_key, raw)
         lookups = self._lookups(account.tenant_id, parsed)
         record = self._record(
-            account, None, parsed, "outbound", thread, lookups, raw_key=None, labels=["SENT"]
+            account, None, parsed, "outbound", thread, lookups, raw_key=raw_key, labels=["SENT"]
         )
+        record.delivery = "sending"
         new_thread = self._thread_after(account, parsed, record, thread)
         self._store.record_message(record, new_thread, thread.version if thread else 0)
-        ref = MessageRef(
+        if publish:
+            self._publish_if_pending(account.tenant_id, self._ref(record))
+        return record
+
+    def confirm_sent(
+        self,
+        account: Account,
+        record: MessageRecord,
+        provider_message_id: str,
+        provider_thread_id: str | None,
+    ) -> MessageRecord:
+        """The provider took the message: map its ids to the CRM's (so its Sent copy is this
+        message, MAIL-7), mark it sent, and tell the CRM (once, even if the worker saw the
+        Sent copy first)."""
+        copy = ProviderMessage(
+            provider_message_id=provider_message_id, provider_thread_id=provider_thread_id, raw=b""
+        )
+        self._store.attach_copy(account, copy, self._ref(record))
+        updated = self._store.set_delivery(
+            record,
+            "sent",
+            None,
+            provider_message_id=provider_message_id,
+            provider_thread_id=provider_thread_id,
+        )
+        self._publish_if_pending(account.tenant_id, self._ref(record))
+        return updated
+
+    def fail_sent(self, record: MessageRecord, reason: str) -> MessageRecord:
+        """The provider refused it: the CRM copy says so; nothing is published as sent."""
+        return self._store.set_delivery(record, "failed", reason)
+
+    @staticmethod
+    def _ref(record: MessageRecord) -> MessageRef:
+        return MessageRef(
             crm_message_id=record.crm_message_id, crm_thread_id=record.crm_thread_id, user_id=record.user_id
         )
-        self._publish_if_pending(account.tenant_id, ref)  # a retried send records and publishes once
-        return record
 
     # ------------------------------------------------------------------ pieces
     def _thread_of(
@@ -223,6 +273,7 @@ class MailSync:
             provider_message_id=message.provider_message_id if message else None,
             provider_thread_id=message.provider_thread_id if message else None,
             message_id=parsed.message_id,
+            references=parsed.references,
             direction=direction,
             subject=parsed.subject,
             sender=parsed.sender,

@@ -41,6 +41,7 @@ class MessageRecord(BaseModel):
     provider_message_id: str | None
     provider_thread_id: str | None
     message_id: str | None
+    references: list[str] = Field(default_factory=list, description="RFC 5322 References, oldest first")
     direction: Direction
     subject: str
     sender: str | None
@@ -54,7 +55,16 @@ class MessageRecord(BaseModel):
     lead_ids: list[str]
     deal_id: str | None
     raw_key: str | None
-    removed_in_mailbox: bool = False
+    removed_in_mailbox: bool = Field(
+        default=False, description="MAIL-10: deleted or moved out of the synced folders in the mailbox"
+    )
+    crm_state: Literal["active", "archived", "deleted"] = Field(
+        default="active", description="MAIL-9: what the CRM did with it"
+    )
+    delivery: Literal["sending", "sent", "failed"] | None = Field(
+        default=None, description="Messages sent from the CRM: whether the provider took it"
+    )
+    delivery_error: str | None = None
     published: bool = False
     synced_at: datetime
 

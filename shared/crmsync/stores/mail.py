@@ -40,6 +40,25 @@ def _ref(item: dict[str, Any] | None) -> MessageRef | None:
     return MessageRef.model_validate(item) if item else None
 
 
+# Fields that change after a message is created live as attributes of their own beside the
+# message's JSON, so that each change is one atomic UpdateItem with no read before it.
+_MUTABLE = (
+    "published",
+    "delivery",
+    "delivery_error",
+    "provider_message_id",
+    "provider_thread_id",
+    "removed_in_mailbox",
+    "crm_state",
+)
+
+
+def _message(item: dict[str, Any]) -> MessageRecord:
+    record = MessageRecord.model_validate_json(str(item["message"]))
+    changes = {name: item[name] for name in _MUTABLE if name in item}
+    return record.model_copy(update=changes) if changes else record
+
+
 class DynamoMailStore:
     def __init__(self, threads_table: str, messages_table: str) -> None:
         self._threads_name = threads_table
@@ -186,16 +205,43 @@ class DynamoMailStore:
         ).get("Item")
         if not item:
             return None
-        record = MessageRecord.model_validate_json(str(item["message"]))
-        record.published = bool(item.get("published"))
-        return record
+        return _message(plain(item))
 
     def mark_published(self, record: MessageRecord) -> None:
+        self._update(record, published=True)
+
+    def _update(self, record: MessageRecord, **changes: Any) -> MessageRecord:
+        names = {f"#{k}": k for k in changes}
+        values = {f":{k}": v for k, v in changes.items()}
         self._messages.update_item(
             Key={"pk": f"T#{record.tenant_id}#U#{record.user_id}", "sk": f"MSG#{record.crm_message_id}"},
-            UpdateExpression="SET published = :t",
-            ExpressionAttributeValues={":t": True},
+            UpdateExpression="SET " + ", ".join(f"#{k} = :{k}" for k in changes),
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
         )
+        return record.model_copy(update=changes)
+
+    def set_delivery(
+        self,
+        record: MessageRecord,
+        delivery: str,
+        error: str | None,
+        provider_message_id: str | None = None,
+        provider_thread_id: str | None = None,
+    ) -> MessageRecord:
+        changes: dict[str, Any] = {"delivery": delivery, "delivery_error": error}
+        if provider_message_id:
+            changes["provider_message_id"] = provider_message_id
+        if provider_thread_id:
+            changes["provider_thread_id"] = provider_thread_id
+        return self._update(record, **changes)
+
+    def set_crm_state(self, record: MessageRecord, state: str) -> MessageRecord:
+        return self._update(record, crm_state=state)
+
+    def mark_removed(self, record: MessageRecord, removed: bool) -> MessageRecord:
+        return self._update(record, removed_in_mailbox=removed)
 
     def record_skip(self, account_id: str, provider_message_id: str, reason: str) -> bool:
         try:
@@ -215,9 +261,8 @@ class DynamoMailStore:
         )["Items"]
         records = []
         for item in items:
-            record = MessageRecord.model_validate_json(str(item["message"]))
+            record = _message(plain(item))
             if record.tenant_id == tenant_id:
-                record.published = bool(item.get("published"))
                 records.append(record)
         return records
 

@@ -1,0 +1,62 @@
+"""Attachment limits per provider (ATT-5): one table, overridable by configuration.
+
+Gmail: 25 MB of attachments in total per message (ATT-2). Microsoft: 3 MB per file and a
+type allowlist (ATT-3). IMAP/SMTP servers set their own limits; 25 MB in total is the common
+default and an operator can change it. The environment variable ATTACHMENT_LIMITS holds a
+JSON object of provider → fields to override, e.g. {"imap": {"total_bytes": 10485760}}.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MB = 1024 * 1024
+
+
+class AttachmentLimits(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    provider_label: str = Field(description="How users know the provider, for messages")
+    total_bytes: int | None = Field(default=None, ge=1, description="All attachments of one message")
+    per_file_bytes: int | None = Field(default=None, ge=1, description="Any one file")
+    allowed_types: frozenset[str] | None = Field(
+        default=None, description="File kinds (see filetype.py) allowed; None: any but executables"
+    )
+
+    @property
+    def upload_max_bytes(self) -> int:
+        """The largest single upload that can ever be sent: what a staging policy allows."""
+        return min(v for v in (self.per_file_bytes, self.total_bytes, 35 * MB) if v is not None)
+
+
+DEFAULTS: dict[str, AttachmentLimits] = {
+    "google": AttachmentLimits(provider_label="Gmail", total_bytes=25 * MB),
+    "microsoft": AttachmentLimits(
+        provider_label="Microsoft 365",
+        per_file_bytes=3 * MB,
+        allowed_types=frozenset(
+            {"jpg", "jpeg", "png", "mp4", "mpeg", "zip", "rar", "pdf", "doc", "docx", "txt"}
+        ),
+    ),
+    "imap": AttachmentLimits(provider_label="IMAP/SMTP", total_bytes=25 * MB),
+}
+
+
+@cache
+def _overrides(raw: str) -> dict[str, AttachmentLimits]:
+    table = dict(DEFAULTS)
+    for provider, fields in (json.loads(raw) if raw else {}).items():
+        base = table.get(provider, AttachmentLimits(provider_label=provider))
+        table[provider] = AttachmentLimits.model_validate({**base.model_dump(), **fields})
+    return table
+
+
+def limits_for(provider: str, overrides: str = "") -> AttachmentLimits:
+    """The limits of a provider's accounts; `overrides` is ATTACHMENT_LIMITS' JSON."""
+    table = _overrides(overrides)
+    if provider not in table:
+        raise KeyError(f"no attachment limits for provider {provider!r}")
+    return table[provider]

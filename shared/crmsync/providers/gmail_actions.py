@@ -1,0 +1,72 @@
+"""What the CRM does to a Gmail mailbox: send (SEND-1, SEND-4), archive and trash (MAIL-9).
+
+Sending posts the base64url raw RFC 5322 message to `users.messages.send` with the thread id
+of the message replied to; Gmail files it with SENT itself (MAIL-2). Archiving removes the
+INBOX label; deleting moves to trash (`messages.trash`), never the permanent delete."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Any
+
+from crmsync.accounts.models import Account
+from crmsync.errors import PermanentError, TransientError
+from crmsync.providers.gmail import _is_rate_limit, _retry_after, _status, gmail_service
+
+
+def _call(request: Any, what: str) -> Any:
+    from googleapiclient.errors import HttpError
+
+    try:
+        return request.execute()
+    except HttpError as error:
+        status = _status(error)
+        if _is_rate_limit(error) or status >= 500:
+            raise TransientError(
+                f"gmail answered {status} to {what}; retry after {_retry_after(error) or 'a while'}"
+            ) from error
+        reason = getattr(error, "reason", "") or str(status)
+        raise PermanentError(f"gmail answered {status} to {what}: {reason}") from error
+
+
+class GmailActions:
+    def __init__(self, access_token: Callable[[str], str], api_base: str) -> None:
+        self._token = access_token  # Credentials.access_token: refreshes, or raises AccountPaused
+        self._base = api_base
+
+    def _gmail(self, account: Account) -> Any:
+        return gmail_service(self._token(account.account_id), self._base)
+
+    def send(self, account: Account, raw: bytes, provider_thread_id: str | None) -> tuple[str, str | None]:
+        body: dict[str, Any] = {"raw": base64.urlsafe_b64encode(raw).decode()}
+        if provider_thread_id:
+            body["threadId"] = provider_thread_id
+        sent = _call(self._gmail(account).users().messages().send(userId="me", body=body), "messages.send")
+        return str(sent["id"]), sent.get("threadId")
+
+    def archive(self, account: Account, provider_message_id: str) -> bool:
+        """Removes INBOX; False when the message is no longer in the mailbox."""
+        request = (
+            self._gmail(account)
+            .users()
+            .messages()
+            .modify(userId="me", id=provider_message_id, body={"removeLabelIds": ["INBOX"]})
+        )
+        return self._gone_is_false(request, "messages.modify")
+
+    def trash(self, account: Account, provider_message_id: str) -> bool:
+        request = self._gmail(account).users().messages().trash(userId="me", id=provider_message_id)
+        return self._gone_is_false(request, "messages.trash")
+
+    @staticmethod
+    def _gone_is_false(request: Any, what: str) -> bool:
+        from googleapiclient.errors import HttpError
+
+        try:
+            _call(request, what)
+        except PermanentError as error:
+            if isinstance(error.__cause__, HttpError) and _status(error.__cause__) == 404:
+                return False
+            raise
+        return True
