@@ -17,7 +17,7 @@ TENANT ?= t1
 USER_ID ?= u1
 ROLE ?= admin
 
-.PHONY: run test token lint typecheck cfn-lint sam-validate pytest test-servers bench build schemas clean
+.PHONY: run demo test token lint typecheck cfn-lint sam-validate pytest test-servers bench build schemas clean
 
 $(STAMP): requirements-dev.txt shared/requirements.txt
 	@if [ -z "$(PYTHON313)" ]; then echo "Python 3.13 is needed: put python3.13 on PATH (e.g. pyenv install 3.13)"; exit 1; fi
@@ -27,6 +27,10 @@ $(STAMP): requirements-dev.txt shared/requirements.txt
 
 run: $(STAMP)
 	$(PY) -m local run
+
+# The Gmail scenario against `make run` (started for the demo if it is not running).
+demo: $(STAMP)
+	$(PY) -m local.demo
 
 # make token TENANT=t1 USER=u1 ROLE=admin  (USER overrides the shell's USER for this call)
 token: $(STAMP)

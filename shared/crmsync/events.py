@@ -140,6 +140,17 @@ class MessageSkipped(CrmEvent):
     detail: str = Field(description="The reason in words.")
 
 
+class MessageRemovedInMailbox(CrmEvent):
+    """MAIL-10: a synced message was deleted in the mailbox, or left the synced labels or folders.
+    The CRM copy stays; it is marked `removed_in_mailbox`."""
+
+    user_id: str = Field(description="The mailbox owner.")
+    account_id: str = Field(description="The mailbox account.")
+    message_id: str = Field(description="The service's id of the message.")
+    thread_id: str = Field(description="The service's id of the thread.")
+    how: Literal["deleted", "trashed", "left_synced_folders"] = Field(description="What happened to it.")
+
+
 EVENT_TYPES: tuple[type[CrmEvent], ...] = (
     DirectoryEntryUpserted,
     DirectoryEntryDeleted,
@@ -150,6 +161,7 @@ EVENT_TYPES: tuple[type[CrmEvent], ...] = (
     AccountSettingsChanged,
     MessageSynced,
     MessageSkipped,
+    MessageRemovedInMailbox,
 )
 
 

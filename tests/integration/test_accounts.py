@@ -20,6 +20,7 @@ import requests
 from crmsync.accounts.credentials import AccountPaused, Credentials
 from crmsync.accounts.models import Account, TokenSet
 from crmsync.accounts.state import StateClaims, StateSigner
+from local.browser import ConsentBrowser
 from local.emulators.servers import Emulators
 from local.stack import LocalStack
 from tests.conftest import Api
@@ -29,48 +30,11 @@ from tests.mailservers import Dovecot, Smtp, start_dovecot, start_smtp
 # ---------------------------------------------------------------------------- helpers
 
 
-class Browser:
-    """What a user's browser does: follow the authorization URL, answer the consent page,
-    come back through the callback to the CRM's return URL."""
+class Browser(ConsentBrowser):
+    """The user's browser, trusting the emulators' local CA."""
 
     def __init__(self, emulators: Emulators) -> None:
-        self.verify = str(emulators.ca_bundle)
-
-    def consent(
-        self, authorization_url: str, email: str, decision: str = "allow"
-    ) -> tuple[dict[str, str], str]:
-        session = requests.Session()
-        page = session.get(authorization_url, verify=self.verify, timeout=10)
-        assert page.status_code == 200, page.text
-        action = html.unescape(re.search(r'<form method="post" action="([^"]+)"', page.text).group(1))  # type: ignore[union-attr]
-        fields = {
-            k: html.unescape(v)
-            for k, v in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page.text)
-        }
-        fields.update(email=email, decision=decision)
-        origin = "{0.scheme}://{0.netloc}".format(urlsplit(authorization_url))
-        decided = session.post(
-            origin + action, data=fields, allow_redirects=False, verify=self.verify, timeout=10
-        )
-        if decided.status_code == 200:  # response_mode=form_post: the page posts the result back
-            target = html.unescape(re.search(r'<form method="post" action="([^"]+)"', decided.text).group(1))  # type: ignore[union-attr]
-            posted = {
-                k: html.unescape(v) for k, v in re.findall(r'name="([^"]+)" value="([^"]*)"', decided.text)
-            }
-            return self.follow(target, posted), target
-        assert decided.status_code == 302, decided.text
-        callback = decided.headers["Location"]
-        return self.follow(callback), callback
-
-    @staticmethod
-    def follow(callback: str, form: dict[str, str] | None = None) -> dict[str, str]:
-        if form is None:
-            back = requests.get(callback, allow_redirects=False, timeout=30)
-        else:
-            back = requests.post(callback, data=form, allow_redirects=False, timeout=30)
-        assert back.status_code == 302, back.text
-        assert back.headers["Cache-Control"] == "no-store"
-        return dict(parse_qsl(urlsplit(back.headers["Location"]).query))
+        super().__init__(str(emulators.ca_bundle))
 
 
 @pytest.fixture(scope="module")

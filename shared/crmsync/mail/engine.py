@@ -17,10 +17,17 @@ from typing import Protocol
 
 from crmsync.accounts.models import Account
 from crmsync.directory import Directory, LookupResult
-from crmsync.events import EventPublisher, MessageSkipped, MessageSynced
+from crmsync.events import EventPublisher, MessageRemovedInMailbox, MessageSkipped, MessageSynced
 from crmsync.ids import is_address
 from crmsync.mail.mime import Malformed, ParsedMessage, parse
-from crmsync.mail.models import IngestOutcome, MessageRecord, MessageRef, ProviderMessage, ThreadRecord
+from crmsync.mail.models import (
+    IngestOutcome,
+    MessageRecord,
+    MessageRef,
+    ProviderMessage,
+    RemovalKind,
+    ThreadRecord,
+)
 from crmsync.mail.rules import Facts, decide
 
 _IDS = uuid.UUID("3b8c4f0e-6a53-4a4e-9a43-2f1b7c9d5e11")
@@ -49,6 +56,8 @@ class MailStore(Protocol):
     def get_message(self, tenant_id: str, user_id: str, crm_message_id: str) -> MessageRecord | None: ...
 
     def mark_published(self, record: MessageRecord) -> None: ...
+
+    def mark_removed(self, record: MessageRecord, removed: bool) -> MessageRecord: ...
 
     def record_skip(self, account_id: str, provider_message_id: str, reason: str) -> bool: ...
 
@@ -112,6 +121,28 @@ class MailSync:
         if not decision.sync:
             return self._skip(account, message, decision.reason or "skipped")
         return self._store_new(account, message, parsed, direction, thread, lookups)
+
+    def mark_removed(self, account: Account, provider_message_id: str, how: RemovalKind) -> bool:
+        """MAIL-10: the mailbox no longer holds this message where we sync it. The CRM copy
+        stays, marked; the CRM is told once. Unknown messages (never synced) are nothing."""
+        ref = self._store.find_provider_message(account.account_id, provider_message_id)
+        record = self._store.get_message(account.tenant_id, ref.user_id, ref.crm_message_id) if ref else None
+        if record is None or record.removed_in_mailbox:
+            return False
+        self._store.mark_removed(record, True)
+        self._publisher.publish(
+            [
+                MessageRemovedInMailbox(
+                    tenant_id=record.tenant_id,
+                    user_id=record.user_id,
+                    account_id=account.account_id,
+                    message_id=record.crm_message_id,
+                    thread_id=record.crm_thread_id,
+                    how=how,
+                )
+            ]
+        )
+        return True
 
     # ------------------------------------------------------------------ sent from the CRM
     def record_outgoing(

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from crmsync.mail.mime import Attachment
 
 Direction = Literal["inbound", "outbound"]
+RemovalKind = Literal["deleted", "trashed", "left_synced_folders"]
 
 
 class ProviderMessage(BaseModel):

@@ -16,15 +16,23 @@ from pydantic import BaseModel, Field
 
 from crmsync.accounts.models import Account
 from crmsync.mail.engine import MailSync
-from crmsync.mail.models import ProviderMessage
+from crmsync.mail.models import ProviderMessage, RemovalKind
 
 
 class CursorExpired(Exception):
     """The provider no longer accepts the cursor (Gmail 404, Graph 410/syncStateNotFound, …)."""
 
 
+class Removal(BaseModel):
+    """A message that left the mailbox, or the synced labels or folders (MAIL-10)."""
+
+    provider_message_id: str
+    how: RemovalKind
+
+
 class ChangePage(BaseModel):
     messages: list[ProviderMessage] = Field(default_factory=list)
+    removed: list[Removal] = Field(default_factory=list)
     next_page: str | None = None
     cursor: str = Field(
         description="Where the next sync starts once this page and those before it are stored"
@@ -49,6 +57,7 @@ class SyncResult(BaseModel):
     synced: int = 0
     skipped: int = 0
     updated: int = 0
+    removed: int = 0
     cursor: str | None = None
 
 
@@ -78,6 +87,10 @@ class MailboxSync:
             for message in page.messages:
                 outcome = self._engine.ingest(account, message)
                 setattr(result, outcome.status, getattr(result, outcome.status) + 1)
+            for removal in page.removed:  # after the page's arrivals: a message added then trashed
+                result.removed += int(
+                    self._engine.mark_removed(account, removal.provider_message_id, removal.how)
+                )
             if source.is_newer(page.cursor, newest):
                 newest = page.cursor
             if page.next_page is None:
