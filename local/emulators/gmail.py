@@ -3,12 +3,15 @@
 Mailboxes hold messages with labels and threads, and a history whose ids increase (not by one)
 and expire: a `startHistoryId` older than what is kept answers 404, as Gmail does. Any request
 can be made to answer 429 with Retry-After. `arrive` makes mail arrive; `send_from_client` is the
-user writing in the Gmail client. Batch requests are not emulated yet."""
+user writing in the Gmail client. Batch requests (`POST /batch/gmail/v1`, or `/batch` as the
+discovery document's batchPath says) carry up to 100 calls, each answered as if made on its own.
+A mailbox under `users.watch` reports every history change to `on_change` (Pub/Sub's publish)."""
 
 from __future__ import annotations
 
 import base64
 import email
+import email.parser
 import email.policy
 import json
 import re
@@ -18,13 +21,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
+from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request, Response
 
 from local.emulators.discovery import DiscoveryValidator, Violation, discovery_document
 
 SYSTEM_LABELS = ["INBOX", "SENT", "TRASH", "SPAM", "DRAFT", "UNREAD", "STARRED", "IMPORTANT"]
+BATCH_PATHS = ("/batch/gmail/v1", "/batch")  # Google's documented endpoint; the discovery batchPath
+MAX_BATCH_CALLS = 100
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -58,6 +65,26 @@ class Stored:
 
 
 @dataclass
+class Throttle:
+    """Refuse the next `requests` calls (of `method` only, if given) with 429, after letting
+    `skip` of them through."""
+
+    requests: int = 0
+    retry_after: int = 1
+    method: str | None = None
+    skip: int = 0
+
+    def refuses(self, method_id: str) -> bool:
+        if self.requests <= 0 or (self.method is not None and self.method != method_id):
+            return False
+        if self.skip > 0:
+            self.skip -= 1
+            return False
+        self.requests -= 1
+        return True
+
+
+@dataclass
 class Mailbox:
     address: str
     messages: dict[str, Stored] = field(default_factory=dict)
@@ -65,8 +92,9 @@ class Mailbox:
     history_id: int = 1000
     oldest_kept: int = 0
     watch: dict[str, Any] | None = None
-    throttle: list[int] = field(default_factory=lambda: [0, 1])  # [requests left to refuse, retry-after]
-    requests: list[str] = field(default_factory=list)  # the methods called on this mailbox
+    throttle: Throttle = field(default_factory=Throttle)
+    requests: list[str] = field(default_factory=list)  # methods called on this mailbox ("batch" too)
+    batches: list[int] = field(default_factory=list)  # the number of calls in each batch request
 
     def next_history(self, record: dict[str, Any]) -> int:
         self.history_id += secrets.randbelow(7) + 1  # increasing, not contiguous
@@ -81,6 +109,8 @@ class GmailEmulator:
         self.mailboxes: dict[str, Mailbox] = {}
         self.requests: list[str] = []
         self.lock = threading.RLock()
+        # Pub/Sub's publish: (mailbox address, its historyId) after each change of a watched mailbox
+        self.on_change: Callable[[str, int], None] | None = None
 
     # ------------------------------------------------------------------ controls
     def mailbox(self, address: str) -> Mailbox:
@@ -95,13 +125,48 @@ class GmailEmulator:
         """The user writes (or replies) in the Gmail client: Gmail files it with SENT."""
         return self._store(self.mailbox(address), raw, {"SENT"}, None)
 
+    def delete_in_client(self, address: str, message_id: str) -> None:
+        """The user deletes a message for good (emptied from the trash): it answers 404 from now on."""
+        box = self.mailbox(address)
+        with self.lock:
+            stored = box.messages.pop(message_id)
+            minimal = {"id": stored.id, "threadId": stored.thread_id}
+            self._changed(
+                box,
+                box.next_history({"messages": [minimal], "messagesDeleted": [{"message": minimal}]}),
+                stored,
+            )
+
     def expire_history(self, address: str) -> None:
         """History older than now is no longer kept (Gmail keeps at least a week, sometimes hours)."""
         box = self.mailbox(address)
         box.oldest_kept = box.history_id + 1
 
-    def throttle(self, address: str, requests: int, retry_after: int = 1) -> None:
-        self.mailbox(address).throttle = [requests, retry_after]
+    def throttle(
+        self, address: str, requests: int, retry_after: int = 1, method: str | None = None, skip: int = 0
+    ) -> None:
+        """The next `requests` calls answer 429 with Retry-After; `method` (a discovery method id
+        such as gmail.users.messages.get) limits it to those calls, `skip` lets that many pass first.
+        Calls inside a batch count one by one, as Gmail counts them."""
+        self.mailbox(address).throttle = Throttle(requests, retry_after, method, skip)
+
+    def messages_of(self, address: str) -> list[dict[str, Any]]:
+        """What a mailbox holds, oldest first: ids, thread, labels, Message-ID."""
+        with self.lock:
+            found = sorted(self.mailbox(address).messages.values(), key=lambda m: m.internal_date)
+            return [{**self._minimal(m), "messageId": m.message_id} for m in found]
+
+    def _changed(self, box: Mailbox, history_id: int, stored: Stored) -> None:
+        """A watched mailbox publishes its new historyId (Gmail filters by the watch's labels)."""
+        watch, notify = box.watch, self.on_change
+        if watch is None or notify is None or watch["expiration"] < time.time() * 1000:
+            return
+        labels = set(watch.get("labelIds") or [])
+        if labels:
+            inside = bool(labels & stored.labels)
+            if inside != (watch.get("labelFilterBehavior", "include") == "include"):
+                return
+        notify(box.address, history_id)
 
     def _store(self, box: Mailbox, raw: bytes, labels: set[str], thread_id: str | None) -> Stored:
         parsed = email.message_from_bytes(raw, policy=email.policy.default)
@@ -122,12 +187,13 @@ class GmailEmulator:
                 message_id=message_id,
             )
             box.messages[stored.id] = stored
-            box.next_history(
+            history_id = box.next_history(
                 {
                     "messages": [{"id": stored.id, "threadId": stored.thread_id}],
                     "messagesAdded": [{"message": self._minimal(stored)}],
                 }
             )
+            self._changed(box, history_id, stored)
         return stored
 
     # ------------------------------------------------------------------ HTTP
@@ -148,12 +214,13 @@ class GmailEmulator:
         if path.get("userId") not in ("me", address):
             return _error(403, "Delegation denied", "forbidden", "PERMISSION_DENIED")
         box = self.mailbox(address)
-        self.requests.append(method.id)
-        box.requests.append(method.id)
-        if box.throttle[0] > 0:
-            box.throttle[0] -= 1
+        with self.lock:
+            self.requests.append(method.id)
+            box.requests.append(method.id)
+            refused = box.throttle.refuses(method.id)
+        if refused:
             response = _error(429, "User-rate limit exceeded.", "rateLimitExceeded", "RESOURCE_EXHAUSTED")
-            response.headers["Retry-After"] = str(box.throttle[1])
+            response.headers["Retry-After"] = str(box.throttle.retry_after)
             return response
         handler = getattr(self, "_" + method.id.removeprefix("gmail.users.").replace(".", "_"), None)
         if handler is None:
@@ -163,6 +230,103 @@ class GmailEmulator:
             flat = {k: ",".join(v) for k, v in query.items()}
             result: Response = handler(box, path, flat, json.loads(body) if body else {})
             return result
+
+    # ------------------------------------------------------------------ batch
+    def dispatch_batch(self, request: Request) -> Response:
+        """multipart/mixed of application/http parts in, the same out: each call goes through
+        `dispatch` (validation, auth, throttling) as if it had come alone; the batch is 200."""
+        if request.mimetype != "multipart/mixed" or "boundary" not in request.mimetype_params:
+            return _error(
+                400,
+                "A batch request must be multipart/mixed with a boundary.",
+                "badRequest",
+                "INVALID_ARGUMENT",
+            )
+        head = f"Content-Type: {request.headers['Content-Type']}\r\n\r\n".encode()
+        envelope = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(
+            head + request.get_data()
+        )
+        parts = envelope.get_payload() if envelope.is_multipart() else []
+        if not isinstance(parts, list) or not parts:
+            return _error(400, "The batch request has no parts.", "badRequest", "INVALID_ARGUMENT")
+        if len(parts) > MAX_BATCH_CALLS:
+            return _error(
+                400,
+                f"A batch request may contain at most {MAX_BATCH_CALLS} calls, not {len(parts)}.",
+                "badRequest",
+                "INVALID_ARGUMENT",
+            )
+        calls: list[tuple[str, Request | Response]] = []
+        for index, part in enumerate(parts):
+            content_id = str(part.get("Content-ID") or f"<{index + 1}>").strip()
+            try:
+                calls.append((content_id, self._inner_request(part, request.headers.get("Authorization"))))
+            except ValueError as error:
+                calls.append(
+                    (
+                        content_id,
+                        _error(400, f"Invalid batch part: {error}", "badRequest", "INVALID_ARGUMENT"),
+                    )
+                )
+        owners = (self._owner_of(c.headers.get("Authorization")) for _, c in calls if isinstance(c, Request))
+        address = next((a for a in owners if a), None)
+        if address is not None:
+            with self.lock:
+                box = self.mailbox(address)
+                box.requests.append("batch")
+                box.batches.append(len(parts))
+        boundary = "batch_" + secrets.token_hex(12)
+        answers = [
+            self._answer_part(
+                content_id, self.dispatch(call) if isinstance(call, Request) else call, boundary
+            )
+            for content_id, call in calls
+        ]
+        body = "".join(answers) + f"--{boundary}--\r\n"
+        return Response(body, status=200, content_type=f"multipart/mixed; boundary={boundary}")
+
+    @staticmethod
+    def _inner_request(part: Any, authorization: str | None) -> Request:
+        if part.get_content_type() != "application/http":
+            raise ValueError(f"a part is {part.get_content_type()}, not application/http")
+        text = part.get_payload()
+        if not isinstance(text, str) or "\n" not in text:
+            raise ValueError("a part holds no HTTP request")
+        request_line, rest = text.split("\n", 1)
+        pieces = request_line.strip().split(" ")
+        if len(pieces) != 3 or not pieces[2].startswith("HTTP/"):
+            raise ValueError(f"bad request line {request_line.strip()!r}")
+        http_method, target = pieces[0], urlsplit(pieces[1])
+        message = email.parser.Parser(policy=email.policy.compat32).parsestr(rest)
+        headers = {k: v for k, v in message.items() if k.lower() not in ("host", "content-length")}
+        if authorization and not any(k.lower() == "authorization" for k in headers):
+            headers["Authorization"] = authorization  # the outer request's credentials apply
+        payload = message.get_payload()
+        body = payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) and payload else None
+        return EnvironBuilder(
+            path=target.path,
+            query_string=target.query,
+            method=http_method,
+            headers=list(headers.items()),
+            data=body,
+        ).get_request()
+
+    @staticmethod
+    def _answer_part(content_id: str, answer: Response, boundary: str) -> str:
+        inner = content_id[1:-1] if content_id.startswith("<") and content_id.endswith(">") else content_id
+        status = f"HTTP/1.1 {answer.status_code} {HTTP_STATUS_CODES.get(answer.status_code, 'Unknown')}"
+        headers = [f"Content-Type: {answer.headers.get('Content-Type', 'application/json')}"]
+        if "Retry-After" in answer.headers:
+            headers.append(f"Retry-After: {answer.headers['Retry-After']}")
+        return (
+            f"--{boundary}\r\nContent-Type: application/http\r\nContent-ID: <response-{inner}>\r\n\r\n"
+            + status
+            + "\r\n"
+            + "\r\n".join(headers)
+            + "\r\n\r\n"
+            + answer.get_data(as_text=True)
+            + "\r\n"
+        )
 
     # ------------------------------------------------------------------ methods
     @staticmethod
@@ -237,7 +401,7 @@ class GmailEmulator:
         if removed:
             record["labelsRemoved"] = [{"message": self._minimal(stored), "labelIds": sorted(removed)}]
         if added or removed:
-            box.next_history(record)
+            self._changed(box, box.next_history(record), stored)
 
     def _messages_modify(
         self, box: Mailbox, path: dict[str, str], query: dict[str, str], body: Any
@@ -286,8 +450,17 @@ class GmailEmulator:
         return _json({"labels": [{"id": name, "name": name, "type": "system"} for name in SYSTEM_LABELS]})
 
     def _watch(self, box: Mailbox, path: dict[str, str], query: dict[str, str], body: Any) -> Response:
-        box.watch = {"topicName": body.get("topicName"), "labelIds": body.get("labelIds", [])}
+        if not body.get("topicName"):
+            return _error(400, "Invalid topicName", "invalidArgument", "INVALID_ARGUMENT")
         expiration = int((time.time() + 7 * 86400) * 1000)
+        box.watch = {
+            "topicName": body["topicName"],
+            "labelIds": body.get("labelIds", []),
+            "labelFilterBehavior": body.get("labelFilterBehavior")
+            or body.get("labelFilterAction")
+            or "include",
+            "expiration": expiration,
+        }
         return _json({"historyId": str(box.history_id), "expiration": str(expiration)})
 
     def _stop(self, box: Mailbox, path: dict[str, str], query: dict[str, str], body: Any) -> Response:

@@ -1,21 +1,30 @@
 """Google's OAuth 2.0 server, OpenID userinfo and Gmail's users.getProfile, as documented:
 authorization code flow with PKCE, `access_type=offline` refresh tokens, `invalid_grant`
-("Token has been expired or revoked.") once a grant is revoked."""
+("Token has been expired or revoked.") once a grant is revoked.
+
+Also a Pub/Sub push subscription on Gmail's watch topic: when `pubsub_endpoint` is set, every
+history change of a watched mailbox is POSTed there, OIDC-signed, from a background thread,
+retried with backoff until acknowledged (2xx). Duplicates, reordering and losses are made on
+demand per mailbox (`push_faults`). `/_emulator/gmail/...` lets another process make mail arrive,
+write in the Gmail client, read a mailbox and set push faults."""
 
 from __future__ import annotations
 
 import base64
 import json
+import queue
 import secrets
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from werkzeug.wrappers import Request, Response
 
-from local.emulators.gmail import GmailEmulator
+from local.emulators.gmail import BATCH_PATHS, GmailEmulator
 from local.emulators.oauth import (
     ACCESS_TTL_S,
     Client,
@@ -37,6 +46,19 @@ def _json(body: Any, status: int = 200) -> Response:
 
 
 PUSH_SERVICE_ACCOUNT = "gmail-push@crmsync-local.iam.gserviceaccount.com"
+PUSH_ATTEMPTS = 5  # Pub/Sub retries a push that is not acknowledged; here a few times, backing off
+
+
+@dataclass
+class PushFaults:
+    """Per mailbox, for its next pushes: lose `drop` of them, send `duplicate` of them twice (the
+    same Pub/Sub messageId), hold `reorder` of them and send them after the push that follows,
+    newest first."""
+
+    drop: int = 0
+    duplicate: int = 0
+    reorder: int = 0
+    held: list[tuple[int, str]] = field(default_factory=list)  # (historyId, messageId)
 
 
 class GoogleEmulator:
@@ -48,6 +70,15 @@ class GoogleEmulator:
         # Pub/Sub signs push requests with Google's keys, published at oauth2/v3/certs
         self._push_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self._push_kid = secrets.token_hex(20)
+        # Pub/Sub push subscription: None delivers nothing (tests push by hand with deliver_push)
+        self.pubsub_endpoint: str | None = None
+        self.push_log: list[dict[str, Any]] = []  # every push: address, historyId, messageId, fate
+        self._faults: dict[str, PushFaults] = {}
+        self._push_lock = threading.Lock()
+        self._outbox: queue.Queue[tuple[str, str, int, str] | None] = queue.Queue()
+        self._unsettled = 0
+        self._pusher: threading.Thread | None = None
+        self.gmail.on_change = self._published
 
     def issue_access_token(self, email: str) -> str:
         """A token for `email` as if it had consented (tests and demos that start past sign-in)."""
@@ -110,6 +141,150 @@ class GoogleEmulator:
         )
         return response.status_code
 
+    def push_faults(self, address: str, drop: int = 0, duplicate: int = 0, reorder: int = 0) -> None:
+        """Faults for the next pushes of a mailbox (see PushFaults); counts add to what is left."""
+        with self._push_lock:
+            faults = self._faults.setdefault(address.lower(), PushFaults())
+            faults.drop += drop
+            faults.duplicate += duplicate
+            faults.reorder += reorder
+
+    def release_held(self, address: str) -> int:
+        """Sends the pushes of a mailbox still held for reordering (late); returns how many."""
+        endpoint = self.pubsub_endpoint
+        with self._push_lock:
+            faults = self._faults.setdefault(address.lower(), PushFaults())
+            held, faults.held = faults.held, []
+        for history_id, message_id in reversed(held):
+            if endpoint:
+                self._enqueue(endpoint, address.lower(), history_id, message_id)
+        return len(held)
+
+    def pushes_settled(self) -> bool:
+        """No push is waiting to be sent or being sent (held ones wait for release_held)."""
+        with self._push_lock:
+            return self._unsettled == 0
+
+    def pushes_of(self, address: str) -> list[dict[str, Any]]:
+        with self._push_lock:
+            return [dict(p) for p in self.push_log if p["address"] == address.lower()]
+
+    def close(self) -> None:
+        """Stops the push thread (pushes not yet sent are lost, as with a deleted subscription)."""
+        pusher = self._pusher
+        if pusher is not None:
+            self._outbox.put(None)
+            pusher.join(timeout=5)
+            self._pusher = None
+
+    def _published(self, address: str, history_id: int) -> None:
+        """Gmail published a change of a watched mailbox: it becomes a push (or a fault)."""
+        endpoint = self.pubsub_endpoint
+        if endpoint is None:
+            return  # no push subscription on the topic
+        message_id = str(10**15 + secrets.randbelow(9 * 10**15))
+        sends: list[tuple[int, str]] = []
+        with self._push_lock:
+            faults = self._faults.setdefault(address, PushFaults())
+            if faults.drop > 0:
+                faults.drop -= 1
+                self._log(address, history_id, message_id, "dropped")
+                return
+            if faults.reorder > 0:
+                faults.reorder -= 1
+                faults.held.append((history_id, message_id))
+                self._log(address, history_id, message_id, "held")
+                return
+            sends.append((history_id, message_id))
+            if faults.duplicate > 0:
+                faults.duplicate -= 1
+                sends.append((history_id, message_id))
+            sends += reversed(faults.held)  # the held ones come after the later one, newest first
+            faults.held = []
+        for sent_history, sent_id in sends:
+            self._enqueue(endpoint, address, sent_history, sent_id)
+
+    def _log(self, address: str, history_id: int, message_id: str, fate: str, status: int = 0) -> None:
+        entry = {"address": address, "historyId": history_id, "messageId": message_id, "fate": fate}
+        self.push_log.append({**entry, "status": status} if status else entry)
+
+    def _enqueue(self, endpoint: str, address: str, history_id: int, message_id: str) -> None:
+        with self._push_lock:
+            self._unsettled += 1
+            if self._pusher is None:
+                self._pusher = threading.Thread(target=self._push_loop, name="emulator:pubsub", daemon=True)
+                self._pusher.start()
+        self._outbox.put((endpoint, address, history_id, message_id))
+
+    def _push_loop(self) -> None:
+        while (item := self._outbox.get()) is not None:
+            endpoint, address, history_id, message_id = item
+            status = 0
+            try:
+                for attempt in range(PUSH_ATTEMPTS):
+                    try:
+                        status = self.deliver_push(endpoint, address, history_id, message_id)
+                    except OSError:  # connection refused or reset: not acknowledged
+                        status = 0
+                    if 200 <= status < 300:
+                        break
+                    time.sleep(0.1 * 2**attempt)
+            finally:
+                with self._push_lock:
+                    self._log(
+                        address,
+                        history_id,
+                        message_id,
+                        "delivered" if 200 <= status < 300 else "failed",
+                        status,
+                    )
+                    self._unsettled -= 1
+
+    # ------------------------------------------------------------------ controls over HTTP
+    def _control(self, request: Request) -> Response:
+        """`/_emulator/gmail/{arrive,send_from_client,messages,push_faults,pushes}` for a demo
+        script in another process. JSON in and out; mail is raw RFC 5322 text."""
+        action = request.path.removeprefix("/_emulator/gmail/")
+        data: dict[str, Any] = (
+            dict(request.args) if request.method == "GET" else (request.get_json(silent=True) or {})
+        )
+        address = str(data.get("address") or "").strip().lower()
+        if not address or "@" not in address:
+            return _json({"error": "address (a mailbox address) is required"}, 400)
+        gmail = self.gmail
+        if request.method == "GET" and action == "messages":
+            return _json({"address": address, "messages": gmail.messages_of(address)})
+        if request.method == "GET" and action == "pushes":
+            return _json({"address": address, "pushes": self.pushes_of(address)})
+        if request.method != "POST":
+            return _json({"error": f"{request.method} {request.path} is not an emulator control"}, 404)
+        if action in ("arrive", "send_from_client"):
+            raw = data.get("raw")
+            if not isinstance(raw, str) or not raw.strip():
+                return _json({"error": "raw (the message as RFC 5322 text) is required"}, 400)
+            if action == "arrive":
+                labels = data.get("labels") or ["INBOX", "UNREAD"]
+                if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+                    return _json({"error": "labels must be a list of label ids"}, 400)
+                stored = gmail.arrive(address, raw.encode(), tuple(labels))
+            else:
+                stored = gmail.send_from_client(address, raw.encode())
+            return _json(
+                {
+                    "id": stored.id,
+                    "threadId": stored.thread_id,
+                    "labelIds": sorted(stored.labels),
+                    "messageId": stored.message_id,
+                }
+            )
+        if action == "push_faults":
+            counts = {k: data.get(k, 0) for k in ("drop", "duplicate", "reorder")}
+            if not all(isinstance(v, int) and v >= 0 for v in counts.values()):
+                return _json({"error": "drop, duplicate and reorder are counts (integers >= 0)"}, 400)
+            self.push_faults(address, **counts)
+            return _json({"address": address, **counts})
+        return _json({"error": f"no emulator control {action!r}"}, 404)
+
     def certs(self, request: Request) -> Response:
         numbers = self._push_key.public_key().public_numbers()
 
@@ -147,6 +322,10 @@ class GoogleEmulator:
         }
         if request.path.startswith("/gmail/v1/"):
             return self.gmail.dispatch(request)
+        if request.method == "POST" and request.path in BATCH_PATHS:
+            return self.gmail.dispatch_batch(request)
+        if request.path.startswith("/_emulator/gmail/"):
+            return self._control(request)
         handler: Callable[[Request], Response] | None = routes.get((request.method, request.path))
         if handler is None:
             return _json({"error": {"code": 404, "message": "Not Found", "status": "NOT_FOUND"}}, 404)

@@ -53,6 +53,7 @@ class Emulators:
         }
 
     def stop(self) -> None:
+        self.google.close()
         for server in self._servers:
             server.shutdown()
         for thread in self._threads:

@@ -13,6 +13,7 @@ import requests
 from google.oauth2.credentials import Credentials
 from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
+from googleapiclient.http import BatchHttpRequest
 
 from local.emulators.servers import Emulators
 
@@ -160,3 +161,66 @@ def test_expired_history_is_404_and_throttling_is_429_with_retry_after(
     assert response.status_code == 429 and response.headers["Retry-After"] == "3"
     assert response.json()["error"]["errors"][0]["reason"] == "rateLimitExceeded"
     assert gmail.users().getProfile(userId="me").execute()["emailAddress"] == address  # one refusal only
+
+
+def _batch_body(parts: list[str], boundary: str = "b0undary") -> str:
+    body = ""
+    for index, request_text in enumerate(parts):
+        body += (
+            f"--{boundary}\r\nContent-Type: application/http\r\nContent-ID: <c + {index}>\r\n\r\n"
+            f"{request_text}\r\n"
+        )
+    return body + f"--{boundary}--\r\n"
+
+
+def test_batch_calls_are_answered_one_by_one_as_direct_calls_would_be(
+    emulators: Emulators, mailbox: tuple[Any, str, str]
+) -> None:
+    gmail, address, _ = mailbox
+    google = emulators.google.gmail
+    violations = len(google.validator.violations)
+    first, second = (google.arrive(address, _mail("x@y.test", address, s).as_bytes()) for s in ("a", "b"))
+    google.throttle(address, requests=1, retry_after=7, method="gmail.users.messages.get", skip=1)
+    answers: dict[str, tuple[Any, Any]] = {}
+    batch = BatchHttpRequest(
+        callback=lambda rid, response, error: answers.__setitem__(rid, (response, error)),
+        batch_uri=emulators.google_url + "/batch/gmail/v1",
+    )
+    messages = gmail.users().messages()
+    batch.add(messages.get(userId="me", id=first.id, format="raw"), request_id="first")
+    batch.add(messages.get(userId="me", id=second.id, format="raw"), request_id="throttled")
+    batch.add(messages.get(userId="me", id=second.id, format="minimal"), request_id="second")
+    batch.add(messages.get(userId="me", id="0123456789abcdef"), request_id="gone")
+    batch.add(gmail.users().history().list(userId="me", startHistoryId="soon"), request_id="invalid")
+    batch.execute()  # the batch itself is 200 whatever its calls answer
+
+    assert (
+        base64.urlsafe_b64decode(answers["first"][0]["raw"]) == google.mailbox(address).messages[first.id].raw
+    )
+    throttled = answers["throttled"][1]
+    assert throttled.resp.status == 429 and throttled.resp["retry-after"] == "7"
+    assert answers["second"][0]["id"] == second.id and "raw" not in answers["second"][0]
+    assert answers["gone"][1].resp.status == 404
+    assert answers["invalid"][1].resp.status == 400  # checked against gmail.v1 like a direct call
+    assert len(google.validator.violations) == violations + 1
+    box = google.mailbox(address)
+    assert box.batches == [5] and box.requests.count("gmail.users.messages.get") == 4
+
+
+def test_a_batch_needs_credentials_per_call_and_at_most_100_calls(
+    emulators: Emulators, mailbox: tuple[Any, str, str]
+) -> None:
+    _, address, token = mailbox
+    get = "GET /gmail/v1/users/me/profile HTTP/1.1\r\nAccept: application/json\r\n\r\n"
+    url = emulators.google_url + "/batch/gmail/v1"
+    headers = {"Content-Type": 'multipart/mixed; boundary="b0undary"'}
+    anonymous = requests.post(url, data=_batch_body([get]), headers=headers, timeout=5)
+    assert anonymous.status_code == 200 and "HTTP/1.1 401" in anonymous.text
+    authorized = {**headers, "Authorization": f"Bearer {token}"}  # the outer credentials apply inside
+    hundred = requests.post(url, data=_batch_body([get] * 100), headers=authorized, timeout=5)
+    assert hundred.status_code == 200 and hundred.text.count("HTTP/1.1 200 OK") == 100
+    assert hundred.text.count(f'"emailAddress": "{address}"') == 100
+    too_many = requests.post(url, data=_batch_body([get] * 101), headers=authorized, timeout=5)
+    assert too_many.status_code == 400 and "at most 100" in too_many.json()["error"]["message"]
+    not_multipart = requests.post(url, data=get, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    assert not_multipart.status_code == 400

@@ -1,0 +1,21 @@
+"""SQS redelivery on demand. A job that fails stays in the sync queue, invisible until its
+visibility timeout ends (12 minutes in template.yaml), then comes back; a test cannot wait that
+long, so this ends the timeout now for the messages of one group (an account) in moto's queue,
+which is what the passing of time would do."""
+
+from __future__ import annotations
+
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.sqs.models import sqs_backends
+
+from local.stack import REGION, LocalStack
+
+
+def redeliver_now(stack: LocalStack, group_id: str, queue: str = "SyncQueue") -> int:
+    """Makes the group's received-but-not-deleted messages visible again; returns how many."""
+    name = stack.queues[queue].rsplit("/", 1)[-1]
+    found = sqs_backends[DEFAULT_ACCOUNT_ID][REGION].get_queue(name)
+    in_flight = [m for m in list(found._messages) if m.group_id == group_id and not m.visible]
+    for message in in_flight:
+        message.change_visibility(0)
+    return len(in_flight)
