@@ -69,6 +69,10 @@ class UserEntry(_Strict):
         default_factory=list, max_length=10, description="Verified extra sender addresses (LINK-9)."
     )
     role: Literal["admin", "member"] = "member"
+    deal_linking: Literal["automatic", "manual"] = Field(
+        default="automatic",
+        description="LINK-2: `automatic` links synced mail to the open deal; `manual`: only the user does.",
+    )
 
 
 class ContactEntry(_Strict):
@@ -266,6 +270,11 @@ class Directory:
         for record in sorted(records, key=lambda r: (r.kind, r.id)):
             getattr(result, record.kind).append(record)
         return result
+
+    def deal_linking(self, tenant_id: str, user_id: str) -> str:
+        """LINK-2: the user's deal linking setting (`automatic` for a user the CRM never described)."""
+        record = self._store.get(tenant_id, "users", user_id)
+        return str(record.data.get("deal_linking", "automatic")) if record else "automatic"
 
     def settings(self, tenant_id: str) -> TenantSettings:
         """The tenant's settings; a tenant the CRM never configured has the defaults."""

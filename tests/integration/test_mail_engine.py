@@ -156,6 +156,24 @@ def test_a_crm_thread_syncs_both_ways_once_linked_to_contact_and_open_deal(
     assert sorted(ids) == sorted(m.crm_message_id for m in messages)  # one event per message
 
 
+@pytest.mark.rule("LINK-2")
+def test_a_user_with_manual_deal_linking_gets_contacts_linked_but_no_deal(
+    stack: LocalStack, engine: MailSync
+) -> None:
+    world = World()
+    services.directory().upsert(
+        world.admin, "users", "u1", UserEntry(name="Owner", email=OWNER, deal_linking="manual")
+    )
+    first = mail(OWNER, ["carla@client.test"], "Proposal")
+    sent = engine.record_outgoing(world.account, first.as_bytes())
+    reply = engine.ingest(
+        world.account, delivered(mail("carla@client.test", [OWNER], "Re: Proposal", reply_to=first))
+    )
+    assert reply.status == "synced"
+    messages = world.thread(engine, sent.crm_thread_id)
+    assert [(m.contact_ids, m.deal_id) for m in messages] == [(["c1"], None), (["c1"], None)]
+
+
 @pytest.mark.rule("MAIL-4")
 def test_inbound_from_a_contact_starts_a_thread_only_when_the_setting_is_on(
     stack: LocalStack, engine: MailSync

@@ -254,8 +254,9 @@ class MailSync:
     def _links(
         self, account: Account, lookups: dict[str, LookupResult], thread: ThreadRecord | None
     ) -> tuple[list[str], list[str], str | None]:
-        """LINK-1: contacts and leads among the participants. LINK-2 (automatic): the contacts'
-        open deal, the most recently updated; a thread keeps the deal it has."""
+        """LINK-1: contacts and leads among the participants. LINK-2: for a user whose deal
+        linking is `automatic`, the contacts' open deal, the most recently updated; a thread
+        keeps the deal it has. `manual`: deals are the user's to link."""
         contacts: dict[str, None] = dict.fromkeys(thread.contact_ids if thread else [])
         leads: dict[str, None] = dict.fromkeys(thread.lead_ids if thread else [])
         deals = []
@@ -266,7 +267,11 @@ class MailSync:
             leads.update(dict.fromkeys(lead.id for lead in found.leads))
             deals += [d for d in found.deals if d.data.get("status") == "open"]
         deal_id = thread.deal_id if thread and thread.deal_id else None
-        if deal_id is None and deals:
+        if (
+            deal_id is None
+            and deals
+            and self._directory.deal_linking(account.tenant_id, account.user_id) == "automatic"
+        ):
             newest = max(deals, key=lambda d: str(d.data.get("updated_at") or d.updated_at.isoformat()))
             deal_id = newest.id
         return list(contacts), list(leads), deal_id
