@@ -126,6 +126,10 @@ class MessageSynced(CrmEvent):
     lead_ids: list[str] = Field(description="LINK-1: leads among the participants.")
     deal_id: str | None = Field(description="LINK-2: the open deal the thread is linked to.")
     raw_key: str | None = Field(description="Where the raw MIME is in the data bucket.")
+    attachments_left_out: list[str] = Field(
+        default_factory=list,
+        description="ATT-2: attachments not synced because they broke the provider's limits, each with why.",
+    )
 
 
 class MessageSkipped(CrmEvent):

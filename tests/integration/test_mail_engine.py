@@ -313,3 +313,58 @@ def test_converges_under_duplicates_reordering_and_crashes(stack: LocalStack, da
         m["Message-ID"] for m in chain
     )  # each exactly once
     assert all(m.published for m in messages)  # and each reached the CRM
+
+
+def _with_files(message: EmailMessage, files: dict[str, bytes]) -> EmailMessage:
+    for name, data in files.items():
+        message.add_attachment(data, maintype="application", subtype="octet-stream", filename=name)
+    return message
+
+
+@pytest.mark.rule("ATT-2")
+def test_inbound_gmail_mail_over_25_mb_syncs_without_the_files_that_break_the_limit(
+    stack: LocalStack, engine: MailSync
+) -> None:
+    world = World()
+    big, small = b"%PDF-1.7\n" + b"1" * (20 * 1024 * 1024), b"%PDF-1.7\n" + b"2" * (6 * 1024 * 1024)
+    message = _with_files(
+        mail("carla@client.test", [OWNER], "Drawings"), {"plans.pdf": big, "notes.pdf": small}
+    )
+    outcome = engine.ingest(world.account, delivered(message))
+    assert outcome.status == "synced", outcome.reason
+    [record] = world.thread(engine, outcome.crm_thread_id or "")
+    assert [a.filename for a in record.attachments] == ["notes.pdf"]
+    assert len(record.attachments_left_out) == 1 and record.attachments_left_out[0].startswith("plans.pdf")
+    event = stack.wait_for_event(
+        lambda e: e["detail-type"] == "MessageSynced" and e["detail"]["message_id"] == record.crm_message_id
+    )
+    assert event["detail"]["attachments_left_out"] == record.attachments_left_out
+    under = _with_files(mail("carla@client.test", [OWNER], "Small"), {"a.pdf": small, "b.pdf": small})
+    kept = engine.ingest(world.account, delivered(under))
+    [record] = world.thread(engine, kept.crm_thread_id or "")
+    assert len(record.attachments) == 2 and record.attachments_left_out == []
+
+
+@pytest.mark.rule("ATT-3")
+@pytest.mark.rule("ATT-4")
+def test_inbound_microsoft_mail_breaking_the_limits_is_skipped_with_the_reason(
+    stack: LocalStack, engine: MailSync
+) -> None:
+    world = World()
+    outlook = world.account.model_copy(update={"provider": "microsoft"})
+    cases = {
+        "big.pdf": b"%PDF-1.7\n" + b"0" * (3 * 1024 * 1024),  # one byte over 3 MB
+        "tool.pdf": b"MZ" + b"\x00" * 100,  # an executable, named as a PDF
+        "song.mp3": b"ID3" + b"\x00" * 100,  # a type Microsoft accounts do not take
+    }
+    for name, data in cases.items():
+        outcome = engine.ingest(
+            outlook, delivered(_with_files(mail("carla@client.test", [OWNER], name), {name: data}))
+        )
+        assert outcome.status == "skipped" and outcome.reason
+        assert outcome.reason.startswith("attachment_limit") and name in outcome.reason, outcome.reason
+    fits = b"%PDF-1.7\n" + b"0" * (3 * 1024 * 1024 - 9)  # exactly 3 MB
+    outcome = engine.ingest(
+        outlook, delivered(_with_files(mail("carla@client.test", [OWNER], "ok"), {"ok.pdf": fits}))
+    )
+    assert outcome.status == "synced"

@@ -19,6 +19,8 @@ from crmsync.accounts.models import Account
 from crmsync.directory import Directory, LookupResult
 from crmsync.events import EventPublisher, MessageRemovedInMailbox, MessageSkipped, MessageSynced
 from crmsync.ids import is_address
+from crmsync.mail.inbound import apply_limits
+from crmsync.mail.limits import AttachmentLimits, limits_for
 from crmsync.mail.mime import Malformed, ParsedMessage, parse
 from crmsync.mail.models import (
     IngestOutcome,
@@ -85,7 +87,9 @@ class MailSync:
         directory: Directory,
         publisher: EventPublisher,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        limits: Callable[[str], AttachmentLimits] = limits_for,
     ) -> None:
+        self._limits = limits
         self._store = store
         self._raw = raw
         self._directory = directory
@@ -120,7 +124,16 @@ class MailSync:
         decision = decide(account.settings, facts)
         if not decision.sync:
             return self._skip(account, message, decision.reason or "skipped")
-        return self._store_new(account, message, parsed, direction, thread, lookups)
+        left_out: list[str] = []
+        if parsed.attachments:  # ATT-2, ATT-3: the provider's limits on what comes in
+            verdict = apply_limits(message.raw, self._limits(account.provider))
+            if verdict.refused:
+                return self._skip(account, message, f"attachment_limit: {verdict.refused}")
+            if verdict.left_out:
+                message = message.model_copy(update={"raw": verdict.raw})
+                parsed = parse(verdict.raw)
+                left_out = verdict.left_out
+        return self._store_new(account, message, parsed, direction, thread, lookups, left_out)
 
     def mark_removed(self, account: Account, provider_message_id: str, how: RemovalKind) -> bool:
         """MAIL-10: the mailbox no longer holds this message where we sync it. The CRM copy
@@ -356,10 +369,12 @@ class MailSync:
         direction: str,
         thread: ThreadRecord | None,
         lookups: dict[str, LookupResult],
+        left_out: list[str],
     ) -> IngestOutcome:
         raw_key = f"raw/{account.tenant_id}/{account.account_id}/{stable_id(message.provider_message_id)}.eml"
         self._raw.put(raw_key, message.raw)
         record = self._record(account, message, parsed, direction, thread, lookups, raw_key, message.labels)
+        record.attachments_left_out = left_out
         new_thread = self._thread_after(account, parsed, record, thread)
         if not self._store.record_message(record, new_thread, thread.version if thread else 0):
             return IngestOutcome(
@@ -395,6 +410,7 @@ class MailSync:
                     lead_ids=record.lead_ids,
                     deal_id=record.deal_id,
                     raw_key=record.raw_key,
+                    attachments_left_out=record.attachments_left_out,
                 )
             ]
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from functools import cache
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,6 +25,11 @@ class AttachmentLimits(BaseModel):
     per_file_bytes: int | None = Field(default=None, ge=1, description="Any one file")
     allowed_types: frozenset[str] | None = Field(
         default=None, description="File kinds (see filetype.py) allowed; None: any but executables"
+    )
+    inbound: Literal["strip", "skip"] = Field(
+        default="strip",
+        description="An inbound message over the limits: synced without the files that break them "
+        "(ATT-2), or not synced at all (ATT-3)",
     )
 
     @property
@@ -40,6 +46,7 @@ DEFAULTS: dict[str, AttachmentLimits] = {
         allowed_types=frozenset(
             {"jpg", "jpeg", "png", "mp4", "mpeg", "zip", "rar", "pdf", "doc", "docx", "txt"}
         ),
+        inbound="skip",
     ),
     "imap": AttachmentLimits(provider_label="IMAP/SMTP", total_bytes=25 * MB),
 }

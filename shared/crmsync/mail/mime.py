@@ -55,8 +55,9 @@ def _ids(value: str | None) -> list[str]:
 
 
 def parse(raw: bytes) -> ParsedMessage:
-    head, _, _ = raw.partition(b"\r\n\r\n")
-    if len(head) > MAX_HEADER_BYTES:
+    ends = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
+    head_size = min(ends) if ends else len(raw)  # bare LF line ends are common in stored mail
+    if head_size > MAX_HEADER_BYTES:
         raise Malformed("headers larger than 256 KiB")
     try:
         message = email.message_from_bytes(raw, policy=email.policy.default)

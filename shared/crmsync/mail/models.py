@@ -52,6 +52,9 @@ class MessageRecord(BaseModel):
     preview: str
     labels: list[str]
     attachments: list[Attachment]
+    attachments_left_out: list[str] = Field(
+        default_factory=list, description="ATT-2: files not synced because of the provider's limits, and why"
+    )
     contact_ids: list[str]
     lead_ids: list[str]
     deal_id: str | None
