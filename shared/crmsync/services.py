@@ -19,9 +19,12 @@ if TYPE_CHECKING:
     from crmsync.accounts.service import Accounts
     from crmsync.crypto import SecretBox
     from crmsync.mail.engine import MailSync
+    from crmsync.mail.jobs import MailSyncJob
     from crmsync.mail.push import GmailPush
     from crmsync.mail.read import Mailbox
     from crmsync.mail.sync import ChangeSource, MailboxSync
+    from crmsync.mail.watch import MailWatchJob, SyncSchedule
+    from crmsync.providers.gmail_watch import GmailWatcher, GmailWatchHooks
     from crmsync.stores.accounts import DynamoAccountStore
     from crmsync.stores.eventbridge import EventBridgePublisher
 
@@ -67,7 +70,6 @@ def resync() -> Resync:
 
 @cache
 def job_runner() -> JobRunner:
-    from crmsync.mail.jobs import MailSyncJob
     from crmsync.stores.queue import SqsDeadLetters
     from crmsync.stores.stepfunctions import StepFunctionsResyncStarter
 
@@ -78,7 +80,8 @@ def job_runner() -> JobRunner:
         StepFunctionsResyncStarter(settings.resync_state_machine_arn),
         SqsDeadLetters(settings.sync_dlq_url),
     )
-    runner.register("mail.sync", MailSyncJob(account_store(), mailbox_sync(), CHANGE_SOURCES))
+    runner.register("mail.sync", mail_sync_job())
+    runner.register("mail.watch", mail_watch_job(settings.gmail_push_topic or None))  # SYNC-7
     return runner
 
 
@@ -129,6 +132,49 @@ def scheduler() -> Scheduler:
 
 
 @cache
+def sync_schedule() -> SyncSchedule:
+    """Each mailbox's watch renewal and catch-up poll, as due items (SYNC-2, SYNC-7)."""
+    from crmsync.mail.watch import SyncSchedule
+    from crmsync.stores.cursors import DynamoDueStore
+
+    settings = get_settings()
+    return SyncSchedule(DynamoDueStore(settings.cursors_table, settings.due_shards), settings.catchup_after_s)
+
+
+@cache
+def mail_sync_job() -> MailSyncJob:
+    from crmsync.mail.jobs import MailSyncJob
+
+    return MailSyncJob(account_store(), mailbox_sync(), CHANGE_SOURCES, synced=sync_schedule().synced)
+
+
+def gmail_watcher(topic: str | None) -> GmailWatcher:
+    from crmsync.providers.gmail_watch import GmailWatcher
+
+    return GmailWatcher(lambda a: credentials().access_token(a), get_settings().gmail_api_base, topic)
+
+
+def mail_watch_job(topic: str | None) -> MailWatchJob:
+    """The `mail.watch` job; `topic` is Gmail's Pub/Sub topic (None: no watch to renew)."""
+    from crmsync.mail.watch import MailWatchJob
+
+    return MailWatchJob(mail_sync_job(), {"google": gmail_watcher(topic)}, sync_schedule())
+
+
+def gmail_hooks(topic: str | None) -> GmailWatchHooks:
+    """What connecting and disconnecting a Gmail mailbox starts and stops (watch, schedule)."""
+    from crmsync.providers.gmail import GmailHooks
+    from crmsync.providers.gmail_watch import GmailWatchHooks
+    from crmsync.stores.cursors import DynamoCursorStore
+
+    settings = get_settings()
+    cursors = DynamoCursorStore(settings.cursors_table)
+    return GmailWatchHooks(
+        GmailHooks(cursors, settings.gmail_api_base, topic), gmail_watcher(topic), cursors, sync_schedule()
+    )
+
+
+@cache
 def accounts() -> Accounts:
     from crmsync.accounts.imap import ImapSmtpVerifier
     from crmsync.accounts.service import Accounts
@@ -137,17 +183,8 @@ def accounts() -> Accounts:
     from crmsync.stores.secrets import secret_text
 
     settings = get_settings()
-    from crmsync.providers.gmail import GmailHooks
-    from crmsync.stores.cursors import DynamoCursorStore
-
     return Accounts(
-        hooks={
-            "google": GmailHooks(
-                DynamoCursorStore(settings.cursors_table),
-                settings.gmail_api_base,
-                settings.gmail_push_topic or None,
-            )
-        },
+        hooks={"google": gmail_hooks(settings.gmail_push_topic or None)},
         store=account_store(),
         box=secret_box(),
         directory=directory(),
@@ -272,5 +309,7 @@ def reset() -> None:
         factory.cache_clear()
     secrets.secret_json.cache_clear()
     secrets.secret_text.cache_clear()
+    sync_schedule.cache_clear()
+    mail_sync_job.cache_clear()
     get_settings.cache_clear()
     aws.reset()

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     jwt_role_claim: str = "role"
     # How many shards the due index is spread over (scheduler fan-out).
     due_shards: int = 16
+    # SYNC-2: a mailbox that has not synced for this long gets a catch-up sync (lost pushes).
+    catchup_after_s: int = 900
 
     # Accounts: secrets, OAuth clients, where the connect flow returns.
     user_secrets_key_id: str = ""

@@ -3,6 +3,7 @@
 Items (see docs/architecture.md, "Cursors"):
 - progress:  pk=ACC#{account}  sk=RESYNC#{kind}
 - due items: any pk/sk, with due_shard=due#{n} and due_at (epoch s) while they are pending
+  (a mailbox's watch renewal and catch-up poll: pk=ACC#{account} sk=DUE#watch / DUE#catchup)
 """
 
 from __future__ import annotations
@@ -98,6 +99,30 @@ class DynamoDueStore:
                 ":e": item.every_s,
             },
         )
+
+    def replace(self, item: DueItem) -> bool:
+        """Move an item that exists to a new due time (and job); False if it was removed, so
+        work that finishes after a disconnect (ACC-8) cannot bring its schedule back."""
+        try:
+            self._table.update_item(
+                Key={"pk": item.pk, "sk": item.sk},
+                UpdateExpression="SET due_shard = :s, due_at = :d, job = :j, every_s = :e",
+                ConditionExpression="attribute_exists(job)",
+                ExpressionAttributeValues={
+                    ":s": self._shard(item.pk),
+                    ":d": item.due_at,
+                    ":j": item.job,
+                    ":e": item.every_s,
+                },
+            )
+        except ClientError as error:
+            if is_condition_failure(error):
+                return False
+            raise
+        return True
+
+    def remove(self, pk: str, sk: str) -> None:
+        self._table.delete_item(Key={"pk": pk, "sk": sk})
 
     def due(self, now: int, limit: int) -> Iterator[DueItem]:
         left = limit
