@@ -14,6 +14,8 @@ from local.devissuer import ROOT, DevIssuer
 from local.emulators.servers import Emulators, start_emulators
 
 STATE_DIR = ROOT / ".local"
+# Gmail's watch topic in `make run`: the Google emulator pushes its changes to the webhook
+LOCAL_GMAIL_TOPIC = "projects/crmsync-local/topics/gmail"
 
 
 def local_parameters(api_url: str, emulators: Emulators) -> dict[str, str]:
@@ -43,7 +45,10 @@ def run(args: argparse.Namespace) -> int:
     except OSError as error:
         print(f"cannot listen on {args.host}:{args.port} to {args.port + 2}: {error}", file=sys.stderr)
         return 1
-    stack = LocalStack(issuer=_issuer(args.port), say=say, parameters=local_parameters(server.url, emulators))
+    # connected Gmail mailboxes are watched; the emulated Pub/Sub subscription pushes to the webhook
+    parameters = {**local_parameters(server.url, emulators), "GmailPushTopic": LOCAL_GMAIL_TOPIC}
+    emulators.google.pubsub_endpoint = f"{server.url}/webhooks/gmail"
+    stack = LocalStack(issuer=_issuer(args.port), say=say, parameters=parameters)
     say("crmsync local stack: building template.yaml in moto ...")
     stack.start()
     stack.set_secret("OAuthClientSecret", json.dumps(emulators.oauth_clients()))
@@ -61,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
         f" (CA {emulators.ca_bundle})"
     )
     say("Connect:        POST /v1/accounts/connect, then open its authorization_url in a browser")
+    say(
+        f"Gmail push      watch topic {LOCAL_GMAIL_TOPIC} -> {emulators.google.pubsub_endpoint};"
+        f" mail arrives with POST {emulators.google_url}/_emulator/gmail/arrive"
+    )
     say("Ctrl-C stops.")
     stopped = threading.Event()
 

@@ -1,21 +1,30 @@
-"""The Gmail emulator answers the real google-api-python-client, refuses what the gmail.v1
-discovery document does not allow, and fails the way Gmail fails (404 history, 429)."""
+"""The Gmail emulator answers the real google-api-python-client (batch requests too), refuses
+what the gmail.v1 discovery document does not allow, fails the way Gmail fails (404 history,
+429), and pushes a watched mailbox's changes as a Pub/Sub push subscription would."""
 
 from __future__ import annotations
 
 import base64
+import json
+import threading
 import uuid
+from collections.abc import Iterator
 from email.message import EmailMessage
 from typing import Any
 
+import jwt
 import pytest
 import requests
 from google.oauth2.credentials import Credentials
 from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
 from googleapiclient.http import BatchHttpRequest
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
 
+from local.emulators.google import PUSH_SERVICE_ACCOUNT
 from local.emulators.servers import Emulators
+from tests.integration.helpers import wait_until
 
 
 def _mail(sender: str, to: str, subject: str, reply_to: EmailMessage | None = None) -> EmailMessage:
@@ -224,3 +233,86 @@ def test_a_batch_needs_credentials_per_call_and_at_most_100_calls(
     assert too_many.status_code == 400 and "at most 100" in too_many.json()["error"]["message"]
     not_multipart = requests.post(url, data=get, headers={"Authorization": f"Bearer {token}"}, timeout=5)
     assert not_multipart.status_code == 400
+
+
+@pytest.fixture
+def subscriber(emulators: Emulators) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A push endpoint that records what Pub/Sub POSTs to it; the emulator pushes there."""
+    received: list[dict[str, Any]] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        request = Request(environ)
+        envelope = json.loads(request.get_data())
+        received.append(
+            {
+                "authorization": request.headers.get("Authorization", ""),
+                "messageId": envelope["message"]["messageId"],
+                **json.loads(base64.b64decode(envelope["message"]["data"])),
+            }
+        )
+        return Response(status=204)(environ, start_response)
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    endpoint = f"http://127.0.0.1:{server.server_port}/push"
+    emulators.google.pubsub_endpoint = endpoint
+    try:
+        yield endpoint, received
+    finally:
+        emulators.google.pubsub_endpoint = None
+        server.shutdown()
+        thread.join(timeout=5)
+
+
+def test_a_watched_mailbox_pushes_each_change_signed_with_faults_on_demand(
+    emulators: Emulators, mailbox: tuple[Any, str, str], subscriber: tuple[str, list[dict[str, Any]]]
+) -> None:
+    gmail, address, _ = mailbox
+    endpoint, received = subscriber
+    google = emulators.google
+    control = emulators.google_url + "/_emulator/gmail"
+
+    def arrive(subject: str, labels: list[str] | None = None) -> int:
+        raw = _mail("carla@client.test", address, subject).as_string()
+        answer = requests.post(
+            f"{control}/arrive", json={"address": address, "raw": raw, "labels": labels}, timeout=5
+        )
+        assert answer.status_code == 200, answer.text
+        return google.gmail.mailbox(address).history_id
+
+    arrive("before any watch")  # not watched: Pub/Sub hears nothing
+    gmail.users().watch(
+        userId="me", body={"topicName": "projects/p/topics/gmail", "labelIds": ["INBOX"]}
+    ).execute()
+    first = arrive("watched")
+    wait_until(lambda: google.pushes_settled() and len(received) == 1)
+    assert (received[0]["emailAddress"], received[0]["historyId"]) == (address, first)
+    jwks = jwt.PyJWKClient(emulators.google_url + "/oauth2/v3/certs")
+    token = received[0]["authorization"].removeprefix("Bearer ")
+    claims = jwt.decode(
+        token, jwks.get_signing_key_from_jwt(token).key, algorithms=["RS256"], audience=endpoint
+    )
+    assert claims["email"] == PUSH_SERVICE_ACCOUNT and claims["email_verified"] is True
+
+    # the watch covers INBOX: the user's own sent mail is no change Pub/Sub hears of
+    sent = _mail(address, "carla@client.test", "from the client").as_string()
+    assert requests.post(f"{control}/send_from_client", json={"address": address, "raw": sent}, timeout=5).ok
+
+    faults = {"address": address, "drop": 1, "reorder": 2, "duplicate": 1}
+    assert requests.post(f"{control}/push_faults", json=faults, timeout=5).ok
+    lost, held_1, held_2, later, last = (arrive(f"mail {n}") for n in range(5))
+    wait_until(lambda: google.pushes_settled() and len(received) == 6)
+    pushed = [(p["historyId"], p["messageId"]) for p in received[1:]]
+    # dropped; two held and sent after the next one, newest first; that next one sent twice
+    assert [h for h, _ in pushed] == [later, later, held_2, held_1, last]
+    assert pushed[0][1] == pushed[1][1] and len({m for _, m in pushed}) == 4
+    assert lost not in [h for h, _ in pushed]
+    fates = [p["fate"] for p in google.pushes_of(address) if p["historyId"] == lost]
+    assert fates == ["dropped"]
+
+    listed = requests.get(f"{control}/messages", params={"address": address}, timeout=5).json()["messages"]
+    assert len(listed) == 8 and listed[2]["labelIds"] == ["SENT"] and listed[2]["messageId"]
+    gmail.users().stop(userId="me").execute()
+    arrive("after stop")
+    assert google.pushes_settled() and len(received) == 6  # nothing was queued for it
