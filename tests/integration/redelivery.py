@@ -19,3 +19,10 @@ def redeliver_now(stack: LocalStack, group_id: str, queue: str = "SyncQueue") ->
     for message in in_flight:
         message.change_visibility(0)
     return len(in_flight)
+
+
+def queued(stack: LocalStack, group_id: str, queue: str = "SyncQueue") -> int:
+    """How many messages of the group the queue still holds, waiting or being worked on."""
+    name = stack.queues[queue].rsplit("/", 1)[-1]
+    found = sqs_backends[DEFAULT_ACCOUNT_ID][REGION].get_queue(name)
+    return sum(1 for m in list(found._messages) if m.group_id == group_id)
