@@ -21,6 +21,7 @@ from tests.conftest import Api
 from tests.integration.helpers import wait_until
 from tests.integration.test_accounts import Browser, connect, set_plan
 from tests.integration.test_mail_engine import mail
+from tests.integration.test_mailbox_sync import cursor_of
 
 CONTACT = "carla@client.test"
 
@@ -286,3 +287,50 @@ def test_archive_and_delete_in_the_crm_reach_gmail_only_when_the_setting_is_on(
     wait_until(lambda: "TRASH" in labels("Question 1"), timeout=20)
     assert api.call("DELETE", f"/v1/messages/{message_id}", token).json()["changed"] == []  # once
     assert api.call("DELETE", "/v1/messages/nope", token).status_code == 404
+
+
+@pytest.mark.rule("MAIL-10")
+def test_mail_removed_in_gmail_is_marked_in_the_crm_not_destroyed(
+    stack: LocalStack, emulators: Emulators, api: Api, tenant: str
+) -> None:
+    address, account_id, token = _setup(api, emulators, tenant)
+    gmail = emulators.google.gmail
+    stored = {n: gmail.arrive(address, mail(CONTACT, [address], f"Topic {n}").as_bytes()) for n in (1, 2, 3)}
+    _push(api, emulators, address)
+
+    def messages() -> dict[str, dict[str, Any]]:
+        found = {}
+        for thread in api.call("GET", "/v1/threads", token).json()["threads"]:
+            view = api.call("GET", f"/v1/threads/{thread['crm_thread_id']}", token).json()
+            found[thread["subject"]] = view["messages"][0]
+        return found
+
+    wait_until(lambda: len(messages()) == 3, timeout=20)
+    gmail.trash_in_client(address, stored[1].id)  # to the trash in the Gmail client
+    gmail.delete_in_client(address, stored[2].id)  # deleted for good
+    _push(api, emulators, address)
+    found = wait_until(
+        lambda: (
+            (m := messages())
+            and m["Topic 1"]["removed_in_mailbox"]
+            and m["Topic 2"]["removed_in_mailbox"]
+            and m
+        ),
+        timeout=20,
+    )
+    assert found["Topic 3"]["removed_in_mailbox"] is False  # untouched
+    assert len(found) == 3  # the CRM copies stay
+
+    def removals() -> list[dict[str, Any]]:
+        return [
+            e["detail"]
+            for e in stack.events
+            if e["detail-type"] == "MessageRemovedInMailbox" and e["detail"]["tenant_id"] == tenant
+        ]
+
+    events = wait_until(lambda: len(removals()) == 2 and removals(), timeout=10)
+    assert sorted(e["how"] for e in events) == ["deleted", "trashed"]
+    assert {e["account_id"] for e in events} == {account_id}
+    _push(api, emulators, address)  # seen again: marked once, told once
+    wait_until(lambda: cursor_of(stack, account_id) == str(gmail.mailbox(address).history_id), timeout=10)
+    assert len(removals()) == 2

@@ -142,7 +142,6 @@ class MailSync:
         record = self._store.get_message(account.tenant_id, ref.user_id, ref.crm_message_id) if ref else None
         if record is None or record.removed_in_mailbox:
             return False
-        self._store.mark_removed(record, True)
         self._publisher.publish(
             [
                 MessageRemovedInMailbox(
@@ -155,6 +154,7 @@ class MailSync:
                 )
             ]
         )
+        self._store.mark_removed(record, True)  # after the event: a crash between repeats it
         return True
 
     # ------------------------------------------------------------------ sent from the CRM

@@ -16,8 +16,8 @@ from typing import Any
 
 from crmsync.accounts.models import Account, TokenSet
 from crmsync.errors import TransientError
-from crmsync.mail.models import ProviderMessage
-from crmsync.mail.sync import ChangePage, CursorExpired, CursorStore
+from crmsync.mail.models import ProviderMessage, RemovalKind
+from crmsync.mail.sync import ChangePage, CursorExpired, CursorStore, Removal
 
 HISTORY_TYPES = ["messageAdded", "labelAdded", "labelRemoved", "messageDeleted"]
 BATCH_SIZE = 50  # Gmail allows 100 calls per batch and advises at most 50 (larger ones get throttled)
@@ -130,6 +130,33 @@ def _provider_message(found: dict[str, Any]) -> ProviderMessage:
     )
 
 
+GONE_LABELS = frozenset({"TRASH", "SPAM"})
+
+
+def removals(history: list[dict[str, Any]], selected: list[str]) -> list[Removal]:
+    """MAIL-10 from history records: deleted for good (`messagesDeleted`), moved to trash or
+    spam, or (with chosen labels) no longer carrying any of them; sent mail stays (MAIL-8).
+    The last word per message wins: one trashed and restored within the page is not removed."""
+    chosen = {label.lower() for label in selected}
+    verdict: dict[str, RemovalKind | None] = {}
+    for record in history:
+        for item in record.get("messagesDeleted", []):
+            verdict[item["message"]["id"]] = "deleted"
+        for kind in ("labelsAdded", "labelsRemoved"):
+            for item in record.get(kind, []):
+                message = item["message"]
+                labels = {label.upper() for label in message.get("labelIds", [])}
+                if verdict.get(message["id"]) == "deleted":
+                    continue
+                if labels & GONE_LABELS:
+                    verdict[message["id"]] = "trashed"
+                elif chosen and "SENT" not in labels and not any(label.lower() in chosen for label in labels):
+                    verdict[message["id"]] = "left_synced_folders"
+                else:
+                    verdict[message["id"]] = None
+    return [Removal(provider_message_id=i, how=how) for i, how in verdict.items() if how is not None]
+
+
 class GmailHistorySource:
     def __init__(self, access_token: Callable[[str], str], api_base: str) -> None:
         self._token = access_token  # Credentials.access_token: refreshes, or raises AccountPaused
@@ -163,7 +190,10 @@ class GmailHistorySource:
                 added[item["message"]["id"]] = None
         messages = fetch_raw_batched(gmail, self._base, list(added))
         return ChangePage(
-            messages=messages, next_page=page.get("nextPageToken"), cursor=str(page["historyId"])
+            messages=messages,
+            removed=removals(page.get("history", []), account.settings.labels_or_folders),
+            next_page=page.get("nextPageToken"),
+            cursor=str(page["historyId"]),
         )
 
     def is_newer(self, candidate: str, current: str) -> bool:
