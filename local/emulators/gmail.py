@@ -137,6 +137,12 @@ class GmailEmulator:
                 stored,
             )
 
+    def trash_in_client(self, address: str, message_id: str) -> None:
+        """The user moves a message to the trash in the Gmail client."""
+        with self.lock:
+            box = self.mailbox(address)
+            self._label_change(box, box.messages[message_id], {"TRASH"}, {"INBOX"})
+
     def expire_history(self, address: str) -> None:
         """History older than now is no longer kept (Gmail keeps at least a week, sometimes hours)."""
         box = self.mailbox(address)

@@ -18,12 +18,15 @@ if TYPE_CHECKING:
     from crmsync.accounts.oauth import OAuthClient
     from crmsync.accounts.service import Accounts
     from crmsync.crypto import SecretBox
+    from crmsync.mail.actions import MailActions
     from crmsync.mail.engine import MailSync
     from crmsync.mail.jobs import MailSyncJob
     from crmsync.mail.push import GmailPush
     from crmsync.mail.read import Mailbox
+    from crmsync.mail.send import Outbox
     from crmsync.mail.sync import ChangeSource, MailboxSync
     from crmsync.mail.watch import MailWatchJob, SyncSchedule
+    from crmsync.providers.gmail_actions import GmailActions
     from crmsync.providers.gmail_watch import GmailWatcher, GmailWatchHooks
     from crmsync.stores.accounts import DynamoAccountStore
     from crmsync.stores.eventbridge import EventBridgePublisher
@@ -82,6 +85,10 @@ def job_runner() -> JobRunner:
     )
     runner.register("mail.sync", mail_sync_job())
     runner.register("mail.watch", mail_watch_job(settings.gmail_push_topic or None))  # SYNC-7
+    from crmsync.mail.actions import MailboxActions, PropagateJob
+
+    providers: dict[str, MailboxActions] = {"google": gmail_actions()}
+    runner.register("mail.propagate", PropagateJob(account_store(), providers))
     return runner
 
 
@@ -257,6 +264,7 @@ def oauth_client(provider: str) -> OAuthClient:
 @cache
 def mail_sync() -> MailSync:
     from crmsync.mail.engine import MailSync
+    from crmsync.mail.limits import limits_for
     from crmsync.stores.mail import DynamoMailStore, S3RawStore
 
     settings = get_settings()
@@ -265,6 +273,7 @@ def mail_sync() -> MailSync:
         S3RawStore(settings.data_bucket),
         directory(),
         publisher(),
+        limits=lambda provider: limits_for(provider, settings.attachment_limits),
     )
 
 
@@ -300,12 +309,55 @@ def mailbox_sync() -> MailboxSync:
     return MailboxSync(mail_sync(), DynamoCursorStore(settings.cursors_table), start_resync)
 
 
+@cache
+def gmail_actions() -> GmailActions:
+    from crmsync.providers.gmail_actions import GmailActions
+
+    return GmailActions(
+        lambda account_id: credentials().access_token(account_id), get_settings().gmail_api_base
+    )
+
+
+@cache
+def outbox() -> Outbox:
+    from crmsync.mail.limits import limits_for
+    from crmsync.mail.send import MailSender, Outbox
+    from crmsync.stores.mail import DynamoMailStore
+    from crmsync.stores.staging import S3Staging
+
+    settings = get_settings()
+    senders: dict[str, MailSender] = {"google": gmail_actions()}
+    return Outbox(
+        account_store(),
+        DynamoMailStore(settings.threads_table, settings.messages_table),
+        mail_sync(),
+        S3Staging(settings.data_bucket),
+        senders,
+        lambda provider: limits_for(provider, settings.attachment_limits),
+    )
+
+
+@cache
+def mail_actions() -> MailActions:
+    from crmsync.mail.actions import MailActions
+    from crmsync.stores.mail import DynamoMailStore
+    from crmsync.stores.queue import SqsJobQueue
+
+    settings = get_settings()
+    return MailActions(
+        DynamoMailStore(settings.threads_table, settings.messages_table),
+        account_store(),
+        SqsJobQueue(settings.sync_queue_url),
+    )
+
+
 def reset() -> None:
     """Forget built services (tests rebuild them against a fresh moto)."""
     from crmsync.stores import aws, secrets
 
     factories = [publisher, directory, resync, job_runner, scheduler, accounts, account_store, secret_box]
-    for factory in [*factories, credentials, oauth_client, mail_sync, mailbox_sync, mailbox, gmail_push]:
+    mail = [mail_sync, mailbox_sync, mailbox, gmail_push, gmail_actions, outbox, mail_actions]
+    for factory in [*factories, credentials, oauth_client, *mail]:
         factory.cache_clear()
     secrets.secret_json.cache_clear()
     secrets.secret_text.cache_clear()

@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     gmail_push_topic: str = (
         ""  # projects/<p>/topics/<t>; empty: no users.watch (pushes come from elsewhere or not at all)
     )
+    # Attachment limits per provider (ATT-5): JSON overriding mail/limits.py's table; empty: the table
+    attachment_limits: str = ""
 
 
 @lru_cache(maxsize=1)
