@@ -374,11 +374,14 @@ class GmailEmulator:
     ) -> Response:
         wanted = set(query.get("labelIds", "").split(",")) - {""}
         after = re.search(r"\bafter:(\d+)\b", query.get("q", ""))  # Gmail's search: after:<epoch seconds>
+        msgid = re.search(r"\brfc822msgid:(\S+)", query.get("q", ""))  # by Message-ID, brackets optional
+        wanted_id = msgid.group(1).strip("<>") if msgid else None
         found = [
             m
             for m in box.messages.values()
             if (not wanted or wanted <= m.labels)
             and (after is None or m.internal_date // 1000 > int(after.group(1)))
+            and (wanted_id is None or (m.message_id or "").strip("<>") == wanted_id)
         ]
         found.sort(key=lambda m: m.internal_date, reverse=True)
         start, size = int(query.get("pageToken", "0")), int(query.get("maxResults", "100"))

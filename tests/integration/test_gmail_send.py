@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import requests
 
+from crmsync import services
 from crmsync.mail.filetype import FileRefused, check
 from crmsync.mail.limits import MB, limits_for
 from local.emulators.servers import Emulators
@@ -147,6 +148,31 @@ def test_an_idempotency_key_never_sends_twice(
     assert first.status_code == again.status_code == 201
     assert first.json()["message_id"] == again.json()["message_id"]
     assert len(_sent_copies(emulators, address)) == 1
+
+
+@pytest.mark.rule("MAIL-2")
+def test_a_send_cut_off_after_gmail_took_it_is_confirmed_on_retry_not_sent_again(
+    stack: LocalStack, emulators: Emulators, api: Api, tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    address, _, token = _setup(api, emulators, tenant)
+    engine = services.outbox()._engine
+    real_confirm = engine.confirm_sent
+
+    def cut_off(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(engine, "confirm_sent", real_confirm)  # the crash happens once
+        raise RuntimeError("the function was stopped right after Gmail took the message")
+
+    monkeypatch.setattr(engine, "confirm_sent", cut_off)
+    body = {"to": [{"address": CONTACT}], "subject": "Cut off", "text": "once"}
+    headers = {"Idempotency-Key": "crm-outbox-77"}
+    first = api.call("POST", "/v1/messages", token, json=body, headers=headers)
+    assert first.status_code == 500
+    assert len(_sent_copies(emulators, address)) == 1  # Gmail has it; the CRM copy says "sending"
+    again = api.call("POST", "/v1/messages", token, json=body, headers=headers)
+    assert again.status_code == 201, again.text
+    assert again.json()["delivery"] == "sent"
+    assert again.json()["provider_message_id"] == _sent_copies(emulators, address)[0].id
+    assert len(_sent_copies(emulators, address)) == 1  # found by its Message-ID, not sent twice
 
 
 @pytest.mark.rule("SEND-6")

@@ -189,6 +189,13 @@ class MailSync:
             self._publish_if_pending(account.tenant_id, self._ref(record))
         return record
 
+    def outgoing(self, account: Account, message_id: str) -> MessageRecord | None:
+        """The user's message with this Message-ID, if the CRM holds it."""
+        ref = self._store.find_message_id(account.tenant_id, message_id)
+        if ref is None or ref.user_id != account.user_id:
+            return None
+        return self._store.get_message(account.tenant_id, ref.user_id, ref.crm_message_id)
+
     def confirm_sent(
         self,
         account: Account,

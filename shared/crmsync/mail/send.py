@@ -53,6 +53,8 @@ class MailSender(Protocol):
         self, account: Account, raw: bytes, provider_thread_id: str | None
     ) -> tuple[str, str | None]: ...
 
+    def find_sent(self, account: Account, rfc822_message_id: str) -> tuple[str, str | None] | None: ...
+
 
 class Staging(Protocol):
     def prefix(self, tenant_id: str, user_id: str, attachment_id: str) -> str: ...
@@ -223,11 +225,20 @@ class Outbox:
             )
         except ValueError as error:  # the standard library's own header-injection guard
             raise Unprocessable(f"the message cannot be built: {error}") from error
-        record = self._engine.record_outgoing(
+        earlier = self._engine.outgoing(account, message_id)  # a retried request finds its record
+        if earlier is not None and earlier.delivery == "sent":
+            return _sent(earlier, account)  # sent already: not again
+        if earlier is not None and earlier.delivery == "sending":
+            # the last attempt stopped after the provider may have taken it: look before resending
+            try:
+                copy = sender.find_sent(account, message_id)
+            except TransientError as error:
+                raise ProviderUnavailable(f"{account.provider} is not answering now ({error})") from error
+            if copy is not None:
+                return _sent(self._engine.confirm_sent(account, earlier, copy[0], copy[1]), account)
+        record = earlier or self._engine.record_outgoing(
             account, raw, parent.message_id if parent else None, publish=False
         )
-        if record.delivery == "sent":  # a retried request: sent already, not again
-            return _sent(record, account)
         thread_hint = None
         if parent is not None and parent.account_id == account.account_id:
             thread_hint = parent.provider_thread_id  # SEND-4: the provider's own thread

@@ -45,6 +45,19 @@ class GmailActions:
         sent = _call(self._gmail(account).users().messages().send(userId="me", body=body), "messages.send")
         return str(sent["id"]), sent.get("threadId")
 
+    def find_sent(self, account: Account, rfc822_message_id: str) -> tuple[str, str | None] | None:
+        """The mailbox's copy of a message we sent, searched by its Message-ID: a retried send
+        that finds it confirms it instead of sending it a second time."""
+        listed = _call(
+            self._gmail(account)
+            .users()
+            .messages()
+            .list(userId="me", q=f"rfc822msgid:{rfc822_message_id}", includeSpamTrash=True),
+            "messages.list",
+        )
+        found = listed.get("messages") or []
+        return (str(found[0]["id"]), found[0].get("threadId")) if found else None
+
     def archive(self, account: Account, provider_message_id: str) -> bool:
         """Removes INBOX; False when the message is no longer in the mailbox."""
         request = (
