@@ -165,6 +165,9 @@ class Demo:
             what = {
                 "MessageSynced": lambda d: f"{d['direction']} {d['subject']!r} message {d['message_id'][:8]}",
                 "AccountStatusChanged": lambda d: f"{d.get('address', '')} {d.get('status')}",
+                "DirectoryEntryUpserted": lambda d: f"{d['kind']} {d['id']}",
+                "DefaultAccountChanged": lambda d: f"default account {str(d.get('account_id'))[:8]}",
+                "TenantSettingsChanged": lambda d: f"plan {d.get('plan', '')}",
             }.get(event["detail-type"], lambda d: "")(detail)
             print(f"  {event['detail-type']:<24} {what}")
         problems = []
