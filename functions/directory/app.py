@@ -12,6 +12,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from crmsync import services
 from crmsync.api import build_api, current_principal
 from crmsync.directory import (
+    Blocklist,
     ContactEntry,
     DealEntry,
     DirectoryRecord,
@@ -74,6 +75,21 @@ def get_settings() -> TenantSettings:
 @app.put("/v1/directory/settings", summary="Replace the tenant's settings", tags=TAGS)
 def put_settings(body: Annotated[TenantSettings, Body()]) -> TenantSettings:
     return directory.put_settings(current_principal(app), body)
+
+
+@app.get("/v1/blocklist", summary="Your blocked addresses and domains", tags=["mail"])
+def get_blocklist() -> Blocklist:
+    principal = current_principal(app)
+    return directory.blocklist(principal.tenant_id, principal.user_id)
+
+
+@app.put(
+    "/v1/blocklist",
+    summary="Replace your blocked addresses (name@example.com) and domains (@example.com)",
+    tags=["mail"],
+)
+def put_blocklist(body: Annotated[Blocklist, Body()]) -> Blocklist:
+    return directory.set_blocklist(current_principal(app), body)
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True)

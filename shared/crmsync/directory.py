@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Protocol
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from crmsync.auth import Principal
 from crmsync.errors import Conflict, NotFound, Unprocessable
@@ -129,6 +129,34 @@ class DirectoryRecord(BaseModel):
     updated_at: datetime
 
 
+BlockEntry = Annotated[
+    str,
+    StringConstraints(
+        min_length=3,
+        max_length=254,
+        strip_whitespace=True,
+        to_lower=True,
+        pattern=r"^([^\s@<>()\[\],;:\"\\]{1,64})?@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+$",
+    ),
+]
+
+
+class Blocklist(_Strict):
+    """A user's blocked addresses (`name@example.com`) and domains (`@example.com`) (LINK-5, MAIL-6)."""
+
+    entries: list[BlockEntry] = Field(default_factory=list, max_length=1000)
+
+    def match(self, addresses: Sequence[str]) -> str | None:
+        """The first entry that blocks one of `addresses`, or None."""
+        blocked = set(self.entries)
+        for address in addresses:
+            lowered = address.lower()
+            for candidate in (lowered, "@" + lowered.rsplit("@", 1)[-1]):
+                if candidate in blocked:
+                    return candidate
+        return None
+
+
 class LookupResult(BaseModel):
     """Who owns an address in a tenant."""
 
@@ -165,6 +193,10 @@ class DirectoryStore(Protocol):
     def deals_of(self, tenant_id: str, owner_keys: Sequence[tuple[str, str]]) -> list[str]: ...
 
     def get_settings(self, tenant_id: str) -> TenantSettings | None: ...
+
+    def get_blocklist(self, tenant_id: str, user_id: str) -> Blocklist | None: ...
+
+    def put_blocklist(self, tenant_id: str, user_id: str, blocklist: Blocklist) -> None: ...
 
     def put_settings(self, tenant_id: str, settings: TenantSettings) -> None: ...
 
@@ -270,6 +302,15 @@ class Directory:
         for record in sorted(records, key=lambda r: (r.kind, r.id)):
             getattr(result, record.kind).append(record)
         return result
+
+    def blocklist(self, tenant_id: str, user_id: str) -> Blocklist:
+        return self._store.get_blocklist(tenant_id, user_id) or Blocklist()
+
+    def set_blocklist(self, principal: Principal, blocklist: Blocklist) -> Blocklist:
+        """A user's own blocklist, replaced whole (duplicates collapse)."""
+        cleaned = Blocklist(entries=list(dict.fromkeys(blocklist.entries)))
+        self._store.put_blocklist(principal.tenant_id, principal.user_id, cleaned)
+        return cleaned
 
     def deal_linking(self, tenant_id: str, user_id: str) -> str:
         """LINK-2: the user's deal linking setting (`automatic` for a user the CRM never described)."""

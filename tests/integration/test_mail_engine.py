@@ -20,6 +20,7 @@ from crmsync.directory import ContactEntry, DealEntry, LeadEntry, UserEntry
 from crmsync.mail.engine import MailSync
 from crmsync.mail.models import ProviderMessage
 from local.stack import LocalStack
+from tests.conftest import Api
 
 OWNER = "owner@corp.test"
 
@@ -368,3 +369,33 @@ def test_inbound_microsoft_mail_breaking_the_limits_is_skipped_with_the_reason(
         outlook, delivered(_with_files(mail("carla@client.test", [OWNER], "ok"), {"ok.pdf": fits}))
     )
     assert outcome.status == "synced"
+
+
+@pytest.mark.rule("MAIL-6")
+def test_mail_from_or_to_a_blocked_address_or_domain_is_not_synced(
+    stack: LocalStack, engine: MailSync, api: Api
+) -> None:
+    world = World()
+    token = api.token(world.tenant, "u1")
+    refused = api.call("PUT", "/v1/blocklist", token, json={"entries": ["not an address"]})
+    assert refused.status_code == 422
+    saved = api.call(
+        "PUT", "/v1/blocklist", token, json={"entries": ["Spam@Junk.test", "@noise.test", "@noise.test"]}
+    )
+    assert saved.status_code == 200 and saved.json() == {"entries": ["spam@junk.test", "@noise.test"]}
+    assert api.call("GET", "/v1/blocklist", token).json() == saved.json()
+    assert api.call("GET", "/v1/blocklist", api.token(world.tenant, "u2")).json() == {
+        "entries": []
+    }  # per user
+    cases = [
+        mail("spam@junk.test", [OWNER], "From a blocked address"),
+        mail("anyone@noise.test", [OWNER], "From a blocked domain"),
+        mail(OWNER, ["carla@client.test", "ceo@noise.test"], "To a blocked domain, in Cc or To"),
+    ]
+    for message in cases:
+        outcome = engine.ingest(world.account, delivered(message))
+        assert outcome.status == "skipped" and (outcome.reason or "").startswith("blocked"), message[
+            "Subject"
+        ]
+    allowed = engine.ingest(world.account, delivered(mail("carla@client.test", [OWNER], "Fine")))
+    assert allowed.status == "synced"

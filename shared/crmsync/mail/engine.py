@@ -117,6 +117,11 @@ class MailSync:
                 return IngestOutcome(
                     status="updated", crm_message_id=same.crm_message_id, crm_thread_id=same.crm_thread_id
                 )
+        blocked = self._directory.blocklist(account.tenant_id, account.user_id).match(
+            [a for a in [*parsed.participants, *parsed.bcc] if a != account.address]
+        )
+        if blocked:  # MAIL-6: from or to a blocked address or domain
+            return self._skip(account, message, f"blocked: {blocked} is on the user's blocklist")
         thread = self._thread_of(account, message, parsed)
         lookups = self._lookups(account.tenant_id, parsed)
         direction = "outbound" if parsed.sender == account.address else "inbound"

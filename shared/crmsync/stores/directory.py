@@ -5,6 +5,7 @@ Items (see docs/architecture.md, "Directory"):
 - address:  pk=T#{tenant}#A#{address}  sk={kind}#{id}     one per address of an entry
 - deal:     pk=T#{tenant}#D#{contact}  sk={deal id}        one per contact of a deal
 - settings: pk=T#{tenant}              sk=SETTINGS
+- blocklist: pk=T#{tenant}             sk=BLOCK#{user}     a user's blocked addresses and domains
 An entry and its index items change in one transaction, guarded by the entry's version.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 from boto3.dynamodb.conditions import Key
 from botocore.exceptions import ClientError
 
-from crmsync.directory import ConcurrentUpdate, DirectoryRecord, TenantSettings
+from crmsync.directory import Blocklist, ConcurrentUpdate, DirectoryRecord, TenantSettings
 from crmsync.stores.aws import dynamodb
 from crmsync.stores.dynamo import batch_get, is_condition_failure, plain
 
@@ -156,4 +157,13 @@ class DynamoDirectoryStore:
     def put_settings(self, tenant_id: str, settings: TenantSettings) -> None:
         self._table.put_item(
             Item={"pk": _tenant_pk(tenant_id), "sk": "SETTINGS", "settings": settings.model_dump(mode="json")}
+        )
+
+    def get_blocklist(self, tenant_id: str, user_id: str) -> Blocklist | None:
+        item = self._table.get_item(Key={"pk": _tenant_pk(tenant_id), "sk": f"BLOCK#{user_id}"}).get("Item")
+        return Blocklist(entries=[str(e) for e in plain(item)["entries"]]) if item else None
+
+    def put_blocklist(self, tenant_id: str, user_id: str, blocklist: Blocklist) -> None:
+        self._table.put_item(
+            Item={"pk": _tenant_pk(tenant_id), "sk": f"BLOCK#{user_id}", "entries": blocklist.entries}
         )
