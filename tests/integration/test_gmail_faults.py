@@ -7,7 +7,7 @@ once in its CRM thread, published, and the cursor at the mailbox's historyId, ne
 moved backwards (SYNC-1).
 
 The test stack has no GmailPushTopic (the connect flow does not watch), so each test starts the
-mailbox's watch itself, as GmailHooks does when the topic is configured."""
+mailbox's watch itself, as GmailWatchHooks does when the topic is configured."""
 
 from __future__ import annotations
 

@@ -201,8 +201,10 @@ class GmailHistorySource:
 
 
 class GmailHooks:
-    """A new Gmail account starts from the mailbox's current historyId (and is watched when a
-    Pub/Sub topic is configured); a disconnected one stops its watch."""
+    """Without a watch, a new Gmail account starts from the mailbox's current historyId
+    (getProfile); a disconnected one stops its watch when there is one. Watching itself (the
+    first cursor and the renewal schedule from `users.watch`) is GmailWatchHooks' part, in
+    providers/gmail_watch.py, which wraps this."""
 
     def __init__(self, cursors: CursorStore, api_base: str, topic: str | None) -> None:
         self._cursors = cursors
@@ -212,15 +214,7 @@ class GmailHooks:
     def on_connected(self, account: Account, tokens: TokenSet) -> None:
         if not account.is_mailbox or not tokens.access_token:
             return
-        gmail = gmail_service(tokens.access_token, self._base)
-        if self._topic:
-            started = (
-                gmail.users()
-                .watch(userId="me", body={"topicName": self._topic, "labelFilterBehavior": "include"})
-                .execute()
-            )
-        else:
-            started = gmail.users().getProfile(userId="me").execute()
+        started = gmail_service(tokens.access_token, self._base).users().getProfile(userId="me").execute()
         # a reconnect keeps the cursor it had (ACC-9); a new account starts from now
         self._cursors.advance(account.account_id, "mail", str(started["historyId"]), expected=None)
 
