@@ -62,7 +62,12 @@ class ProviderUnavailable(ServiceError):
 
 
 class TransientError(Exception):
-    """A failure worth retrying later (throttling, 5xx, a lost race)."""
+    """A failure worth retrying later (throttling, 5xx, a lost race). `retry_after` is the
+    provider's Retry-After in seconds, when it gave one (SYNC-4)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class PermanentError(Exception):

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from crmsync.providers.gmail_watch import GmailWatcher, GmailWatchHooks
     from crmsync.stores.accounts import DynamoAccountStore
     from crmsync.stores.eventbridge import EventBridgePublisher
+    from crmsync.worker import SyncBatch
 
 
 @cache
@@ -90,6 +91,14 @@ def job_runner() -> JobRunner:
     providers: dict[str, MailboxActions] = {"google": gmail_actions()}
     runner.register("mail.propagate", PropagateJob(account_store(), providers))
     return runner
+
+
+@cache
+def sync_batch() -> SyncBatch:
+    from crmsync.stores.queue import SqsVisibility
+    from crmsync.worker import SyncBatch
+
+    return SyncBatch(job_runner(), SqsVisibility(get_settings().sync_queue_url))
 
 
 class _ChangeSources(dict[str, "ChangeSource"]):
@@ -356,7 +365,7 @@ def reset() -> None:
     from crmsync.stores import aws, secrets
 
     factories = [publisher, directory, resync, job_runner, scheduler, accounts, account_store, secret_box]
-    mail = [mail_sync, mailbox_sync, mailbox, gmail_push, gmail_actions, outbox, mail_actions]
+    mail = [mail_sync, mailbox_sync, mailbox, gmail_push, gmail_actions, outbox, mail_actions, sync_batch]
     for factory in [*factories, credentials, oauth_client, *mail]:
         factory.cache_clear()
     secrets.secret_json.cache_clear()

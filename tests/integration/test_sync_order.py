@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 
 from crmsync.jobs import Job
+from crmsync.worker import MAX_DELAY_S, MIN_DELAY_S, backoff
 from local.emulators.servers import Emulators
 from local.stack import LocalStack
 from tests.conftest import Api
+from tests.integration.helpers import wait_until
 from tests.integration.test_gmail_push import _connected
 from tests.integration.test_mail_engine import mail
 from tests.integration.test_mailbox_sync import cursor_of
@@ -73,3 +75,26 @@ def test_a_failed_job_holds_back_only_its_own_accounts_later_jobs(
     retried = stack.functions["SyncWorkerFunction"].invoke({"Records": records[:2]})
     assert retried["batchItemFailures"] == []
     assert cursor_of(stack, a_id) == str(gmail.mailbox(a_address).history_id)
+
+
+@pytest.mark.rule("SYNC-4")
+def test_a_throttled_job_comes_back_after_retry_after_not_the_queue_timeout(
+    stack: LocalStack, emulators: Emulators, api: Api, tenant: str
+) -> None:
+    gmail, google = emulators.google.gmail, emulators.google
+    address, account_id = _connected(api, emulators, tenant)
+    start = cursor_of(stack, account_id)
+    gmail.arrive(address, mail("someone@else.test", [address], "hello").as_bytes())
+    gmail.throttle(address, 1, retry_after=1)
+    box = gmail.mailbox(address)
+    assert google.deliver_push(f"{api.base}/webhooks/gmail", address, box.history_id) == 204
+    # nothing ends the 12-minute visibility timeout by hand: the worker asked SQS for 1 second
+    wait_until(lambda: cursor_of(stack, account_id) == str(box.history_id), timeout=30)
+    assert box.requests.count("gmail.users.history.list") == 2 and start != cursor_of(stack, account_id)
+
+
+@pytest.mark.rule("SYNC-4")
+def test_backoff_takes_retry_after_or_doubles_with_each_receive() -> None:
+    assert backoff(1, 7.2) == 7 and backoff(4, 0.1) == MIN_DELAY_S
+    assert [backoff(n, None) for n in (1, 2, 3)] == [15, 30, 60]
+    assert backoff(12, None) == MAX_DELAY_S and backoff(1, 86400) == MAX_DELAY_S

@@ -64,10 +64,19 @@ def _batch_path() -> str:
     return str(json.loads(_discovery()).get("batchPath") or "batch")
 
 
+def retry_after_seconds(value: str) -> float | None:
+    """Retry-After as seconds (Gmail sends a number; an HTTP date is not expected from it)."""
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
 def _raise_transient(error: Any, what: str) -> None:
     if _is_rate_limit(error) or _status(error) >= 500:
         raise TransientError(
-            f"gmail answered {_status(error)} for {what}; retry after {_retry_after(error) or 'a while'}"
+            f"gmail answered {_status(error)} for {what}; retry after {_retry_after(error) or 'a while'}",
+            retry_after=retry_after_seconds(_retry_after(error)),
         ) from error
 
 

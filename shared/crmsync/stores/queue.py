@@ -33,3 +33,22 @@ class SqsDeadLetters:
             MessageDeduplicationId=dedup_id[:128],
             MessageAttributes={"reason": {"DataType": "String", "StringValue": reason[:1000]}},
         )
+
+
+class SqsVisibility:
+    """When failed messages of the sync queue become visible again."""
+
+    def __init__(self, queue_url: str) -> None:
+        self._url = queue_url
+        self._sqs = client("sqs")
+
+    def delay(self, receipt_handles: list[str], seconds: int) -> None:
+        for start in range(0, len(receipt_handles), 10):
+            chunk = receipt_handles[start : start + 10]
+            self._sqs.change_message_visibility_batch(
+                QueueUrl=self._url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": seconds}
+                    for i, handle in enumerate(chunk)
+                ],
+            )

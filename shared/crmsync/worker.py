@@ -1,0 +1,76 @@
+"""The sync worker's batch: FIFO order per account, and when to try a failed account again.
+
+Powertools' SqsFifoPartialProcessor runs the records in order; a failed record holds back
+its own account's later records in the batch (they are reported failed too) and nothing
+else (SYNC-5). Every record reported failed is then made visible again after a delay of our
+choosing rather than the queue's visibility timeout: the provider's Retry-After when it gave
+one, otherwise an exponential backoff on the receive count (SYNC-4). The whole group gets the
+same delay, since SQS holds a FIFO group back while any of its messages is in flight."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor, process_partial_response
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+from crmsync.errors import TransientError
+from crmsync.jobs import JobRunner
+
+MIN_DELAY_S = 1
+MAX_DELAY_S = 900  # past this, SQS's own redrive (maxReceiveCount) decides
+BASE_BACKOFF_S = 15
+
+
+class Visibility(Protocol):
+    def delay(self, receipt_handles: list[str], seconds: int) -> None: ...
+
+
+def backoff(receive_count: int, retry_after: float | None) -> int:
+    """Seconds until a failed job is tried again."""
+    exponential = BASE_BACKOFF_S * 2 ** max(0, receive_count - 1)
+    wanted = retry_after if retry_after is not None else exponential
+    return int(min(MAX_DELAY_S, max(MIN_DELAY_S, round(wanted))))
+
+
+class SyncBatch:
+    def __init__(self, runner: JobRunner, visibility: Visibility) -> None:
+        self._runner = runner
+        self._visibility = visibility
+        self._processor = SqsFifoPartialProcessor(skip_group_on_error=True)
+        # a batch that failed whole is reported item by item too, so that its delays are set
+        self._processor.raise_on_entire_batch_failure = False
+        self._retry_after: dict[str, float] = {}
+        self.outcomes: list[tuple[str, str]] = []
+
+    def _record(self, record: SQSRecord) -> str:
+        group = record.attributes.message_group_id or ""
+        try:
+            outcome = self._runner.handle(record.body, record.message_id, group)
+        except TransientError as error:
+            if error.retry_after is not None:
+                self._retry_after[group] = max(self._retry_after.get(group, 0.0), error.retry_after)
+            raise
+        self.outcomes.append((record.message_id, outcome))
+        return outcome
+
+    def process(self, event: dict[str, Any], context: Any) -> PartialItemFailureResponse:
+        self._retry_after.clear()
+        self.outcomes = []
+        response = process_partial_response(
+            event=event, record_handler=self._record, processor=self._processor, context=context
+        )
+        failed = {item["itemIdentifier"] for item in response.get("batchItemFailures", [])}
+        by_delay: dict[int, list[str]] = {}
+        for raw in event.get("Records", []):
+            if raw["messageId"] not in failed:
+                continue
+            attributes = raw.get("attributes", {})
+            group = attributes.get("MessageGroupId", "")
+            count = int(attributes.get("ApproximateReceiveCount", "1") or 1)
+            delay = backoff(count, self._retry_after.get(group))
+            by_delay.setdefault(delay, []).append(raw["receiptHandle"])
+        for delay, handles in by_delay.items():
+            self._visibility.delay(handles, delay)
+        return response
