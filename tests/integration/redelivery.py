@@ -1,6 +1,7 @@
-"""SQS redelivery on demand. A job that fails stays in the sync queue, invisible until its
-visibility timeout ends (12 minutes in template.yaml), then comes back; a test cannot wait that
-long, so this ends the timeout now for the messages of one group (an account) in moto's queue,
+"""SQS redelivery on demand. A job that fails stays in the sync queue, invisible, until the
+delay the worker set ends (the provider's Retry-After, else a backoff from 15 s doubling) or the
+queue's visibility timeout; a test that crashes the worker many times should not wait that
+long, so this ends the wait now for the messages of one group (an account) in moto's queue,
 which is what the passing of time would do."""
 
 from __future__ import annotations
