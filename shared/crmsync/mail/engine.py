@@ -123,7 +123,7 @@ class MailSync:
         if blocked:  # MAIL-6: from or to a blocked address or domain
             return self._skip(account, message, f"blocked: {blocked} is on the user's blocklist")
         thread = self._thread_of(account, message, parsed)
-        lookups = self._lookups(account.tenant_id, parsed)
+        lookups = self._lookups(account, parsed)
         direction = "outbound" if parsed.sender == account.address else "inbound"
         facts = self._facts(account, parsed, direction, thread is not None, lookups, message.labels)
         decision = decide(account.settings, facts)
@@ -183,7 +183,7 @@ class MailSync:
             thread = self._store.get_thread(account.tenant_id, parent.crm_thread_id) if parent else None
         raw_key = f"raw/{account.tenant_id}/{account.account_id}/{stable_id('mid', parsed.message_id)}.eml"
         self._raw.put(raw_key, raw)
-        lookups = self._lookups(account.tenant_id, parsed)
+        lookups = self._lookups(account, parsed)
         record = self._record(
             account, None, parsed, "outbound", thread, lookups, raw_key=raw_key, labels=["SENT"]
         )
@@ -250,9 +250,10 @@ class MailSync:
                     break
         return self._store.get_thread(account.tenant_id, thread_id) if thread_id else None
 
-    def _lookups(self, tenant_id: str, parsed: ParsedMessage) -> dict[str, LookupResult]:
-        addresses = [a for a in [*parsed.participants, *parsed.bcc] if is_address(a)]
-        return {a: self._directory.lookup(tenant_id, a) for a in dict.fromkeys(addresses)}
+    def _lookups(self, account: Account, parsed: ParsedMessage) -> dict[str, LookupResult]:
+        """Who the other participants are; the mailbox's own address is never looked up."""
+        addresses = [a for a in [*parsed.participants, *parsed.bcc] if is_address(a) and a != account.address]
+        return {a: self._directory.lookup(account.tenant_id, a) for a in dict.fromkeys(addresses)}
 
     @staticmethod
     def _facts(
