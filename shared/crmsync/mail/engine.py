@@ -10,13 +10,14 @@ stored but unpublished publishes it then: creation exactly once, events at least
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
 from crmsync.accounts.models import Account
-from crmsync.directory import Directory, LookupResult
+from crmsync.directory import Blocklist, Directory, LookupResult
 from crmsync.events import EventPublisher, MessageRemovedInMailbox, MessageSkipped, MessageSynced
 from crmsync.ids import is_address
 from crmsync.mail.inbound import apply_limits
@@ -32,6 +33,7 @@ from crmsync.mail.models import (
 )
 from crmsync.mail.rules import Facts, decide
 
+BLOCKLIST_TTL_S = 60
 _IDS = uuid.UUID("3b8c4f0e-6a53-4a4e-9a43-2f1b7c9d5e11")
 
 
@@ -90,6 +92,7 @@ class MailSync:
         limits: Callable[[str], AttachmentLimits] = limits_for,
     ) -> None:
         self._limits = limits
+        self._blocklists: dict[tuple[str, str], tuple[float, Blocklist]] = {}
         self._store = store
         self._raw = raw
         self._directory = directory
@@ -117,7 +120,7 @@ class MailSync:
                 return IngestOutcome(
                     status="updated", crm_message_id=same.crm_message_id, crm_thread_id=same.crm_thread_id
                 )
-        blocked = self._directory.blocklist(account.tenant_id, account.user_id).match(
+        blocked = self._blocklist(account).match(
             [a for a in [*parsed.participants, *parsed.bcc] if a != account.address]
         )
         if blocked:  # MAIL-6: from or to a blocked address or domain
@@ -249,6 +252,17 @@ class MailSync:
                     thread_id = found.crm_thread_id
                     break
         return self._store.get_thread(account.tenant_id, thread_id) if thread_id else None
+
+    def _blocklist(self, account: Account) -> Blocklist:
+        """The owner's blocklist, read at most once a minute per worker (a new entry applies
+        to mail synced from then on)."""
+        key = (account.tenant_id, account.user_id)
+        now = time.monotonic()
+        cached = self._blocklists.get(key)
+        if cached is None or cached[0] < now:
+            cached = (now + BLOCKLIST_TTL_S, self._directory.blocklist(*key))
+            self._blocklists[key] = cached
+        return cached[1]
 
     def _lookups(self, account: Account, parsed: ParsedMessage) -> dict[str, LookupResult]:
         """Who the other participants are; the mailbox's own address is never looked up."""
