@@ -44,6 +44,10 @@ class SyncBatch:
         self._retry_after: dict[str, float] = {}
         self.outcomes: list[tuple[str, str]] = []
 
+    @property
+    def runner(self) -> JobRunner:
+        return self._runner
+
     def _record(self, record: SQSRecord) -> str:
         group = record.attributes.message_group_id or ""
         try:

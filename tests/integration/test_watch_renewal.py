@@ -40,7 +40,7 @@ def watching(stack: LocalStack) -> Iterator[None]:
         service(stack, "AccountsFunction", "accounts"),
         service(stack, "OAuthCallbackFunction", "accounts"),
     ]
-    runner = service(stack, "SyncWorkerFunction", "runner")
+    runner = service(stack, "SyncWorkerFunction", "batch").runner
 
     def install(topic: str | None) -> None:
         hooks = services.gmail_hooks(topic)
@@ -204,7 +204,7 @@ def test_disconnect_leaves_nothing_scheduled_and_late_work_cannot_bring_it_back(
     # the scheduler, long after any renewal or catch-up would have come due: nothing of it
     _tick(stack, int(time.time()) + 8 * DAY)
     # a renewal that was already queued is dropped by the worker (its account may not sync) ...
-    runner = service(stack, "SyncWorkerFunction", "runner")
+    runner = service(stack, "SyncWorkerFunction", "batch").runner
     job = {"type": "mail.watch", "tenant_id": tenant, "account_id": account_id, "payload": {}}
     assert runner.handle(json.dumps(job), f"m-{uuid.uuid4().hex}", account_id) == "dropped"
     # ... and one that was already running when the disconnect came cannot schedule it again
