@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from crmsync.accounts.credentials import Credentials
     from crmsync.accounts.models import Account
     from crmsync.accounts.oauth import OAuthClient
-    from crmsync.accounts.service import Accounts
+    from crmsync.accounts.service import Accounts, ProviderHooks
     from crmsync.crypto import SecretBox
     from crmsync.mail.actions import MailActions
     from crmsync.mail.engine import MailSync
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from crmsync.mail.watch import MailWatchJob, SyncSchedule
     from crmsync.providers.gmail_actions import GmailActions
     from crmsync.providers.gmail_watch import GmailWatcher, GmailWatchHooks
+    from crmsync.providers.graph import GraphActions, GraphMailbox
     from crmsync.stores.accounts import DynamoAccountStore
     from crmsync.stores.eventbridge import EventBridgePublisher
     from crmsync.worker import SyncBatch
@@ -63,7 +64,12 @@ def resync() -> Resync:
             lambda a: credentials().access_token(a), settings.gmail_api_base, mail_sync().ingest
         )
 
-    pages = ProviderPages(account_store(), {"google": gmail_pages})
+    def graph_pages() -> object:
+        from crmsync.providers.graph import GraphPages
+
+        return GraphPages(graph_mailbox(), mail_sync().ingest)
+
+    pages = ProviderPages(account_store(), {"google": gmail_pages, "microsoft": graph_pages})
     return Resync(
         DynamoSyncStateStore(settings.cursors_table),
         publisher(),
@@ -88,7 +94,7 @@ def job_runner() -> JobRunner:
     runner.register("mail.watch", mail_watch_job(settings.gmail_push_topic or None))  # SYNC-7
     from crmsync.mail.actions import MailboxActions, PropagateJob
 
-    providers: dict[str, MailboxActions] = {"google": gmail_actions()}
+    providers: dict[str, MailboxActions] = {"google": gmail_actions(), "microsoft": graph_actions()}
     runner.register("mail.propagate", PropagateJob(account_store(), providers))
     return runner
 
@@ -105,13 +111,19 @@ class _ChangeSources(dict[str, "ChangeSource"]):
     """provider → ChangeSource, built on first use (Gmail's client is imported only then)."""
 
     def __missing__(self, provider: str) -> ChangeSource:
-        if provider != "google":
-            raise KeyError(provider)
-        from crmsync.providers.gmail import GmailHistorySource
+        source: ChangeSource
+        if provider == "google":
+            from crmsync.providers.gmail import GmailHistorySource
 
-        source = GmailHistorySource(
-            lambda account_id: credentials().access_token(account_id), get_settings().gmail_api_base
-        )
+            source = GmailHistorySource(
+                lambda account_id: credentials().access_token(account_id), get_settings().gmail_api_base
+            )
+        elif provider == "microsoft":
+            from crmsync.providers.graph import GraphDeltaSource
+
+            source = GraphDeltaSource(graph_mailbox(), mail_sync().known)
+        else:
+            raise KeyError(provider)
         self[provider] = source
         return source
 
@@ -188,6 +200,15 @@ def gmail_hooks(topic: str | None) -> GmailWatchHooks:
     return GmailWatchHooks(
         GmailHooks(cursors, settings.gmail_api_base, topic), gmail_watcher(topic), cursors, sync_schedule()
     )
+
+
+def microsoft_hooks() -> ProviderHooks:
+    """What connecting and disconnecting a Microsoft mailbox starts and stops: the first delta
+    cursor (and the subscriptions, when their hooks are registered)."""
+    from crmsync.providers.graph import GraphMailHooks
+    from crmsync.stores.cursors import DynamoCursorStore
+
+    return GraphMailHooks(graph_mailbox(), DynamoCursorStore(get_settings().cursors_table))
 
 
 @cache
@@ -319,6 +340,25 @@ def mailbox_sync() -> MailboxSync:
 
 
 @cache
+def graph_mailbox() -> GraphMailbox:
+    from crmsync.providers.graph import GraphMailbox
+
+    settings = get_settings()
+    return GraphMailbox(
+        lambda account_id: credentials().access_token(account_id),
+        settings.graph_api_base,
+        settings.provider_ca_bundle or True,
+    )
+
+
+@cache
+def graph_actions() -> GraphActions:
+    from crmsync.providers.graph import GraphActions
+
+    return GraphActions(graph_mailbox())
+
+
+@cache
 def gmail_actions() -> GmailActions:
     from crmsync.providers.gmail_actions import GmailActions
 
@@ -335,7 +375,7 @@ def outbox() -> Outbox:
     from crmsync.stores.staging import S3Staging
 
     settings = get_settings()
-    senders: dict[str, MailSender] = {"google": gmail_actions()}
+    senders: dict[str, MailSender] = {"google": gmail_actions(), "microsoft": graph_actions()}
     return Outbox(
         account_store(),
         DynamoMailStore(settings.threads_table, settings.messages_table),
@@ -366,6 +406,7 @@ def reset() -> None:
 
     factories = [publisher, directory, resync, job_runner, scheduler, accounts, account_store, secret_box]
     mail = [mail_sync, mailbox_sync, mailbox, gmail_push, gmail_actions, outbox, mail_actions, sync_batch]
+    mail += [graph_mailbox, graph_actions]
     for factory in [*factories, credentials, oauth_client, *mail]:
         factory.cache_clear()
     secrets.secret_json.cache_clear()

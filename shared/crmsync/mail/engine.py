@@ -143,6 +143,10 @@ class MailSync:
                 left_out = verdict.left_out
         return self._store_new(account, message, parsed, direction, thread, lookups, left_out)
 
+    def known(self, account: Account, provider_message_id: str) -> bool:
+        """Whether this mailbox copy is in the CRM already (a source need not fetch it again)."""
+        return self._store.find_provider_message(account.account_id, provider_message_id) is not None
+
     def mark_removed(self, account: Account, provider_message_id: str, how: RemovalKind) -> bool:
         """MAIL-10: the mailbox no longer holds this message where we sync it. The CRM copy
         stays, marked; the CRM is told once. Unknown messages (never synced) are nothing."""

@@ -50,8 +50,10 @@ class MailSender(Protocol):
     """A provider's send: returns the provider's message id and thread id."""
 
     def send(
-        self, account: Account, raw: bytes, provider_thread_id: str | None
-    ) -> tuple[str, str | None]: ...
+        self, account: Account, raw: bytes, reply_to: tuple[str, str | None] | None
+    ) -> tuple[str, str | None]:
+        """`reply_to`: the parent's provider message id and thread id, when it is in this mailbox."""
+        ...
 
     def find_sent(self, account: Account, rfc822_message_id: str) -> tuple[str, str | None] | None: ...
 
@@ -239,11 +241,14 @@ class Outbox:
         record = earlier or self._engine.record_outgoing(
             account, raw, parent.message_id if parent else None, publish=False
         )
-        thread_hint = None
-        if parent is not None and parent.account_id == account.account_id:
-            thread_hint = parent.provider_thread_id  # SEND-4: the provider's own thread
+        reply_to = None
+        if parent is not None and parent.account_id == account.account_id and parent.provider_message_id:
+            reply_to = (
+                parent.provider_message_id,
+                parent.provider_thread_id,
+            )  # SEND-4: the provider's thread
         try:
-            provider_id, provider_thread = sender.send(account, raw, thread_hint)
+            provider_id, provider_thread = sender.send(account, raw, reply_to)
         except TransientError as error:
             raise ProviderUnavailable(
                 f"{account.provider} is not taking mail now ({error}); retry with the same Idempotency-Key"

@@ -38,10 +38,12 @@ class GmailActions:
     def _gmail(self, account: Account) -> Any:
         return gmail_service(self._token(account.account_id), self._base)
 
-    def send(self, account: Account, raw: bytes, provider_thread_id: str | None) -> tuple[str, str | None]:
+    def send(
+        self, account: Account, raw: bytes, reply_to: tuple[str, str | None] | None
+    ) -> tuple[str, str | None]:
         body: dict[str, Any] = {"raw": base64.urlsafe_b64encode(raw).decode()}
-        if provider_thread_id:
-            body["threadId"] = provider_thread_id
+        if reply_to is not None and reply_to[1]:
+            body["threadId"] = reply_to[1]  # SEND-4: Gmail's thread, with In-Reply-To in the MIME
         sent = _call(self._gmail(account).users().messages().send(userId="me", body=body), "messages.send")
         return str(sent["id"]), sent.get("threadId")
 

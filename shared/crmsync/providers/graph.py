@@ -1,0 +1,438 @@
+"""Microsoft 365 / Outlook mail through Microsoft Graph v1.0 (requests, no SDK).
+
+- `GraphClient`: one mailbox's requests. Every request asks for immutable ids
+  (`Prefer: IdType="ImmutableId"`); 429/503/504 raise TransientError with Retry-After
+  (SYNC-4); `$batch` goes in chunks of 20, and a 429 inside a 200 envelope counts as one.
+  At most 4 requests of one mailbox are in flight at once in this process (Graph's limit
+  per app and mailbox; one worker holds an account at a time, SYNC-5).
+- `GraphDeltaSource`: the ChangeSource of Microsoft mailboxes. Delta runs per synced folder
+  (inbox, sentitems); the stored cursor is a JSON object folder → deltaLink, and the page
+  token says which folder and which `@odata.nextLink` come next (both followed verbatim).
+  Added or changed messages not yet in the CRM are fetched as MIME (`$value`) in batches;
+  `@removed` items become MAIL-10 removals. 410 Gone or `syncStateNotFound` (any casing)
+  raise CursorExpired: a full resync (SYNC-3).
+- `GraphPages`: resync and back-import through the state machine, folder by folder.
+- `GraphMailHooks`: a new account's first cursor (delta from the connection time on).
+- `GraphActions`: send (draft with our Message-ID, or `createReply` for a reply, attach,
+  send, read back), find a sent copy by Message-ID, archive and trash (MAIL-9).
+"""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+import json
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from crmsync.accounts.models import Account, TokenSet
+from crmsync.errors import PermanentError, TransientError
+from crmsync.mail.models import ProviderMessage
+from crmsync.mail.sync import ChangePage, CursorExpired, CursorStore, Removal
+
+FOLDERS = ("inbox", "sentitems")
+BATCH_MAX = 20
+CONCURRENT_PER_MAILBOX = 4
+PAGE_SIZE = 50
+_TIMEOUT = 30
+_IMMUTABLE = 'IdType="ImmutableId"'
+_SELECT = "id,conversationId,internetMessageId,parentFolderId,receivedDateTime"
+
+_slots: dict[str, threading.BoundedSemaphore] = {}
+_slots_lock = threading.Lock()
+
+
+def _slot(account_id: str) -> threading.BoundedSemaphore:
+    with _slots_lock:
+        return _slots.setdefault(account_id, threading.BoundedSemaphore(CONCURRENT_PER_MAILBOX))
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _error_code(body: Any) -> str:
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return str(body["error"].get("code") or "")
+    return ""
+
+
+def _is_expired_cursor(status: int, body: Any) -> bool:
+    return status == 410 or _error_code(body).lower() == "syncstatenotfound"
+
+
+class GraphClient:
+    def __init__(self, access_token: str, api_base: str, verify: str | bool, account_id: str) -> None:
+        self._base = api_base.rstrip("/") + "/v1.0"
+        self._account_id = account_id
+        self._session = requests.Session()
+        self._verify = verify  # pinned per request: REQUESTS_CA_BUNDLE would override a session's
+        self._headers = {"Authorization": f"Bearer {access_token}", "Prefer": _IMMUTABLE}
+
+    def url(self, path: str) -> str:
+        return path if path.startswith("https://") or path.startswith("http://") else self._base + path
+
+    @contextmanager
+    def _in_flight(self) -> Iterator[None]:
+        slot = _slot(self._account_id)
+        with slot:
+            yield
+
+    def request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> requests.Response:
+        """One request; throttling and server errors raise TransientError, the rest is returned."""
+        with self._in_flight():
+            try:
+                response = self._session.request(
+                    method,
+                    self.url(path),
+                    json=body,
+                    headers={**self._headers, **(headers or {})},
+                    verify=self._verify,
+                    timeout=_TIMEOUT,
+                )
+            except requests.RequestException as error:
+                raise TransientError(f"graph unreachable: {type(error).__name__}") from error
+        if response.status_code == 429 or response.status_code >= 500:
+            raise TransientError(
+                f"graph answered {response.status_code} to {method} {path.split('?')[0][-60:]}",
+                retry_after=_retry_after(response.headers.get("Retry-After")),
+            )
+        return response
+
+    def json(self, method: str, path: str, body: Any = None, what: str = "") -> Any:
+        response = self.request(method, path, body)
+        if response.status_code >= 400:
+            raise PermanentError(
+                f"graph answered {response.status_code} to {what or method}: {_error_code(_body(response))}"
+            )
+        return _body(response)
+
+    def batch(self, requests_: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Inner responses by id. Chunks of 20 go out up to 4 at a time; any inner 429 or 5xx
+        raises TransientError (with the longest Retry-After) once every chunk has answered."""
+        chunks = [requests_[i : i + BATCH_MAX] for i in range(0, len(requests_), BATCH_MAX)]
+
+        def send(chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            answer = self.json("POST", "/$batch", {"requests": chunk}, "$batch")
+            return list(answer.get("responses", []))
+
+        if len(chunks) <= 1:
+            answered = [send(c) for c in chunks]
+        else:
+            with ThreadPoolExecutor(max_workers=CONCURRENT_PER_MAILBOX) as pool:
+                answered = list(pool.map(send, chunks))
+        found: dict[str, dict[str, Any]] = {}
+        waits: list[float] = []
+        throttled = 0
+        for item in (r for chunk in answered for r in chunk):
+            status = int(item.get("status", 0))
+            if status == 429 or status >= 500:
+                throttled += 1
+                headers = {k.lower(): v for k, v in (item.get("headers") or {}).items()}
+                waits.append(_retry_after(headers.get("retry-after")) or 0.0)
+            found[str(item.get("id"))] = item
+        if throttled:
+            raise TransientError(
+                f"graph throttled {throttled} of {len(requests_)} requests in a batch",
+                retry_after=max(waits) if any(waits) else None,
+            )
+        return found
+
+
+def _body(response: requests.Response) -> Any:
+    if not response.content:
+        return {}
+    try:
+        return response.json()
+    except ValueError:
+        return {}
+
+
+def _mime_of(item: dict[str, Any]) -> bytes | None:
+    """The MIME in a batch answer to GET …/$value: base64 when not JSON (JSON batching)."""
+    body = item.get("body")
+    if isinstance(body, str):
+        try:
+            return base64.b64decode(body, validate=False)
+        except ValueError:
+            return body.encode()
+    return None
+
+
+class GraphMailbox:
+    """What the source, the pages and the actions share: a client per account and MIME fetches."""
+
+    def __init__(self, access_token: Callable[[str], str], api_base: str, verify: str | bool) -> None:
+        self._token = access_token  # Credentials.access_token: refreshes, or raises AccountPaused
+        self._base = api_base
+        self._verify = verify
+
+    def client(self, account: Account, token: str | None = None) -> GraphClient:
+        return GraphClient(
+            token or self._token(account.account_id), self._base, self._verify, account.account_id
+        )
+
+    @staticmethod
+    def fetch(client: GraphClient, items: list[dict[str, Any]], folder: str) -> list[ProviderMessage]:
+        """MIME of each message in batches; one gone meanwhile (404) is skipped."""
+        if not items:
+            return []
+        calls = [
+            {"id": str(n), "method": "GET", "url": f"/me/messages/{quote(i['id'], safe='')}/$value"}
+            for n, i in enumerate(items)
+        ]
+        answers = client.batch(calls)
+        messages = []
+        for n, item in enumerate(items):
+            answer = answers.get(str(n)) or {}
+            status = int(answer.get("status", 0))
+            if status == 404:
+                continue
+            raw = _mime_of(answer) if status == 200 else None
+            if raw is None:
+                raise PermanentError(f"graph answered {status} to a message's MIME")
+            messages.append(
+                ProviderMessage(
+                    provider_message_id=item["id"],
+                    provider_thread_id=item.get("conversationId"),
+                    labels=[folder],
+                    raw=raw,
+                )
+            )
+        return messages
+
+
+def _delta_start(folder: str, since: datetime | None) -> str:
+    path = f"/me/mailFolders/{folder}/messages/delta?$select={_SELECT}"
+    if since is not None:
+        stamp = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        path += f"&$filter=receivedDateTime+ge+{stamp}"
+    return path
+
+
+def _page(client: GraphClient, url: str) -> dict[str, Any]:
+    response = client.request("GET", url, headers={"Prefer": f"{_IMMUTABLE}, odata.maxpagesize={PAGE_SIZE}"})
+    body = _body(response)
+    if _is_expired_cursor(response.status_code, body):
+        raise CursorExpired(f"graph no longer knows the delta token ({response.status_code})")
+    if response.status_code >= 400:
+        raise PermanentError(f"graph answered {response.status_code} to a delta page: {_error_code(body)}")
+    return dict(body)
+
+
+def _removal(item: dict[str, Any]) -> Removal:
+    reason = str((item.get("@removed") or {}).get("reason", "")).lower()
+    return Removal(
+        provider_message_id=item["id"], how="deleted" if reason == "deleted" else "left_synced_folders"
+    )
+
+
+class GraphDeltaSource:
+    def __init__(self, mailbox: GraphMailbox, known: Callable[[Account, str], bool]) -> None:
+        self._mailbox = mailbox
+        self._known = known  # messages the CRM holds already are not fetched again
+
+    def changes(self, account: Account, cursor: str, page_token: str | None) -> ChangePage:
+        links: dict[str, str] = json.loads(cursor) if cursor.startswith("{") else {}
+        state: dict[str, Any] = (
+            json.loads(page_token) if page_token else {"folder": 0, "next": None, "links": links}
+        )
+        folder = FOLDERS[state["folder"]]
+        url = state["next"] or links.get(folder) or _delta_start(folder, account.connected_at)
+        client = self._mailbox.client(account)
+        body = _page(client, url)
+        items = list(body.get("value", []))
+        removed = [_removal(i) for i in items if "@removed" in i]
+        wanted = [i for i in items if "@removed" not in i and not self._known(account, i["id"])]
+        messages = self._mailbox.fetch(client, wanted, folder)
+        done = dict(state["links"])
+        if "@odata.nextLink" in body:
+            following: dict[str, Any] | None = {**state, "next": body["@odata.nextLink"], "links": done}
+        else:
+            done[folder] = body["@odata.deltaLink"]
+            following = (
+                {"folder": state["folder"] + 1, "next": None, "links": done}
+                if state["folder"] + 1 < len(FOLDERS)
+                else None
+            )
+        return ChangePage(
+            messages=messages,
+            removed=removed,
+            next_page=json.dumps(following) if following else None,
+            cursor=json.dumps(done, sort_keys=True),
+        )
+
+    def is_newer(self, candidate: str, current: str) -> bool:
+        """Delta links are not ordered: the links a completed run ends with replace the old ones."""
+        return candidate != current
+
+
+class GraphMailHooks:
+    """A new Microsoft mailbox's first cursor: each folder's delta from the connection on
+    (`receivedDateTime ge` connected_at), paged to its deltaLink. A reconnect keeps its cursor."""
+
+    def __init__(self, mailbox: GraphMailbox, cursors: CursorStore) -> None:
+        self._mailbox = mailbox
+        self._cursors = cursors
+
+    def on_connected(self, account: Account, tokens: TokenSet) -> None:
+        if not account.is_mailbox or not tokens.access_token:
+            return
+        client = self._mailbox.client(account, tokens.access_token)
+        links = {}
+        for folder in FOLDERS:
+            url = _delta_start(folder, account.connected_at)
+            while True:
+                body = _page(client, url)
+                if "@odata.nextLink" not in body:
+                    links[folder] = body["@odata.deltaLink"]
+                    break
+                url = body["@odata.nextLink"]
+        self._cursors.advance(account.account_id, "mail", json.dumps(links, sort_keys=True), expected=None)
+
+    def on_disconnected(self, account: Account, tokens: TokenSet | None) -> None:
+        return None  # subscriptions are removed by their own hooks; delta needs no teardown
+
+
+class GraphPages:
+    """Resync (SYNC-3) and back-import (ACC-5) of a Microsoft mailbox through the state
+    machine: one delta page per step, folder after folder, every message through the engine.
+    A resync ends with each folder's fresh deltaLink as the new cursor."""
+
+    def __init__(self, mailbox: GraphMailbox, ingest: Callable[[Account, ProviderMessage], object]) -> None:
+        self._mailbox = mailbox
+        self._ingest = ingest
+
+    def fetch_page(self, account: Account, job: Any) -> Any:
+        from crmsync.resync import Page
+
+        state: dict[str, Any] = (
+            json.loads(job.page_token) if job.page_token else {"folder": 0, "next": None, "links": {}}
+        )
+        folder = FOLDERS[state["folder"]]
+        since = job.since if job.kind == "mail_import" else None
+        client = self._mailbox.client(account)
+        try:
+            body = _page(client, state["next"] or _delta_start(folder, since))
+        except CursorExpired as error:  # a page link went stale mid-run: this folder starts over
+            raise TransientError(str(error)) from error
+        items = [i for i in body.get("value", []) if "@removed" not in i]
+        for message in self._mailbox.fetch(client, items, folder):
+            self._ingest(account, message)
+        links = dict(state["links"])
+        if "@odata.nextLink" in body:
+            following: dict[str, Any] | None = {**state, "next": body["@odata.nextLink"], "links": links}
+        else:
+            links[folder] = body["@odata.deltaLink"]
+            following = (
+                {"folder": state["folder"] + 1, "next": None, "links": links}
+                if state["folder"] + 1 < len(FOLDERS)
+                else None
+            )
+        cursor = (
+            json.dumps(links, sort_keys=True) if following is None and job.kind == "mail_resync" else None
+        )
+        return Page(items=len(items), next_token=json.dumps(following) if following else None, cursor=cursor)
+
+
+def _recipients(values: list[str]) -> list[dict[str, Any]]:
+    pairs = email.utils.getaddresses(values)
+    return [{"emailAddress": {"address": a, **({"name": n} if n else {})}} for n, a in pairs if a]
+
+
+class GraphActions:
+    """MailSender and MailboxActions for Microsoft mailboxes."""
+
+    def __init__(self, mailbox: GraphMailbox) -> None:
+        self._mailbox = mailbox
+
+    def send(
+        self, account: Account, raw: bytes, reply_to: tuple[str, str | None] | None
+    ) -> tuple[str, str | None]:
+        """Draft (or createReply on the parent, so Graph sets In-Reply-To), attachments, send,
+        then the message read back: with immutable ids, the Sent Items copy keeps the draft's id."""
+        parsed = email.message_from_bytes(raw, policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        client = self._mailbox.client(account)
+        text = parsed.get_body(preferencelist=("html", "plain"))
+        content = {
+            "contentType": "html" if text is not None and text.get_content_subtype() == "html" else "text",
+            "content": str(text.get_content()) if text is not None else "",
+        }
+        fields: dict[str, Any] = {
+            "subject": str(parsed.get("Subject", "")),
+            "body": content,
+            "toRecipients": _recipients([str(v) for v in parsed.get_all("To", [])]),
+            "ccRecipients": _recipients([str(v) for v in parsed.get_all("Cc", [])]),
+            "bccRecipients": _recipients([str(v) for v in parsed.get_all("Bcc", [])]),
+            "internetMessageId": str(parsed.get("Message-ID", "")),  # writable while a draft
+        }
+        if reply_to is not None:
+            parent = quote(reply_to[0], safe="")
+            draft = client.json("POST", f"/me/messages/{parent}/createReply", {}, "createReply")
+            client.json("PATCH", f"/me/messages/{quote(draft['id'], safe='')}", fields, "the reply draft")
+        else:
+            draft = client.json("POST", "/me/messages", fields, "a new draft")
+        draft_id = quote(draft["id"], safe="")
+        for part in parsed.iter_attachments():
+            data = part.get_payload(decode=True)
+            client.json(
+                "POST",
+                f"/me/messages/{draft_id}/attachments",
+                {
+                    "@odata.type": "#microsoft.graph.fileAttachment",
+                    "name": part.get_filename() or "attachment",
+                    "contentType": part.get_content_type(),
+                    "contentBytes": base64.b64encode(data if isinstance(data, bytes) else b"").decode(),
+                },
+                "an attachment",
+            )
+        client.json("POST", f"/me/messages/{draft_id}/send", None, "send")
+        sent = client.json(
+            "GET", f"/me/messages/{draft_id}?$select=id,conversationId", None, "the sent message"
+        )
+        return str(sent["id"]), sent.get("conversationId")
+
+    def find_sent(self, account: Account, rfc822_message_id: str) -> tuple[str, str | None] | None:
+        quoted = rfc822_message_id.replace("'", "''")
+        found = self._mailbox.client(account).json(
+            "GET",
+            f"/me/mailFolders/sentitems/messages?$filter=internetMessageId+eq+'{quote(quoted, safe='<>@')}'"
+            "&$select=id,conversationId",
+            None,
+            "a sent-items search",
+        )
+        values = found.get("value") or []
+        return (str(values[0]["id"]), values[0].get("conversationId")) if values else None
+
+    def _move(self, account: Account, provider_message_id: str, folder: str) -> bool:
+        response = self._mailbox.client(account).request(
+            "POST", f"/me/messages/{quote(provider_message_id, safe='')}/move", {"destinationId": folder}
+        )
+        if response.status_code == 404:
+            return False
+        if response.status_code >= 400:
+            raise PermanentError(
+                f"graph answered {response.status_code} to a move: {_error_code(_body(response))}"
+            )
+        return True
+
+    def archive(self, account: Account, provider_message_id: str) -> bool:
+        return self._move(account, provider_message_id, "archive")
+
+    def trash(self, account: Account, provider_message_id: str) -> bool:
+        return self._move(account, provider_message_id, "deleteditems")
