@@ -13,11 +13,12 @@ import re
 import secrets
 import time
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 from werkzeug.wrappers import Request, Response
 
+from local.emulators.graph_mail import GraphMail, graph_error
 from local.emulators.oauth import (
     ACCESS_TTL_S,
     Client,
@@ -41,6 +42,12 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(json.dumps(body), status=status, content_type="application/json")
 
 
+class GraphPart(Protocol):
+    """A part of Graph served by another module (change notifications: /v1.0/subscriptions)."""
+
+    def dispatch(self, request: Request) -> Response: ...
+
+
 def _b64(data: dict[str, str]) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 
@@ -58,13 +65,43 @@ class MicrosoftEmulator:
         self.state.clients[self.client.client_id] = self.client
         self._signing_key = secrets.token_bytes(32)
         self.users: dict[str, str] = {}  # email -> object id
+        # Graph mail (/v1.0/me/messages, mailFolders, sendMail, $batch); see graph_mail.py
+        self.graph = GraphMail(self.state.owner_of, lambda: self.base_url, route=self.graph_dispatch)
+        # Graph change notifications (/v1.0/subscriptions...), set by graph_subscriptions.py
+        self.subscriptions: GraphPart | None = None
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         return self.dispatch(Request(environ))(environ, start_response)
 
-    def dispatch(self, request: Request) -> Response:
-        if request.path == "/v1.0/me" and request.method == "GET":
+    def issue_access_token(self, email: str) -> str:
+        """A token for `email` as if it had consented (tests and demos that start past sign-in)."""
+        with self.state.lock:
+            email = email.strip().lower()
+            self.users.setdefault(email, str(uuid.uuid4()))
+            access = "eyJ0eXAi." + secrets.token_urlsafe(40)
+            self.state.access_tokens[access] = (email, time.time() + ACCESS_TTL_S)
+            return access
+
+    def graph_dispatch(self, request: Request) -> Response:
+        """Everything under /v1.0/: /me here, /subscriptions to `subscriptions` (501 until one is
+        set), the rest (mail, $batch) to `graph`. Inner $batch requests come through here too."""
+        if request.path == "/v1.0/me":
+            if request.method != "GET":
+                return graph_error(
+                    405, "Request_BadRequest", "Specified HTTP method is not allowed for the request target."
+                )
             return self.me(request)
+        if request.path == "/v1.0/subscriptions" or request.path.startswith("/v1.0/subscriptions/"):
+            if self.subscriptions is None:
+                return graph_error(501, "NotImplemented", "Subscriptions are not emulated here.")
+            return self.subscriptions.dispatch(request)
+        return self.graph.dispatch(request)
+
+    def dispatch(self, request: Request) -> Response:
+        if request.path.startswith("/v1.0/"):
+            return self.graph_dispatch(request)
+        if request.path.startswith("/_emulator/graph/"):
+            return self.graph.control(request)
         if request.path == "/_emulator/revoke" and request.method == "POST":
             return _json({"revoked": self.state.revoke(request.get_json()["email"])})
         if request.path == "/_emulator/expire" and request.method == "POST":

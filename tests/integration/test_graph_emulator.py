@@ -1,0 +1,461 @@
+"""The Microsoft Graph mail emulator over real HTTPS: folders, messages with immutable ids, $value,
+per-folder delta (paging, @removed, 410 and syncStateNotFound), $batch (20 at most, a 429 inside,
+$value base64), drafts with attachments sent once into sentitems, createReply threading, moves,
+throttling and the concurrency count."""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+import requests
+
+from local.emulators.graph_mail import GraphMail
+from local.emulators.servers import Emulators
+
+IMMUTABLE = {"Prefer": 'IdType="ImmutableId"'}
+
+
+def _mail(sender: str, to: str, subject: str, reply_to: EmailMessage | None = None) -> EmailMessage:
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = sender, to, subject
+    message["Message-ID"] = f"<{uuid.uuid4().hex}@mail.test>"
+    if reply_to is not None:
+        message["In-Reply-To"] = reply_to["Message-ID"]
+        message["References"] = reply_to["Message-ID"]
+    message.set_content("hello")
+    return message
+
+
+@dataclass
+class Box:
+    address: str
+    token: str
+    base: str
+    verify: str
+    graph: GraphMail
+
+    def call(
+        self, method: str, path: str, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> requests.Response:
+        url = path if path.startswith("https://") else f"{self.base}/v1.0{path}"
+        return requests.request(
+            method,
+            url,
+            headers={"Authorization": f"Bearer {self.token}", **(headers or {})},
+            verify=self.verify,
+            timeout=30,
+            **kwargs,
+        )
+
+
+@pytest.fixture
+def box(emulators: Emulators) -> Iterator[Box]:
+    address = f"box-{uuid.uuid4().hex[:8]}@contoso.test"
+    token = emulators.microsoft.issue_access_token(address)
+    yield Box(address, token, emulators.microsoft_url, str(emulators.ca_bundle), emulators.microsoft.graph)
+
+
+def _delta_round(
+    box: Box, url: str, headers: dict[str, str] | None = None
+) -> tuple[list[dict[str, Any]], str, int]:
+    """Follow nextLinks verbatim until the deltaLink: (items, deltaLink, pages)."""
+    items: list[dict[str, Any]] = []
+    pages = 0
+    while True:
+        answer = box.call("GET", url, headers)
+        assert answer.status_code == 200, answer.text
+        page = answer.json()
+        pages += 1
+        items.extend(page["value"])
+        assert not ("@odata.nextLink" in page and "@odata.deltaLink" in page)
+        if "@odata.deltaLink" in page:
+            assert "$deltatoken=" in page["@odata.deltaLink"]
+            return items, page["@odata.deltaLink"], pages
+        assert "$skiptoken=" in page["@odata.nextLink"]
+        url = page["@odata.nextLink"]
+
+
+def test_folders_messages_and_value(box: Box) -> None:
+    folders = box.call("GET", "/me/mailFolders").json()["value"]
+    assert {f["displayName"] for f in folders} >= {
+        "Inbox",
+        "Sent Items",
+        "Drafts",
+        "Deleted Items",
+        "Archive",
+    }
+    inbox = box.call("GET", "/me/mailFolders/inbox").json()
+    assert inbox["id"] == box.call("GET", "/me/mailFolders/Inbox").json()["id"]
+    assert box.call("GET", f"/me/mailFolders/{inbox['id']}").json()["displayName"] == "Inbox"
+
+    first = _mail("carla@client.test", box.address, "Hi")
+    arrived = box.graph.arrive(box.address, first.as_bytes())
+    got = box.call("GET", f"/me/messages/{arrived.immutable_id}", IMMUTABLE).json()
+    assert got["id"] == arrived.immutable_id and got["parentFolderId"] == inbox["id"]
+    assert got["internetMessageId"] == first["Message-ID"] and got["subject"] == "Hi"
+    assert got["from"]["emailAddress"]["address"] == "carla@client.test"
+    assert got["toRecipients"][0]["emailAddress"]["address"] == box.address
+    assert got["isDraft"] is False and got["hasAttachments"] is False
+    assert box.call("GET", f"/me/messages/{arrived.immutable_id}").json()["id"] == arrived.rest_id
+
+    raw = box.call("GET", f"/me/messages/{arrived.rest_id}/$value")
+    assert raw.status_code == 200 and raw.headers["Content-Type"].startswith("text/plain")
+    assert raw.content == first.as_bytes()
+
+    found = box.call(
+        "GET",
+        "/me/mailFolders/inbox/messages",
+        params={"$filter": f"internetMessageId eq '{first['Message-ID']}'", "$select": "id,subject"},
+    ).json()["value"]
+    assert [m["id"] for m in found] == [arrived.rest_id] and "from" not in found[0]
+
+    missing = box.call("GET", "/me/messages/AAMkAGnothere")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "ErrorItemNotFound"
+    bad = box.call("GET", "/me/nothing")
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "BadRequest"
+    unauthorized = requests.get(
+        f"{box.base}/v1.0/me/messages", headers={"Authorization": "Bearer x"}, verify=box.verify, timeout=10
+    )
+    assert unauthorized.status_code == 401
+    assert unauthorized.json()["error"]["code"] == "InvalidAuthenticationToken"
+
+
+def test_list_pages_and_back_import_filter(box: Box) -> None:
+    old = datetime.now(UTC) - timedelta(days=30)
+    for index in range(5):
+        box.graph.arrive(
+            box.address, _mail("a@client.test", box.address, f"old {index}").as_bytes(), received=old
+        )
+    for index in range(3):
+        box.graph.arrive(box.address, _mail("a@client.test", box.address, f"new {index}").as_bytes())
+    since = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    recent = box.call(
+        "GET", "/me/mailFolders/inbox/messages", params={"$filter": f"receivedDateTime ge {since}"}
+    ).json()
+    assert sorted(m["subject"] for m in recent["value"]) == ["new 0", "new 1", "new 2"]
+    seen: list[str] = []
+    url = f"{box.base}/v1.0/me/mailFolders/inbox/messages?$top=3"
+    while url:
+        page = box.call("GET", url).json()
+        seen.extend(m["id"] for m in page["value"])
+        url = page.get("@odata.nextLink", "")
+    assert len(seen) == len(set(seen)) == 8
+
+
+def test_delta_initial_round_then_changes_and_removals(box: Box) -> None:
+    graph = box.graph
+    kept = [
+        graph.arrive(box.address, _mail("a@client.test", box.address, f"m{i}").as_bytes()) for i in range(5)
+    ]
+    items, delta_link, pages = _delta_round(
+        box,
+        "/me/mailFolders/inbox/messages/delta?$select=subject,internetMessageId",
+        {**IMMUTABLE, "Prefer": 'IdType="ImmutableId", odata.maxpagesize=2'},
+    )
+    assert pages == 3
+    assert sorted(i["id"] for i in items) == sorted(m.immutable_id for m in kept)
+    assert all("subject" in i and "toRecipients" not in i for i in items)
+
+    newcomer = graph.arrive(box.address, _mail("b@client.test", box.address, "new").as_bytes())
+    graph.move_in_client(box.address, kept[0].immutable_id, "archive")
+    graph.delete_in_client(box.address, kept[1].immutable_id)
+    read = box.call("PATCH", f"/me/messages/{kept[2].immutable_id}", json={"isRead": True})
+    assert read.status_code == 200 and read.json()["isRead"] is True
+
+    changes, delta_link, _ = _delta_round(box, delta_link, IMMUTABLE)
+    by_id = {c["id"]: c for c in changes}
+    assert by_id[newcomer.immutable_id]["subject"] == "new"  # the $select of the first round holds
+    assert by_id[kept[0].immutable_id]["@removed"] == {"reason": "changed"}  # moved out, still exists
+    assert by_id[kept[1].immutable_id]["@removed"] == {"reason": "deleted"}
+    assert by_id[kept[2].immutable_id]["subject"] == "m2"
+    assert set(by_id) == {
+        newcomer.immutable_id,
+        kept[0].immutable_id,
+        kept[1].immutable_id,
+        kept[2].immutable_id,
+    }
+
+    nothing, delta_link, _ = _delta_round(box, delta_link, IMMUTABLE)
+    assert nothing == []
+    archived, _, _ = _delta_round(box, "/me/mailFolders/archive/messages/delta", IMMUTABLE)
+    assert [a["id"] for a in archived] == [kept[0].immutable_id]
+
+
+def test_delta_with_rest_ids_reports_the_old_id_of_a_moved_message(box: Box) -> None:
+    message = box.graph.arrive(box.address, _mail("a@client.test", box.address, "x").as_bytes())
+    items, delta_link, _ = _delta_round(box, "/me/mailFolders('inbox')/messages/delta")
+    assert [i["id"] for i in items] == [message.rest_id]
+    old_rest = message.rest_id
+    moved = box.call("POST", f"/me/messages/{old_rest}/move", json={"destinationId": "deleteditems"})
+    assert moved.status_code == 201 and moved.json()["id"] != old_rest  # default ids change on a move
+    assert box.call("GET", f"/me/messages/{old_rest}").status_code == 404
+    changes, _, _ = _delta_round(box, delta_link)
+    assert changes == [
+        {"@odata.type": "#microsoft.graph.message", "id": old_rest, "@removed": {"reason": "changed"}}
+    ]
+
+
+def test_delta_since_a_date_and_expired_tokens(box: Box) -> None:
+    graph = box.graph
+    graph.arrive(
+        box.address,
+        _mail("a@client.test", box.address, "old").as_bytes(),
+        received=datetime(2020, 1, 1, tzinfo=UTC),
+    )
+    graph.arrive(box.address, _mail("a@client.test", box.address, "new").as_bytes())
+    items, delta_link, _ = _delta_round(
+        box, "/me/mailFolders/inbox/messages/delta?$filter=receivedDateTime ge 2024-01-01T00:00:00Z"
+    )
+    assert [i["subject"] for i in items] == ["new"]
+
+    assert graph.expire_delta(box.address, "inbox", how="410") == 1
+    gone = box.call("GET", delta_link)
+    assert gone.status_code == 410
+    location = gone.headers["Location"]
+    assert "/messages/delta" in location and "receivedDateTime" in location
+    again, delta_link, _ = _delta_round(box, location)  # the Location starts a full round over
+    assert [i["subject"] for i in again] == ["new"]
+
+    graph.expire_delta(box.address, "inbox", how="SyncStateNotFound", status=404)
+    missing = box.call("GET", delta_link)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "SyncStateNotFound"
+    _, delta_link, _ = _delta_round(box, "/me/mailFolders/inbox/messages/delta")
+    graph.expire_delta(box.address, "inbox", how="syncStateNotFound")
+    bad = box.call("GET", delta_link)
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "syncStateNotFound"
+
+
+def test_draft_attach_send_lands_once_in_sentitems_with_the_same_id(box: Box) -> None:
+    events: list[tuple[str, str, str, str]] = []
+
+    def listener(address: str, folder: str, message_id: str, change: str) -> None:
+        events.append((address, folder, message_id, change))
+
+    box.graph.listeners.append(listener)
+    try:
+        draft = box.call(
+            "POST",
+            "/me/messages",
+            IMMUTABLE,
+            json={
+                "subject": "Offer",
+                "body": {"contentType": "HTML", "content": "<p>Our offer</p>"},
+                "toRecipients": [{"emailAddress": {"address": "carla@client.test", "name": "Carla"}}],
+                "ccRecipients": [{"emailAddress": {"address": "dan@client.test"}}],
+            },
+        )
+        assert draft.status_code == 201, draft.text
+        created = draft.json()
+        draft_id = created["id"]
+        assert created["isDraft"] is True and created["internetMessageId"].startswith("<")
+        attached = box.call(
+            "POST",
+            f"/me/messages/{draft_id}/attachments",
+            json={
+                "@odata.type": "#microsoft.graph.fileAttachment",
+                "name": "offer.pdf",
+                "contentType": "application/pdf",
+                "contentBytes": base64.b64encode(b"%PDF-1.4 offer").decode(),
+            },
+        )
+        assert attached.status_code == 201 and attached.json()["size"] == len(b"%PDF-1.4 offer")
+        too_big = box.call(
+            "POST",
+            f"/me/messages/{draft_id}/attachments",
+            json={
+                "@odata.type": "#microsoft.graph.fileAttachment",
+                "name": "big.bin",
+                "contentBytes": base64.b64encode(b"x" * (3 * 1024 * 1024)).decode(),
+            },
+        )
+        assert too_big.status_code == 413 and "error" in too_big.json()
+        patched = box.call("PATCH", f"/me/messages/{draft_id}", IMMUTABLE, json={"subject": "Our offer"})
+        assert patched.json()["subject"] == "Our offer"
+
+        sent = box.call("POST", f"/me/messages/{draft_id}/send")
+        assert sent.status_code == 202 and sent.content == b""
+        after = box.call("GET", f"/me/messages/{draft_id}", IMMUTABLE).json()
+        assert after["id"] == draft_id and after["isDraft"] is False and after["hasAttachments"] is True
+        assert after["parentFolderId"] == box.call("GET", "/me/mailFolders/sentitems").json()["id"]
+        in_sent = box.graph.messages_of(box.address, "sentitems")
+        assert [m["id"] for m in in_sent] == [draft_id]
+        assert box.graph.messages_of(box.address, "drafts") == []
+
+        mime = email.message_from_bytes(
+            box.call("GET", f"/me/messages/{draft_id}/$value").content, policy=email.policy.default
+        )
+        assert mime["Message-ID"] == created["internetMessageId"]
+        assert box.address in str(mime["From"]) and mime["Subject"] == "Our offer"
+        assert [p.get_filename() for p in mime.iter_attachments()] == ["offer.pdf"]
+        resend = box.call("POST", f"/me/messages/{draft_id}/send")
+        assert resend.status_code == 400
+    finally:
+        box.graph.listeners.remove(listener)
+    mine = [(folder, change) for address, folder, mid, change in events if mid == draft_id]
+    assert (
+        mine[0] == ("drafts", "created")
+        and ("sentitems", "created") in mine
+        and ("drafts", "deleted") in mine
+    )
+
+
+def test_send_mail_saves_one_copy_unless_told_not_to(box: Box) -> None:
+    message = {
+        "subject": "Quick note",
+        "body": {"contentType": "Text", "content": "hi"},
+        "toRecipients": [{"emailAddress": {"address": "carla@client.test"}}],
+    }
+    assert box.call("POST", "/me/sendMail", json={"message": message}).status_code == 202
+    assert (
+        box.call("POST", "/me/sendMail", json={"message": message, "saveToSentItems": False}).status_code
+        == 202
+    )
+    assert [m["subject"] for m in box.graph.messages_of(box.address, "sentitems")] == ["Quick note"]
+    assert len(box.graph.mailbox(box.address).outbox) == 2
+
+
+def test_create_reply_threads_and_sets_in_reply_to(box: Box) -> None:
+    first = _mail("carla@client.test", box.address, "Question")
+    parent = box.graph.arrive(box.address, first.as_bytes())
+    reply = box.call(
+        "POST", f"/me/messages/{parent.immutable_id}/createReply", IMMUTABLE, json={"comment": "Answer"}
+    )
+    assert reply.status_code == 201, reply.text
+    draft = reply.json()
+    assert draft["conversationId"] == parent.conversation_id and draft["isDraft"] is True
+    assert draft["toRecipients"][0]["emailAddress"]["address"] == "carla@client.test"
+    assert draft["subject"] == "RE: Question"
+    assert box.call("POST", f"/me/messages/{draft['id']}/send").status_code == 202
+    mime = email.message_from_bytes(
+        box.call("GET", f"/me/messages/{draft['id']}/$value").content, policy=email.policy.default
+    )
+    assert mime["In-Reply-To"] == first["Message-ID"] and first["Message-ID"] in str(mime["References"])
+    later = _mail("carla@client.test", box.address, "RE: RE: Question", reply_to=mime)  # type: ignore[arg-type]
+    assert box.graph.arrive(box.address, later.as_bytes()).conversation_id == parent.conversation_id
+
+
+def test_move_keeps_the_immutable_id(box: Box) -> None:
+    message = box.graph.arrive(box.address, _mail("a@client.test", box.address, "keep").as_bytes())
+    moved = box.call(
+        "POST", f"/me/messages/{message.immutable_id}/move", IMMUTABLE, json={"destinationId": "archive"}
+    )
+    assert moved.status_code == 201 and moved.json()["id"] == message.immutable_id
+    assert moved.json()["parentFolderId"] == box.call("GET", "/me/mailFolders/archive").json()["id"]
+    assert (
+        box.call("GET", f"/me/messages/{message.immutable_id}", IMMUTABLE).json()["id"]
+        == message.immutable_id
+    )
+    assert box.call("DELETE", f"/me/messages/{message.immutable_id}").status_code == 204
+    assert box.call("GET", f"/me/messages/{message.immutable_id}").status_code == 404
+
+
+def test_batch_answers_each_request_with_a_throttled_one_and_value_in_base64(box: Box) -> None:
+    raw = _mail("a@client.test", box.address, "batched").as_bytes()
+    message = box.graph.arrive(box.address, raw)
+    box.graph.throttle(box.address, 1, retry_after=7, kind="messages.get")
+    answer = box.call(
+        "POST",
+        "/$batch",
+        json={
+            "requests": [
+                {
+                    "id": "1",
+                    "method": "GET",
+                    "url": f"/me/messages/{message.immutable_id}",
+                    "headers": IMMUTABLE,
+                },
+                {"id": "2", "method": "GET", "url": f"/me/messages/{message.immutable_id}/$value"},
+                {"id": "3", "method": "GET", "url": "/me/mailFolders/inbox"},
+                {
+                    "id": "4",
+                    "method": "GET",
+                    "url": f"me/messages/{message.immutable_id}",
+                    "headers": IMMUTABLE,
+                },
+                {
+                    "id": "5",
+                    "method": "PATCH",
+                    "url": f"/me/messages/{message.immutable_id}",
+                    "headers": {"Content-Type": "application/json"},
+                    "body": {"isRead": True},
+                },
+            ]
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    responses = {r["id"]: r for r in answer.json()["responses"]}
+    assert responses["1"]["status"] == 429 and responses["1"]["headers"]["Retry-After"] == "7"
+    assert responses["1"]["body"]["error"]["code"] == "ApplicationThrottled"
+    assert responses["2"]["status"] == 200 and base64.b64decode(responses["2"]["body"]) == raw
+    assert responses["3"]["body"]["displayName"] == "Inbox"
+    assert responses["4"]["status"] == 200 and responses["4"]["body"]["id"] == message.immutable_id
+    assert responses["5"]["body"]["isRead"] is True
+    assert box.graph.mailbox(box.address).batches[-1] == 5
+
+
+def test_batch_of_21_is_refused_and_top_level_throttling(box: Box) -> None:
+    requests_ = [{"id": str(i), "method": "GET", "url": "/me/mailFolders/inbox"} for i in range(21)]
+    refused = box.call("POST", "/$batch", json={"requests": requests_})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "BadRequest"
+    assert box.call("POST", "/$batch", json={"requests": requests_[:20]}).status_code == 200
+
+    box.graph.throttle(box.address, 2, retry_after=3, code="TooManyRequests")
+    first = box.call("GET", "/me/mailFolders/inbox")
+    assert first.status_code == 429 and first.headers["Retry-After"] == "3"
+    assert first.json()["error"]["code"] == "TooManyRequests"
+    assert box.call("GET", "/me/mailFolders").status_code == 429
+    assert box.call("GET", "/me/mailFolders").status_code == 200
+
+
+def test_concurrent_requests_are_counted(box: Box) -> None:
+    box.graph.slow_down(box.address, 0.3)
+    try:
+        threads = [threading.Thread(target=box.call, args=("GET", "/me/mailFolders/inbox")) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        box.graph.slow_down(box.address, 0)
+    assert box.graph.max_concurrency(box.address) == 3
+
+
+def test_http_controls_for_another_process(emulators: Emulators, box: Box) -> None:
+    control = f"{box.base}/_emulator/graph"
+    raw = _mail("a@client.test", box.address, "demo").as_string()
+    arrived = requests.post(
+        f"{control}/arrive", json={"address": box.address, "raw": raw}, verify=box.verify, timeout=10
+    )
+    assert arrived.status_code == 200, arrived.text
+    moved = requests.post(
+        f"{control}/move_in_client",
+        json={"address": box.address, "id": arrived.json()["id"], "folder": "archive"},
+        verify=box.verify,
+        timeout=10,
+    )
+    assert moved.json()["folder"] == "archive"
+    listed = requests.get(
+        f"{control}/messages", params={"address": box.address}, verify=box.verify, timeout=10
+    )
+    assert [m["subject"] for m in listed.json()["messages"]] == ["demo"]
+    assert (
+        requests.post(
+            f"{control}/expire_delta",
+            json={"address": box.address, "folder": "inbox", "how": "410"},
+            verify=box.verify,
+            timeout=10,
+        ).status_code
+        == 200
+    )
+    subscriptions = box.call("GET", "/subscriptions")
+    assert subscriptions.status_code == 501 or emulators.microsoft.subscriptions is not None
