@@ -245,6 +245,7 @@ class Mailbox:
     in_flight: int = 0
     max_in_flight: int = 0
     latency: float = 0.0
+    concurrency_limit: int | None = None  # None: count only; a number: refuse beyond it with 429
 
     def folder_id(self, name: str) -> str:
         digest = hashlib.sha256(f"{self.address}/{name}".encode()).digest()
@@ -356,6 +357,11 @@ class GraphMail:
     def slow_down(self, address: str, seconds: float) -> None:
         """Each request of this mailbox takes at least `seconds` (to make concurrency visible)."""
         self.mailbox(address).latency = seconds
+
+    def limit_concurrency(self, address: str, limit: int | None = 4) -> None:
+        """Refuse a request of this mailbox that would make more than `limit` in flight at once with
+        429 ApplicationThrottled, as Outlook does past 4; None only counts (the default)."""
+        self.mailbox(address).concurrency_limit = limit
 
     def max_concurrency(self, address: str) -> int:
         """The most requests of this mailbox seen in flight at once ($batch counts as one)."""
@@ -617,7 +623,12 @@ class GraphMail:
         with self._counting:
             box.in_flight += 1
             box.max_in_flight = max(box.max_in_flight, box.in_flight)
+            over = box.concurrency_limit is not None and box.in_flight > box.concurrency_limit
         try:
+            if over:  # Outlook's MailboxConcurrency refusal (throttling-limits: 4 per app and mailbox)
+                with self.lock:
+                    box.requests.append("refused")
+                return self._throttled(Throttle(retry_after=1))
             if box.latency:
                 time.sleep(box.latency)
             return self._call(request, box, inner=False)
@@ -636,8 +647,6 @@ class GraphMail:
         if not path.startswith("/v1.0/"):
             return graph_error(400, "BadRequest", "Invalid version.")
         segments = self._segments(path.removeprefix("/v1.0/"))
-        if segments is None:
-            return graph_error(400, "BadRequest", f"Resource not found for the segment '{path}'.")
         if segments == ["$batch"]:
             if inner or request.method != "POST":
                 return graph_error(400, "BadRequest", "A $batch request can not be nested or be a GET.")
@@ -690,7 +699,7 @@ class GraphMail:
         return graph_error(429, throttle.code, "Application is over its MailboxConcurrency limit.", headers)
 
     @staticmethod
-    def _segments(path: str) -> list[str] | None:
+    def _segments(path: str) -> list[str]:
         """`mailFolders('inbox')/messages` and `mailFolders/inbox/messages` alike."""
         out: list[str] = []
         for raw in path.split("/"):
@@ -1466,8 +1475,8 @@ class GraphMail:
     # ------------------------------------------------------------------ controls over HTTP
     def control(self, request: Request) -> Response:
         """`/_emulator/graph/{arrive,send_from_client,move_in_client,delete_in_client,expire_delta,
-        throttle,slow_down,messages,raw,stats}` for a demo script in another process. JSON in and
-        out (GET: query parameters); mail is raw RFC 5322 text."""
+        throttle,slow_down,limit_concurrency,messages,raw,stats}` for a demo script in another
+        process. JSON in and out (GET: query parameters); mail is raw RFC 5322 text."""
         action = request.path.removeprefix("/_emulator/graph/")
         data: dict[str, Any] = (
             dict(request.args) if request.method == "GET" else (request.get_json(silent=True) or {})
@@ -1530,6 +1539,10 @@ class GraphMail:
                 str(data.get("code") or "ApplicationThrottled"),
             )
             return _json({"address": address, "n": int(data["n"])})
+        if action == "limit_concurrency":
+            limit = data.get("limit")
+            self.limit_concurrency(address, int(limit) if limit is not None else None)
+            return _json({"address": address, "limit": limit})
         if action == "slow_down":
             self.slow_down(address, float(data["seconds"]))
             return _json({"address": address, "seconds": float(data["seconds"])})

@@ -429,6 +429,55 @@ def test_concurrent_requests_are_counted(box: Box) -> None:
         box.graph.slow_down(box.address, 0)
     assert box.graph.max_concurrency(box.address) == 3
 
+    box.graph.limit_concurrency(box.address, 2)
+    box.graph.slow_down(box.address, 0.3)
+    answers: list[int] = []
+    try:
+        threads = [
+            threading.Thread(target=lambda: answers.append(box.call("GET", "/me/mailFolders").status_code))
+            for _ in range(3)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        box.graph.slow_down(box.address, 0)
+        box.graph.limit_concurrency(box.address, None)
+    assert sorted(answers) == [200, 200, 429]
+
+
+def test_users_path_dependencies_in_a_batch_and_wrong_methods(box: Box) -> None:
+    assert box.call("GET", f"/users/{box.address}/mailFolders/inbox").status_code == 200
+    other = box.call("GET", "/users/someone-else@contoso.test/mailFolders/inbox")
+    assert other.status_code == 403 and other.json()["error"]["code"] == "ErrorAccessDenied"
+    assert box.call("DELETE", "/me/mailFolders/inbox").status_code == 405
+    answer = box.call(
+        "POST",
+        "/$batch",
+        json={
+            "requests": [
+                {"id": "a", "method": "GET", "url": "/me/messages/AAMkAGnothere"},
+                {"id": "b", "dependsOn": ["a"], "method": "GET", "url": "/me/mailFolders/inbox"},
+                {"id": "c", "method": "GET", "url": "https://graph.microsoft.com/v1.0/me"},
+                {"id": "d", "method": "GET", "url": "/me"},
+            ]
+        },
+    ).json()
+    statuses = {r["id"]: r["status"] for r in answer["responses"]}
+    assert statuses == {"a": 404, "b": 424, "c": 400, "d": 200}
+    duplicate = box.call(
+        "POST",
+        "/$batch",
+        json={
+            "requests": [
+                {"id": "1", "method": "GET", "url": "/me"},
+                {"id": "1", "method": "GET", "url": "/me"},
+            ]
+        },
+    )
+    assert duplicate.status_code == 400
+
 
 def test_http_controls_for_another_process(emulators: Emulators, box: Box) -> None:
     control = f"{box.base}/_emulator/graph"
