@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from local.emulators.google import PUSH_SERVICE_ACCOUNT, GoogleEmulator
+from local.emulators.graph_subscriptions import GraphSubscriptions
 from local.emulators.microsoft import MicrosoftEmulator
 from local.emulators.tls import make_local_tls
 
@@ -21,6 +23,7 @@ class Emulators:
     google_url: str
     microsoft_url: str
     ca_bundle: Path
+    graph_subscriptions: GraphSubscriptions | None = None  # Graph change notifications
     _servers: list[BaseWSGIServer] = field(default_factory=list)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -54,6 +57,8 @@ class Emulators:
 
     def stop(self) -> None:
         self.google.close()
+        if self.graph_subscriptions is not None:
+            self.graph_subscriptions.close()
         for server in self._servers:
             server.shutdown()
         for thread in self._threads:
@@ -71,12 +76,23 @@ def start_emulators(
         host, microsoft_port, microsoft, threaded=True, ssl_context=(str(cert), str(key))
     )
     microsoft.base_url = f"https://{host}:{microsoft_server.server_port}"
+    # Graph change notifications: /v1.0/subscriptions, fed by the mail emulator's changes
+    subscriptions = GraphSubscriptions(
+        microsoft.state.owner_of,
+        lambda email: microsoft.users.setdefault(email, str(uuid.uuid4())),
+        lambda: microsoft.base_url,
+    )
+    microsoft.subscriptions = subscriptions
+    graph = getattr(microsoft, "graph", None)
+    if graph is not None:
+        graph.listeners.append(subscriptions.notify)
     emulators = Emulators(
         google=google,
         microsoft=microsoft,
         google_url=f"http://{host}:{google_server.server_port}",
         microsoft_url=microsoft.base_url,
         ca_bundle=ca,
+        graph_subscriptions=subscriptions,
         _servers=[google_server, microsoft_server],
     )
     for name, server in (("google", google_server), ("microsoft", microsoft_server)):

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from crmsync.crypto import SecretBox
     from crmsync.mail.actions import MailActions
     from crmsync.mail.engine import MailSync
+    from crmsync.mail.graph_notify import GraphNotifications
     from crmsync.mail.jobs import MailSyncJob
     from crmsync.mail.push import GmailPush
     from crmsync.mail.read import Mailbox
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from crmsync.providers.gmail_actions import GmailActions
     from crmsync.providers.gmail_watch import GmailWatcher, GmailWatchHooks
     from crmsync.providers.graph import GraphActions, GraphMailbox
+    from crmsync.providers.graph_subscriptions import GraphLifecycleJobs, GraphSubscriptionHooks, GraphWatcher
     from crmsync.stores.accounts import DynamoAccountStore
     from crmsync.stores.eventbridge import EventBridgePublisher
     from crmsync.worker import SyncBatch
@@ -96,6 +98,9 @@ def job_runner() -> JobRunner:
 
     providers: dict[str, MailboxActions] = {"google": gmail_actions(), "microsoft": graph_actions()}
     runner.register("mail.propagate", PropagateJob(account_store(), providers))
+    lifecycle = graph_lifecycle_jobs()  # Graph's lifecycle events (SYNC-7)
+    runner.register("graph.reauthorize", lifecycle.reauthorize)
+    runner.register("graph.resubscribe", lifecycle.resubscribe)
     return runner
 
 
@@ -186,7 +191,9 @@ def mail_watch_job(topic: str | None) -> MailWatchJob:
     """The `mail.watch` job; `topic` is Gmail's Pub/Sub topic (None: no watch to renew)."""
     from crmsync.mail.watch import MailWatchJob
 
-    return MailWatchJob(mail_sync_job(), {"google": gmail_watcher(topic)}, sync_schedule())
+    return MailWatchJob(
+        mail_sync_job(), {"google": gmail_watcher(topic), "microsoft": graph_watcher()}, sync_schedule()
+    )
 
 
 def gmail_hooks(topic: str | None) -> GmailWatchHooks:
@@ -212,6 +219,49 @@ def microsoft_hooks() -> ProviderHooks:
 
 
 @cache
+def graph_watcher() -> GraphWatcher:
+    """Microsoft mailboxes' Graph subscriptions (SYNC-7); off without PUBLIC_API_BASE."""
+    from crmsync.providers.graph_subscriptions import GraphSubscriptionApi, GraphWatcher
+    from crmsync.stores.subscriptions import DynamoGraphSubscriptionStore
+
+    settings = get_settings()
+    return GraphWatcher(
+        GraphSubscriptionApi(settings.graph_api_base, settings.provider_ca_bundle or True),
+        DynamoGraphSubscriptionStore(settings.cursors_table),
+        lambda a: credentials().access_token(a),
+        settings.public_api_base or None,
+    )
+
+
+def graph_hooks() -> GraphSubscriptionHooks:
+    """What connecting and disconnecting a Microsoft mailbox starts and stops: the first delta
+    cursor (microsoft_hooks), the subscriptions and the renewal/catch-up schedule."""
+    from crmsync.providers.graph_subscriptions import GraphSubscriptionHooks
+
+    return GraphSubscriptionHooks(graph_watcher(), sync_schedule(), base=microsoft_hooks())
+
+
+def graph_lifecycle_jobs() -> GraphLifecycleJobs:
+    from crmsync.providers.graph_subscriptions import GraphLifecycleJobs
+    from crmsync.stores.queue import SqsJobQueue
+
+    return GraphLifecycleJobs(mail_sync_job(), graph_watcher(), SqsJobQueue(get_settings().sync_queue_url))
+
+
+@cache
+def graph_notifications() -> GraphNotifications:
+    """Graph's webhook (SEC-2): subscriptions looked up, jobs queued."""
+    from crmsync.mail.graph_notify import GraphNotifications
+    from crmsync.stores.queue import SqsJobQueue
+    from crmsync.stores.subscriptions import DynamoGraphSubscriptionStore
+
+    settings = get_settings()
+    return GraphNotifications(
+        DynamoGraphSubscriptionStore(settings.cursors_table), SqsJobQueue(settings.sync_queue_url)
+    )
+
+
+@cache
 def accounts() -> Accounts:
     from crmsync.accounts.imap import ImapSmtpVerifier
     from crmsync.accounts.service import Accounts
@@ -221,7 +271,7 @@ def accounts() -> Accounts:
 
     settings = get_settings()
     return Accounts(
-        hooks={"google": gmail_hooks(settings.gmail_push_topic or None)},
+        hooks={"google": gmail_hooks(settings.gmail_push_topic or None), "microsoft": graph_hooks()},
         store=account_store(),
         box=secret_box(),
         directory=directory(),
@@ -413,5 +463,7 @@ def reset() -> None:
     secrets.secret_text.cache_clear()
     sync_schedule.cache_clear()
     mail_sync_job.cache_clear()
+    graph_watcher.cache_clear()
+    graph_notifications.cache_clear()
     get_settings.cache_clear()
     aws.reset()

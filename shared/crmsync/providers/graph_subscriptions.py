@@ -1,0 +1,431 @@
+"""Microsoft Graph's side of SYNC-7, SEC-2 and ACC-8: change-notification subscriptions on a
+mailbox's synced folders, their renewal, their lifecycle events, and their removal.
+
+- Connect: `POST /v1.0/subscriptions` per folder (`/me/mailFolders('inbox')/messages`, ...) with
+  `Prefer: IdType="ImmutableId"`, a random secret clientState per subscription, the webhook
+  `{public base}/webhooks/graph` and the lifecycle URL `{public base}/webhooks/graph/lifecycle`.
+  Graph validates both URLs before it answers 201. Only the clientState's SHA-256 is stored.
+- Renewal (the `mail.watch` job through `GraphWatcher.renew`): PATCH each subscription's
+  expirationDateTime; the renewal is scheduled by the earliest expiry Graph returned. A
+  subscription Graph no longer knows (404), or a folder without one, is created again.
+- Lifecycle: `reauthorizationRequired` → `POST /subscriptions/{id}/reauthorize` (404: created
+  again); `subscriptionRemoved` → created again, then a `mail.sync` catch-up; `missed` is a plain
+  `mail.sync` queued by the webhook (mail/graph_notify.py).
+- Disconnect: the schedule goes, each subscription is deleted at Graph and forgotten.
+
+Without a public base URL (setting PUBLIC_API_BASE) there is nothing Graph could call: no
+subscription is made and the catch-up poll alone keeps the mailbox in sync (SYNC-2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from aws_lambda_powertools import Logger
+from pydantic import BaseModel
+
+from crmsync.accounts.models import Account, TokenSet
+from crmsync.errors import Paused, PermanentError, TransientError
+from crmsync.jobs import Job
+from crmsync.mail.watch import SyncSchedule
+from crmsync.schedule import JobQueue
+
+logger = Logger()
+
+FOLDERS: tuple[str, ...] = ("inbox", "sentitems")  # well-known names; sent mail always syncs (MAIL-8)
+CHANGE_TYPES = "created,updated,deleted"
+# Outlook messages: 4,230 minutes at most (the stored Graph docs; newer pages say more). Graph's
+# answer is what counts; the margin keeps a clock slightly ahead of Graph's under the limit.
+MAX_LIFETIME_S = 4230 * 60
+CLOCK_MARGIN_S = 60
+IMMUTABLE_IDS = 'IdType="ImmutableId"'
+_TIMEOUT_S = 20  # creation waits for Graph's validation of both URLs (up to 10 s each)
+
+
+class SubscriptionRecord(BaseModel):
+    """What is kept of one subscription: never the clientState, only its SHA-256."""
+
+    subscription_id: str
+    account_id: str
+    tenant_id: str
+    folder: str
+    resource: str
+    expires_at: int  # epoch seconds, as Graph returned it
+    client_state_sha256: str
+
+
+def client_state_digest(client_state: str) -> str:
+    return hashlib.sha256(client_state.encode()).hexdigest()
+
+
+def client_state_matches(given: object, record: SubscriptionRecord) -> bool:
+    """SEC-2, in constant time. The clientState is 64 random characters, so a plain SHA-256 of
+    it cannot be reversed by guessing."""
+    if not isinstance(given, str) or not given or len(given) > 128:
+        return False
+    return hmac.compare_digest(client_state_digest(given), record.client_state_sha256)
+
+
+def resource_of(folder: str) -> str:
+    return f"/me/mailFolders('{folder}')/messages"
+
+
+def parse_expiry(value: object) -> int:
+    if not isinstance(value, str):
+        raise PermanentError("graph answered a subscription without expirationDateTime")
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp())
+
+
+def format_expiry(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.0000000Z")
+
+
+class SubscriptionStore(Protocol):
+    """Port: stores/subscriptions.py."""
+
+    def put(self, record: SubscriptionRecord) -> None: ...
+
+    def get(self, subscription_id: str) -> SubscriptionRecord | None: ...
+
+    def for_account(self, account_id: str) -> list[SubscriptionRecord]: ...
+
+    def renewed(self, record: SubscriptionRecord) -> bool: ...
+
+    def forget(self, record: SubscriptionRecord) -> None: ...
+
+
+class GraphSubscriptionApi:
+    """The four calls on /v1.0/subscriptions. Secrets (token, clientState) never reach a log
+    or an exception message."""
+
+    def __init__(self, api_base: str, verify: str | bool = True) -> None:
+        from crmsync.accounts.oauth import PinnedSession
+
+        self._base = f"{api_base.rstrip('/')}/v1.0/subscriptions"
+        self._http = PinnedSession(verify)
+
+    def _call(
+        self, method: str, url: str, token: str, what: str, body: dict[str, Any] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        import requests
+
+        headers = {"Authorization": f"Bearer {token}", "Prefer": IMMUTABLE_IDS}
+        try:
+            response = self._http.request(method, url, json=body, headers=headers, timeout=_TIMEOUT_S)
+        except requests.RequestException as error:
+            raise TransientError(f"graph unreachable for {what}: {type(error).__name__}") from error
+        status = response.status_code
+        if status == 429 or status >= 500:
+            retry_after = response.headers.get("Retry-After")
+            raise TransientError(
+                f"graph answered {status} to {what}",
+                float(retry_after) if retry_after and retry_after.isdigit() else None,
+            )
+        try:
+            answer = response.json() if response.content else {}
+        except ValueError:
+            answer = {}
+        return status, answer if isinstance(answer, dict) else {}
+
+    @staticmethod
+    def _refused(status: int, answer: dict[str, Any], what: str) -> PermanentError:
+        error = answer.get("error") if isinstance(answer.get("error"), dict) else {}
+        code = (error or {}).get("code") or "unknown"
+        message = str((error or {}).get("message") or "")[:300]
+        return PermanentError(f"graph refused {what} ({status} {code}: {message})")
+
+    def create(
+        self,
+        token: str,
+        resource: str,
+        notification_url: str,
+        lifecycle_url: str,
+        client_state: str,
+        expires: int,
+    ) -> dict[str, Any]:
+        body = {
+            "changeType": CHANGE_TYPES,
+            "notificationUrl": notification_url,
+            "lifecycleNotificationUrl": lifecycle_url,
+            "resource": resource,
+            "expirationDateTime": format_expiry(expires),
+            "clientState": client_state,
+        }
+        status, answer = self._call("POST", self._base, token, "a subscription", body)
+        if status != 201 or not answer.get("id"):
+            raise self._refused(status, answer, "a subscription")
+        return answer
+
+    def renew(self, token: str, subscription_id: str, expires: int) -> dict[str, Any] | None:
+        """The subscription with its new expiry; None if Graph no longer has it (404)."""
+        body = {"expirationDateTime": format_expiry(expires)}
+        status, answer = self._call("PATCH", f"{self._base}/{subscription_id}", token, "a renewal", body)
+        if status == 404:
+            return None
+        if status != 200:
+            raise self._refused(status, answer, "a renewal")
+        return answer
+
+    def reauthorize(self, token: str, subscription_id: str) -> bool:
+        """False if Graph no longer has the subscription (404)."""
+        status, answer = self._call(
+            "POST", f"{self._base}/{subscription_id}/reauthorize", token, "reauthorize"
+        )
+        if status == 404:
+            return False
+        if status not in (200, 202, 204):
+            raise self._refused(status, answer, "reauthorize")
+        return True
+
+    def delete(self, token: str, subscription_id: str) -> None:
+        status, answer = self._call("DELETE", f"{self._base}/{subscription_id}", token, "a deletion")
+        if status not in (200, 204, 404):
+            raise self._refused(status, answer, "a deletion")
+
+
+class GraphWatcher:
+    """A Watcher (mail/watch.py) for Microsoft mailboxes: their folders' subscriptions."""
+
+    def __init__(
+        self,
+        api: GraphSubscriptionApi,
+        store: SubscriptionStore,
+        access_token: Callable[[str], str],
+        public_base: str | None,
+        folders: Sequence[str] = FOLDERS,
+        clock: Callable[[], float] = time.time,
+        max_lifetime_s: int = MAX_LIFETIME_S,
+    ) -> None:
+        self._api = api
+        self._store = store
+        self._token = access_token  # Credentials.access_token: refreshes, or raises AccountPaused
+        self._base = public_base.rstrip("/") if public_base else None
+        self._folders = tuple(folders)
+        self._clock = clock
+        self._lifetime = max_lifetime_s
+
+    @property
+    def subscribes(self) -> bool:
+        return self._base is not None
+
+    def _wanted_expiry(self) -> int:
+        return int(self._clock()) + self._lifetime - CLOCK_MARGIN_S
+
+    def _create(self, account: Account, token: str, folder: str) -> SubscriptionRecord:
+        assert self._base is not None
+        client_state = secrets.token_urlsafe(48)  # 64 characters; Graph allows 128
+        resource = resource_of(folder)
+        answer = self._api.create(
+            token,
+            resource,
+            f"{self._base}/webhooks/graph",
+            f"{self._base}/webhooks/graph/lifecycle",
+            client_state,
+            self._wanted_expiry(),
+        )
+        record = SubscriptionRecord(
+            subscription_id=str(answer["id"]),
+            account_id=account.account_id,
+            tenant_id=account.tenant_id,
+            folder=folder,
+            resource=resource,
+            expires_at=parse_expiry(answer.get("expirationDateTime")),
+            client_state_sha256=client_state_digest(client_state),
+        )
+        self._store.put(record)
+        logger.info(
+            "graph subscription created",
+            extra={
+                "account_id": account.account_id,
+                "folder": folder,
+                "subscription_id": record.subscription_id,
+            },
+        )
+        return record
+
+    def subscribe(self, account: Account, token: str) -> int | None:
+        """Connect: one subscription per folder; the earliest expiry, or None without a public
+        URL. All or nothing: what was created is removed again if a folder fails."""
+        if self._base is None:
+            logger.warning("no public base URL: Graph subscriptions are off; the catch-up poll syncs")
+            return None
+        created: list[SubscriptionRecord] = []
+        try:
+            for folder in self._folders:
+                created.append(self._create(account, token, folder))
+        except Exception:
+            for record in created:
+                self._remove(record, token)
+            raise
+        return min(r.expires_at for r in created)
+
+    def renew(self, account: Account) -> int | None:
+        """SYNC-7: every folder's subscription renewed (or made again); the earliest expiry."""
+        if self._base is None:
+            return None
+        token = self._token(account.account_id)
+        expiries: list[int] = []
+        covered: set[str] = set()
+        for record in self._store.for_account(account.account_id):
+            answer = self._api.renew(token, record.subscription_id, self._wanted_expiry())
+            if answer is None:  # Graph dropped it (expired, removed): a new one takes its place
+                self._store.forget(record)
+                if record.folder in covered:
+                    continue
+                record = self._create(account, token, record.folder)
+            else:
+                record = record.model_copy(
+                    update={"expires_at": parse_expiry(answer.get("expirationDateTime"))}
+                )
+                if not self._store.renewed(record):
+                    raise Paused(f"account {account.account_id} stopped syncing during the renewal")
+            covered.add(record.folder)
+            expiries.append(record.expires_at)
+        for folder in self._folders:
+            if folder not in covered:
+                expiries.append(self._create(account, token, folder).expires_at)
+        return min(expiries) if expiries else None
+
+    def reauthorize(self, account: Account, subscription_id: str, folder: str | None) -> bool:
+        """reauthorizationRequired. False when Graph no longer had the subscription and it was
+        made again (its changes since need a catch-up)."""
+        token = self._token(account.account_id)
+        record = self._store.get(subscription_id)
+        if record is None or record.account_id != account.account_id:
+            logger.info(
+                "reauthorization of a subscription no longer kept", extra={"subscription_id": subscription_id}
+            )
+            return True
+        if self._api.reauthorize(token, subscription_id):
+            return True
+        self.resubscribe(account, subscription_id, folder or record.folder)
+        return False
+
+    def resubscribe(self, account: Account, subscription_id: str, folder: str) -> SubscriptionRecord | None:
+        """subscriptionRemoved: the folder gets a new subscription (once, even if this runs
+        twice); the old one is forgotten."""
+        if self._base is None:
+            return None
+        token = self._token(account.account_id)
+        old = self._store.get(subscription_id)
+        if old is not None and old.account_id == account.account_id:
+            self._store.forget(old)
+            folder = old.folder
+        if folder not in self._folders:
+            raise PermanentError(f"folder {folder!r} is not one this service subscribes to")
+        current = [r for r in self._store.for_account(account.account_id) if r.folder == folder]
+        if current:
+            return current[0]
+        return self._create(account, token, folder)
+
+    def unsubscribe(self, account: Account, tokens: TokenSet | None) -> None:
+        """ACC-8: every subscription of the account deleted at Graph and forgotten here. A
+        deletion Graph refuses is logged and forgotten anyway: it lapses on its own, and its
+        notifications no longer match anything kept."""
+        records = self._store.for_account(account.account_id)
+        if not records:
+            return
+        token: str | None
+        try:
+            token = self._token(account.account_id)
+        except Exception:  # paused, refused: the token the account still holds, if any
+            token = tokens.access_token if tokens else None
+        for record in records:
+            self._remove(record, token)
+
+    def _remove(self, record: SubscriptionRecord, token: str | None) -> None:
+        if token:
+            try:
+                self._api.delete(token, record.subscription_id)
+            except (TransientError, PermanentError) as error:
+                logger.warning(
+                    "graph subscription not deleted; it lapses on its own",
+                    extra={"subscription_id": record.subscription_id, "error": str(error)},
+                )
+        self._store.forget(record)
+
+
+class _Hooks(Protocol):
+    def on_connected(self, account: Account, tokens: TokenSet) -> None: ...
+
+    def on_disconnected(self, account: Account, tokens: TokenSet | None) -> None: ...
+
+
+class GraphSubscriptionHooks:
+    """ProviderHooks for Microsoft mailboxes: the subscriptions and the renewal/catch-up
+    schedule on connect; on disconnect, the schedule first, then the subscriptions (ACC-8).
+    `base` is the Graph mail adapter's own hooks (the first delta cursor), when there are any."""
+
+    def __init__(self, watcher: GraphWatcher, schedule: SyncSchedule, base: _Hooks | None = None) -> None:
+        self._watcher = watcher
+        self._schedule = schedule
+        self._base = base
+
+    def on_connected(self, account: Account, tokens: TokenSet) -> None:
+        if not account.is_mailbox or not tokens.access_token:
+            return
+        if self._base is not None:
+            self._base.on_connected(account, tokens)
+        expires_at = self._watcher.subscribe(account, tokens.access_token)
+        self._schedule.started(account, expires_at)
+
+    def on_disconnected(self, account: Account, tokens: TokenSet | None) -> None:
+        self._schedule.stopped(account)
+        self._watcher.unsubscribe(account, tokens)
+        if self._base is not None:
+            self._base.on_disconnected(account, tokens)
+
+
+class AccountOfJob(Protocol):
+    def account_of(self, job: Job) -> Account: ...
+
+
+class GraphLifecycleJobs:
+    """The worker's jobs for Graph's lifecycle events (queued by mail/graph_notify.py)."""
+
+    def __init__(self, accounts: AccountOfJob, watcher: GraphWatcher, queue: JobQueue) -> None:
+        self._accounts = accounts  # MailSyncJob: raises Paused for an account that may not sync
+        self._watcher = watcher
+        self._queue = queue
+
+    @staticmethod
+    def _subscription(job: Job) -> tuple[str, str | None]:
+        subscription_id = job.payload.get("subscription_id")
+        folder = job.payload.get("folder")
+        if not isinstance(subscription_id, str) or not subscription_id:
+            raise PermanentError("the job names no subscription")
+        return subscription_id, folder if isinstance(folder, str) else None
+
+    def _catch_up(self, account: Account, reason: str, message_id: str) -> None:
+        job = Job(
+            type="mail.sync",
+            tenant_id=account.tenant_id,
+            account_id=account.account_id,
+            payload={"reason": reason},
+        )
+        self._queue.send(job, f"{reason}-{message_id}")
+
+    def reauthorize(self, job: Job, message_id: str) -> None:
+        """`graph.reauthorize`: reauthorizationRequired answered."""
+        account = self._accounts.account_of(job)
+        subscription_id, folder = self._subscription(job)
+        if not self._watcher.reauthorize(account, subscription_id, folder):
+            self._catch_up(account, "graph-resubscribed", message_id)
+
+    def resubscribe(self, job: Job, message_id: str) -> None:
+        """`graph.resubscribe`: subscriptionRemoved answered; then a delta catch-up."""
+        account = self._accounts.account_of(job)
+        subscription_id, folder = self._subscription(job)
+        if folder is None:
+            raise PermanentError("the job names no folder")
+        self._watcher.resubscribe(account, subscription_id, folder)
+        self._catch_up(account, "graph-resubscribed", message_id)

@@ -1,0 +1,99 @@
+"""Microsoft Graph subscriptions of the mailboxes, in the cursors table (CURSORS_TABLE).
+
+Two items per subscription, written together (see docs/architecture.md, "Graph subscriptions
+and notifications"):
+- by id:      pk=GRAPHSUB#{subscription id}  sk=SUB                  what a notification is checked against
+- by account: pk=ACC#{account}               sk=GRAPHSUB#{subscription id}  renewal and disconnect
+
+Each holds the record (account, folder, expiry) and the SHA-256 of the clientState, never the
+clientState itself. `expires_at` (the table's TTL attribute) is a day after the subscription's
+own expiry, so a subscription that lapsed for good leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from boto3.dynamodb.conditions import Key
+from botocore.exceptions import ClientError
+
+from crmsync.providers.graph_subscriptions import SubscriptionRecord
+from crmsync.stores.aws import dynamodb
+from crmsync.stores.dynamo import is_condition_failure, plain
+
+TTL_GRACE_S = 86_400
+
+
+def _keys(record: SubscriptionRecord) -> list[dict[str, str]]:
+    return [
+        {"pk": f"GRAPHSUB#{record.subscription_id}", "sk": "SUB"},
+        {"pk": f"ACC#{record.account_id}", "sk": f"GRAPHSUB#{record.subscription_id}"},
+    ]
+
+
+class DynamoGraphSubscriptionStore:
+    def __init__(self, table_name: str) -> None:
+        self._name = table_name
+        self._table = dynamodb().Table(table_name)
+
+    def put(self, record: SubscriptionRecord) -> None:
+        body = record.model_dump(mode="json")
+        actions: list[dict[str, Any]] = [
+            {
+                "Put": {
+                    "TableName": self._name,
+                    "Item": {**key, "record": body, "expires_at": record.expires_at + TTL_GRACE_S},
+                }
+            }
+            for key in _keys(record)
+        ]
+        self._table.meta.client.transact_write_items(TransactItems=actions)  # type: ignore[arg-type]
+
+    def get(self, subscription_id: str) -> SubscriptionRecord | None:
+        # consistent: a notification may follow the subscription's creation by milliseconds
+        item = self._table.get_item(
+            Key={"pk": f"GRAPHSUB#{subscription_id}", "sk": "SUB"}, ConsistentRead=True
+        ).get("Item")
+        return SubscriptionRecord.model_validate(plain(item)["record"]) if item else None
+
+    def for_account(self, account_id: str) -> list[SubscriptionRecord]:
+        kwargs: dict[str, Any] = {
+            "KeyConditionExpression": Key("pk").eq(f"ACC#{account_id}") & Key("sk").begins_with("GRAPHSUB#"),
+            "ConsistentRead": True,
+        }
+        found: list[SubscriptionRecord] = []
+        while True:
+            page = self._table.query(**kwargs)
+            found.extend(SubscriptionRecord.model_validate(plain(i)["record"]) for i in page["Items"])
+            if "LastEvaluatedKey" not in page:
+                return sorted(found, key=lambda r: (r.folder, r.subscription_id))
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def renewed(self, record: SubscriptionRecord) -> bool:
+        """Store a new expiry of a subscription still known; False if it was forgotten
+        meanwhile (a disconnect), so a late renewal cannot bring it back (ACC-8)."""
+        body = record.model_dump(mode="json")
+        actions: list[dict[str, Any]] = [
+            {
+                "Update": {
+                    "TableName": self._name,
+                    "Key": key,
+                    "UpdateExpression": "SET #r = :r, expires_at = :e",
+                    "ConditionExpression": "attribute_exists(pk)",
+                    "ExpressionAttributeNames": {"#r": "record"},
+                    "ExpressionAttributeValues": {":r": body, ":e": record.expires_at + TTL_GRACE_S},
+                }
+            }
+            for key in _keys(record)
+        ]
+        try:
+            self._table.meta.client.transact_write_items(TransactItems=actions)  # type: ignore[arg-type]
+        except ClientError as error:
+            if is_condition_failure(error):
+                return False
+            raise
+        return True
+
+    def forget(self, record: SubscriptionRecord) -> None:
+        for key in _keys(record):
+            self._table.delete_item(Key=key)
