@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, getaddresses, make_msgid
@@ -75,6 +75,7 @@ ROUTE_KINDS = (
     "messages.move",
     "attachments.list",
     "attachments.create",
+    "attachments.createUploadSession",
     "sendMail",
     "batch",
 )
@@ -124,6 +125,16 @@ def _recipients(header: str | None) -> list[dict[str, Any]]:
 def _address_of(recipient: Any) -> tuple[str, str]:
     box = recipient.get("emailAddress", {}) if isinstance(recipient, dict) else {}
     return str(box.get("name") or ""), str(box.get("address") or "")
+
+
+@dataclass
+class UploadSession:
+    address: str
+    message_id: str
+    name: str
+    content_type: str
+    size: int
+    data: bytearray = field(default_factory=bytearray)
 
 
 @dataclass
@@ -279,6 +290,7 @@ class GraphMail:
         self.cursors: dict[str, Cursor] = {}
         self.listeners: list[Listener] = []
         self.lock = threading.RLock()
+        self._uploads: dict[str, UploadSession] = {}  # upload URL token -> session
         self._local = threading.local()
         self._counting = threading.Lock()
 
@@ -774,6 +786,13 @@ class GraphMail:
             if action in actions:
                 kind, handler = actions[action]
                 return self._allow(method, "POST", (kind, handler, (message_id,)))
+        if (
+            len(rest) == 3
+            and lowered[1] == "attachments"
+            and lowered[2].removeprefix("microsoft.graph.") == "createuploadsession"
+        ):
+            session = ("attachments.createUploadSession", self._upload_session_create, (message_id,))
+            return self._allow(method, "POST", session)
         return None
 
     def _allow(
@@ -1370,6 +1389,85 @@ class GraphMail:
                 message.raw = None
             self._touch(box, message)
         return _json(attachment.resource(), 201)
+
+    def _upload_session_create(self, request: Request, box: Mailbox, message_id: str) -> Response:
+        """attachment-createuploadsession: a pre-authenticated URL that takes the file in byte
+        ranges (PUT with Content-Range, no Authorization); for files of 3 MB to 150 MB."""
+        body = self._body(request)
+        if isinstance(body, Response):
+            return body
+        item = body.get("AttachmentItem") if isinstance(body, dict) else None
+        if not isinstance(item, dict) or item.get("attachmentType", "file") != "file":
+            return graph_error(
+                400, "ErrorInvalidParameter", "AttachmentItem of attachmentType file is required."
+            )
+        size = item.get("size")
+        if not isinstance(size, int) or not 0 < size <= 150 * 1024 * 1024:
+            return graph_error(400, "ErrorInvalidParameter", "AttachmentItem.size must be 1 byte to 150 MB.")
+        with self.lock:
+            message = box.find(message_id)
+            if message is None:
+                return _not_found()
+            token = secrets.token_urlsafe(24)
+            self._uploads[token] = UploadSession(
+                box.address,
+                message.immutable_id,
+                str(item.get("name") or "attachment"),
+                str(item.get("contentType") or "application/octet-stream"),
+                size,
+            )
+        expires = datetime.now(UTC) + timedelta(hours=1)
+        return _json(
+            {
+                "uploadUrl": f"{request.host_url.rstrip('/')}/_upload/{token}",
+                "expirationDateTime": _iso(expires),
+                "nextExpectedRanges": ["0-"],
+            },
+            201,
+        )
+
+    def upload(self, request: Request) -> Response:
+        """PUT to an upload session's URL: the next range of the file."""
+        token = request.path.removeprefix("/_upload/")
+        with self.lock:
+            session = self._uploads.get(token)
+        if session is None or request.method != "PUT":
+            return graph_error(404, "ItemNotFound", "The upload session does not exist or has expired.")
+        if request.headers.get("Authorization"):
+            return graph_error(401, "InvalidAuthenticationToken", "Do not send a token to an upload URL.")
+        found = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", request.headers.get("Content-Range", ""))
+        chunk = request.get_data()
+        if found is None:
+            return graph_error(
+                400, "InvalidRequest", "Content-Range: bytes <first>-<last>/<size> is required."
+            )
+        first, last, total = (int(g) for g in found.groups())
+        if total != session.size or first != len(session.data) or last - first + 1 != len(chunk):
+            return _json(
+                {
+                    "error": {"code": "InvalidRange", "message": "Unexpected range."},
+                    "nextExpectedRanges": [f"{len(session.data)}-"],
+                },
+                416,
+            )
+        if len(chunk) > 60 * 1024 * 1024 or (last + 1 < total and len(chunk) % (320 * 1024)):
+            return graph_error(400, "InvalidRequest", "Ranges are multiples of 320 KiB (the last one aside).")
+        session.data += chunk
+        if len(session.data) < session.size:
+            return _json({"nextExpectedRanges": [f"{len(session.data)}-"]})
+        with self._changing():
+            self._uploads.pop(token, None)
+            box = self.mailbox(session.address)
+            message = box.find(session.message_id)
+            if message is None:
+                return _not_found()
+            message.attachments.append(
+                Attachment(_new_id("AAMkAGAtt"), session.name, session.content_type, bytes(session.data))
+            )
+            if message.is_draft:
+                message.raw = None
+            self._touch(box, message)
+        return Response(status=201)
 
     def _attachments_list(self, request: Request, box: Mailbox, message_id: str) -> Response:
         with self.lock:

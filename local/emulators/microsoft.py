@@ -102,6 +102,8 @@ class MicrosoftEmulator:
             return self.graph_dispatch(request)
         if request.path.startswith("/_emulator/graph/"):
             return self.graph.control(request)
+        if request.path.startswith("/_upload/"):  # attachment upload sessions (pre-authenticated)
+            return self.graph.upload(request)
         if request.path == "/_emulator/revoke" and request.method == "POST":
             return _json({"revoked": self.state.revoke(request.get_json()["email"])})
         if request.path == "/_emulator/expire" and request.method == "POST":

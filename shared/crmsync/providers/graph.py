@@ -43,6 +43,8 @@ FOLDERS = ("inbox", "sentitems")
 BATCH_MAX = 20
 CONCURRENT_PER_MAILBOX = 4
 PAGE_SIZE = 50
+SINGLE_POST_MAX = 3 * 1024 * 1024  # an attachment under 3 MB goes in one POST
+UPLOAD_CHUNK = 12 * 320 * 1024  # 3.75 MiB: upload ranges are multiples of 320 KiB
 _TIMEOUT = 30
 _IMMUTABLE = 'IdType="ImmutableId"'
 _SELECT = "id,conversationId,internetMessageId,parentFolderId,receivedDateTime"
@@ -109,6 +111,26 @@ class GraphClient:
         if response.status_code == 429 or response.status_code >= 500:
             raise TransientError(
                 f"graph answered {response.status_code} to {method} {path.split('?')[0][-60:]}",
+                retry_after=_retry_after(response.headers.get("Retry-After")),
+            )
+        return response
+
+    def upload(self, url: str, chunk: bytes, content_range: str) -> requests.Response:
+        """A PUT to a pre-authenticated upload URL: no Authorization header goes there."""
+        with self._in_flight():
+            try:
+                response = self._session.put(
+                    url,
+                    data=chunk,
+                    headers={"Content-Range": content_range, "Content-Type": "application/octet-stream"},
+                    verify=self._verify,
+                    timeout=_TIMEOUT,
+                )
+            except requests.RequestException as error:
+                raise TransientError(f"graph upload unreachable: {type(error).__name__}") from error
+        if response.status_code == 429 or response.status_code >= 500:
+            raise TransientError(
+                f"graph answered {response.status_code} to an upload range",
                 retry_after=_retry_after(response.headers.get("Retry-After")),
             )
         return response
@@ -192,7 +214,12 @@ class GraphMailbox:
         if not items:
             return []
         calls = [
-            {"id": str(n), "method": "GET", "url": f"/me/messages/{quote(i['id'], safe='')}/$value"}
+            {
+                "id": str(n),
+                "method": "GET",
+                "url": f"/me/messages/{quote(i['id'], safe='')}/$value",
+                "headers": {"Prefer": _IMMUTABLE},  # an inner request carries its own headers
+            }
             for n, i in enumerate(items)
         ]
         answers = client.batch(calls)
@@ -390,22 +417,41 @@ class GraphActions:
         draft_id = quote(draft["id"], safe="")
         for part in parsed.iter_attachments():
             data = part.get_payload(decode=True)
-            client.json(
-                "POST",
-                f"/me/messages/{draft_id}/attachments",
-                {
-                    "@odata.type": "#microsoft.graph.fileAttachment",
-                    "name": part.get_filename() or "attachment",
-                    "contentType": part.get_content_type(),
-                    "contentBytes": base64.b64encode(data if isinstance(data, bytes) else b"").decode(),
-                },
-                "an attachment",
+            self._attach(
+                client,
+                draft_id,
+                part.get_filename() or "attachment",
+                part.get_content_type(),
+                data if isinstance(data, bytes) else b"",
             )
         client.json("POST", f"/me/messages/{draft_id}/send", None, "send")
         sent = client.json(
             "GET", f"/me/messages/{draft_id}?$select=id,conversationId", None, "the sent message"
         )
         return str(sent["id"]), sent.get("conversationId")
+
+    @staticmethod
+    def _attach(client: GraphClient, draft_id: str, name: str, content_type: str, data: bytes) -> None:
+        """Under 3 MB in one POST; from 3 MB on through an upload session, in ranges that are
+        multiples of 320 KiB (attachment-createuploadsession)."""
+        if len(data) < SINGLE_POST_MAX:
+            body = {
+                "@odata.type": "#microsoft.graph.fileAttachment",
+                "name": name,
+                "contentType": content_type,
+                "contentBytes": base64.b64encode(data).decode(),
+            }
+            client.json("POST", f"/me/messages/{draft_id}/attachments", body, "an attachment")
+            return
+        item = {"AttachmentItem": {"attachmentType": "file", "name": name, "size": len(data)}}
+        path = f"/me/messages/{draft_id}/attachments/createUploadSession"
+        session = client.json("POST", path, item, "an upload session")
+        for start in range(0, len(data), UPLOAD_CHUNK):
+            chunk = data[start : start + UPLOAD_CHUNK]
+            end = start + len(chunk) - 1
+            response = client.upload(session["uploadUrl"], chunk, f"bytes {start}-{end}/{len(data)}")
+            if response.status_code not in (200, 201):
+                raise PermanentError(f"graph answered {response.status_code} to an attachment range")
 
     def find_sent(self, account: Account, rfc822_message_id: str) -> tuple[str, str | None] | None:
         quoted = rfc822_message_id.replace("'", "''")
