@@ -1,12 +1,14 @@
-"""`make demo`: the Gmail scenario, end to end, against the local stack (`make run`).
+"""`make demo`: the mail scenario, end to end, against the local stack (`make run`), on a
+Gmail account and then on an Outlook account.
 
-A CRM user connects a Gmail account (through the emulator's consent page), writes to a
-contact from the CRM; the contact replies; the user answers from the Gmail client; the contact
-replies again. Pushes come from the emulated Pub/Sub subscription; nothing is called by hand
-on the service's side. The CRM's thread is then printed with its links and events, and the
-demo fails unless it holds the four messages, each exactly once, all linked to the contact
-and the open deal. If nothing answers on the port, the demo starts `make run`'s stack itself
-and stops it at the end."""
+A CRM user connects the account (through the emulator's consent page) and writes to a contact
+from the CRM; the contact replies; the user answers from the mail client; the contact replies
+again. Notifications come from the emulators (Pub/Sub pushes, Graph change notifications);
+nothing is called by hand on the service's side. The CRM's thread is printed with its links
+and events, and the demo fails unless it holds the four messages, each exactly once, all
+linked to the contact and the open deal. On Outlook the contact then sends a file Microsoft
+accounts do not take, and the demo shows the message skipped with its reason. If nothing
+answers on the port, the demo starts `make run`'s stack itself and stops it at the end."""
 
 from __future__ import annotations
 
@@ -44,17 +46,29 @@ def _wait[T](what: str, probe: Callable[[], T | None], timeout: float = 60) -> T
     raise DemoFailed(f"gave up waiting for {what} after {timeout:.0f} s")
 
 
+PROVIDERS = {
+    # provider: (label, mailbox domain, emulator control prefix, emulator port offset)
+    "google": ("Gmail", "gmail.test", "/_emulator/gmail", 1),
+    "microsoft": ("Outlook", "outlook.test", "/_emulator/graph", 2),
+}
+CA_BUNDLE = ROOT / ".local" / "tls" / "ca.pem"  # the emulators' local CA (Microsoft speaks TLS)
+
+
 class Demo:
-    def __init__(self, base: str, emulator: str) -> None:
+    def __init__(self, base: str, provider: str) -> None:
         self.base = base
-        self.emulator = emulator
+        self.provider = provider
+        self.label, domain, self.controls, offset = PROVIDERS[provider]
         port = int(base.rsplit(":", 1)[-1])
+        scheme = "https" if provider == "microsoft" else "http"
+        self.emulator = f"{scheme}://127.0.0.1:{port + offset}"
+        self.verify: str | bool = str(CA_BUNDLE) if provider == "microsoft" else True
         self.issuer = DevIssuer(issuer=f"http://127.0.0.1:{port}/_local/issuer")
         self.http = requests.Session()
         suffix = uuid.uuid4().hex[:6]
-        self.tenant = f"demo-{suffix}"
+        self.tenant = f"demo-{provider[:2]}-{suffix}"
         self.user = "u1"
-        self.mailbox = f"sam.seller-{suffix}@gmail.test"
+        self.mailbox = f"sam.seller-{suffix}@{domain}"
         self.contact = "carla.client@example.test"
 
     # ------------------------------------------------------------------ plumbing
@@ -67,11 +81,19 @@ class Demo:
             raise DemoFailed(f"{method} {path} answered {response.status_code}: {response.text[:300]}")
         return response.json()
 
-    def gmail(self, action: str, **body: Any) -> Any:
-        response = self.http.post(f"{self.emulator}/_emulator/gmail/{action}", json=body, timeout=30)
+    def mail_client(self, action: str, **body: Any) -> Any:
+        """The emulator's controls: mail arrives, or the user writes in the mail client."""
+        response = self.http.post(
+            f"{self.emulator}{self.controls}/{action}", json=body, timeout=30, verify=self.verify
+        )
         if response.status_code != 200:
             raise DemoFailed(f"emulator {action} answered {response.status_code}: {response.text[:300]}")
         return response.json()
+
+    @staticmethod
+    def arrived(answer: dict[str, Any]) -> str:
+        """The Message-ID of what the emulator stored."""
+        return str(answer.get("messageId") or answer.get("internetMessageId"))
 
     def thread(self, thread_id: str) -> dict[str, Any]:
         view: dict[str, Any] = self.call("GET", f"/v1/threads/{thread_id}")
@@ -108,9 +130,9 @@ class Demo:
         deal = {"name": "Carla's renewal", "status": "open", "contact_ids": ["carla"]}
         self.call("PUT", "/v1/directory/deals/renewal", "admin", "admin", json=deal)
 
-        say(f"connecting Gmail {self.mailbox} (the emulator's consent page) ...")
-        started = self.call("POST", "/v1/accounts/connect", json={"provider": "google"})
-        result, _ = ConsentBrowser().consent(started["authorization_url"], self.mailbox)
+        say(f"connecting {self.label} {self.mailbox} (the emulator's consent page) ...")
+        started = self.call("POST", "/v1/accounts/connect", json={"provider": self.provider})
+        result, _ = ConsentBrowser(self.verify).consent(started["authorization_url"], self.mailbox)
         if result.get("status") != "connected":
             raise DemoFailed(f"the connect ended {result}")
         account_id = result["account_id"]
@@ -129,28 +151,62 @@ class Demo:
         thread_id = sent["thread_id"]
         chain = [sent["rfc822_message_id"]]
 
-        say("2. Carla replies (mail arrives in the Gmail mailbox; Pub/Sub pushes)")
+        say(f"2. Carla replies (mail arrives in the {self.label} mailbox; the provider notifies)")
         raw = self.message(self.contact, self.mailbox, "Re: Your renewal", "Yes, send me the quote.", chain)
-        chain.append(self.gmail("arrive", address=self.mailbox, raw=raw)["messageId"])
+        chain.append(self.arrived(self.mail_client("arrive", address=self.mailbox, raw=raw)))
         self.wait_for(thread_id, 2)
 
-        say("3. Sam answers from the Gmail client")
+        say(f"3. Sam answers from the {self.label} client")
         raw = self.message(self.mailbox, self.contact, "Re: Your renewal", "Quote attached tomorrow.", chain)
-        chain.append(self.gmail("send_from_client", address=self.mailbox, raw=raw)["messageId"])
+        chain.append(self.arrived(self.mail_client("send_from_client", address=self.mailbox, raw=raw)))
         self.wait_for(thread_id, 3)
 
         say("4. Carla replies again")
         raw = self.message(self.contact, self.mailbox, "Re: Your renewal", "Great, thanks!", chain)
-        chain.append(self.gmail("arrive", address=self.mailbox, raw=raw)["messageId"])
-        view = self.wait_for(thread_id, 4)
+        chain.append(self.arrived(self.mail_client("arrive", address=self.mailbox, raw=raw)))
+        self.wait_for(thread_id, 4)
+        skipped = None
+        if self.provider == "microsoft":
+            say(
+                "5. Carla sends an installer named tool.pdf: Microsoft accounts do not take it (ATT-3, ATT-4)"
+            )
+            skipped = self.skipped_installer(chain)
         time.sleep(2)  # let any late duplicate arrive before judging "exactly once"
         view = self.thread(thread_id)
-        return self.report(view, chain)
+        return self.report(view, chain, skipped)
 
-    def report(self, view: dict[str, Any], chain: list[str]) -> int:
+    def skipped_installer(self, chain: list[str]) -> dict[str, Any]:
+        mail = EmailMessage()
+        mail["From"] = self.contact
+        mail["To"] = self.mailbox
+        mail["Subject"] = "Re: Your renewal"
+        mail["Date"] = format_datetime(datetime.now(UTC))
+        mail["Message-ID"] = make_msgid(domain="example.test")
+        mail["In-Reply-To"] = chain[-1]
+        mail["References"] = " ".join(chain)
+        mail.set_content("Here is our tool.")
+        mail.add_attachment(b"MZ" + b"\x00" * 512, maintype="application", subtype="pdf", filename="tool.pdf")
+        stored = self.mail_client("arrive", address=self.mailbox, raw=mail.as_string())
+
+        def skip_event() -> dict[str, Any] | None:
+            events = self.http.get(f"{self.base}/_local/events", timeout=10).json()["events"]
+            return next(
+                (
+                    e
+                    for e in events
+                    if e["detail-type"] == "MessageSkipped"
+                    and e["detail"].get("provider_message_id") == stored["id"]
+                ),
+                None,
+            )
+
+        found: dict[str, Any] = _wait("the skipped message's event", skip_event)
+        return found
+
+    def report(self, view: dict[str, Any], chain: list[str], skipped: dict[str, Any] | None) -> int:
         thread, messages = view["thread"], view["messages"]
         print()
-        print(f'CRM thread {thread["crm_thread_id"]}  "{thread["subject"]}"')
+        print(f'{self.label}: CRM thread {thread["crm_thread_id"]}  "{thread["subject"]}"')
         print(f"  contacts {thread['contact_ids']}  deal {thread['deal_id']}  messages {len(messages)}")
         for n, m in enumerate(messages, 1):
             print(
@@ -168,6 +224,7 @@ class Demo:
                 "DirectoryEntryUpserted": lambda d: f"{d['kind']} {d['id']}",
                 "DefaultAccountChanged": lambda d: f"default account {str(d.get('account_id'))[:8]}",
                 "TenantSettingsChanged": lambda d: f"plan {d.get('plan', '')}",
+                "MessageSkipped": lambda d: str(d["detail"]),
             }.get(event["detail-type"], lambda d: "")(detail)
             print(f"  {event['detail-type']:<24} {what}")
         problems = []
@@ -183,12 +240,19 @@ class Demo:
         synced = [e for e in mine if e["detail-type"] == "MessageSynced"]
         if sorted({e["detail"]["message_id"] for e in synced}) != sorted(ids):
             problems.append("MessageSynced events do not match the thread's messages")
+        if skipped is not None:
+            detail = skipped["detail"]
+            print(f"\nskipped, as it should be: {detail['detail']}")
+            if len(messages) != 4:
+                problems.append("the installer's message reached the thread")
         print()
         if problems:
             for problem in problems:
-                print(f"FAILED: {problem}")
+                print(f"FAILED ({self.label}): {problem}")
             return 1
-        print("OK: four messages, each exactly once, all linked to contact carla and deal renewal")
+        print(
+            f"OK ({self.label}): four messages, each exactly once, linked to contact carla and deal renewal"
+        )
         return 0
 
 
@@ -202,9 +266,11 @@ def _up(base: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m local.demo")
     parser.add_argument("--port", type=int, default=3000)
+    parser.add_argument(
+        "providers", nargs="*", default=list(PROVIDERS), help="google, microsoft (both by default)"
+    )
     args = parser.parse_args(argv)
     base = f"http://127.0.0.1:{args.port}"
-    emulator = f"http://127.0.0.1:{args.port + 1}"
     stack = None
     if not _up(base):
         log = ROOT / ".local" / "demo-stack.log"
@@ -223,7 +289,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"the local stack did not start; see {log}", file=sys.stderr)
             return 1
     try:
-        return Demo(base, emulator).run()
+        failed = 0
+        for number, provider in enumerate(args.providers):
+            if number:
+                print("\n" + "-" * 100 + "\n")
+            failed += Demo(base, provider).run()
+        return 1 if failed else 0
     except DemoFailed as failure:
         print(f"FAILED: {failure}", file=sys.stderr)
         return 1

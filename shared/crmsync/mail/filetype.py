@@ -120,7 +120,7 @@ def check(filename: str, data: bytes, allowed: frozenset[str] | None = None) -> 
     content (ATT-4), or a kind the provider does not take (ATT-3)."""
     kind = sniff(data)
     if kind in EXECUTABLE:
-        raise FileRefused(f"{filename}: executable files cannot be attached")
+        raise FileRefused(f"{filename}: executable files are not accepted, whatever their name")
     ext = extension(filename)
     expected = _EXTENSIONS.get(ext)
     if expected is not None and kind not in expected:
