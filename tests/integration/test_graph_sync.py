@@ -6,6 +6,7 @@ from __future__ import annotations
 import email
 import email.policy
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -270,3 +271,36 @@ def test_outlook_attachment_limits_both_ways(
     )
     assert event["detail"]["reason"] == "attachment_limit" and "plan.pdf" in event["detail"]["detail"]
     assert all(t["subject"] != "Too big" for t in _threads(api, token))
+
+
+@pytest.mark.rule("ACC-5")
+@pytest.mark.rule("SYNC-6")
+def test_an_outlook_back_import_pages_through_the_state_machine_from_the_chosen_date(
+    stack: LocalStack, emulators: Emulators, api: Api, tenant: str
+) -> None:
+    set_plan(api, tenant, "advanced")
+    admin = api.token(tenant, "admin", "admin")
+    assert api.call("PUT", "/v1/directory/contacts/c1", admin, json={"name": "Carla", "emails": [CONTACT]}).ok
+    address = f"importer-{uuid.uuid4().hex[:8]}@outlook.test"
+    graph = _graph(emulators)
+    now = datetime.now(UTC)
+    for days, subject in [(75, "Too old"), (20, "Last month"), (3, "This week")]:
+        graph.arrive(
+            address, mail(CONTACT, [address], subject).as_bytes(), received=now - timedelta(days=days)
+        )
+    for n in range(12):  # more than a delta page, so the import takes several steps
+        graph.arrive(
+            address, mail(CONTACT, [address], f"Recent {n}").as_bytes(), received=now - timedelta(days=1)
+        )
+    token = api.token(tenant, "u1")
+    result = connect(api, Browser(emulators), token, "microsoft", address, import_since="1m")
+    assert result["status"] == "connected", result
+
+    def finished() -> dict[str, Any] | None:
+        progress = api.call("GET", f"/v1/accounts/{result['account_id']}/sync", token).json()["imports"]
+        return progress[0] if progress and progress[0]["status"] == "succeeded" else None
+
+    progress = wait_until(finished, timeout=60)
+    assert progress["kind"] == "mail_import" and progress["pages"] >= 2
+    subjects = sorted(t["subject"] for t in _threads(api, token))
+    assert subjects == sorted(["Last month", "This week", *(f"Recent {n}" for n in range(12))])
