@@ -1,11 +1,15 @@
 """`python -m bench [name ...]`: the benchmarks (all by default), figures printed as ratios to a
-baseline of the same run. Names: cold_start, gmail_sync."""
+baseline of the same run. Names: cold_start, gmail_sync, graph_sync."""
 
 import sys
 
-from bench import cold_start, gmail_sync
+from bench import cold_start, gmail_sync, graph_sync
 
-BENCHES = {"cold_start": cold_start.main, "gmail_sync": gmail_sync.main}
+BENCHES = {
+    "cold_start": cold_start.main,
+    "gmail_sync": gmail_sync.main,
+    "graph_sync": graph_sync.main,
+}
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or list(BENCHES)
