@@ -154,7 +154,7 @@ class Bench:
         self.tokens: dict[str, str] = {}
         graph = GraphMailbox(lambda account_id: self.tokens[account_id], base, ca)
         self.hooks = GraphMailHooks(graph, self.cursors)
-        self.source = GraphDeltaSource(graph, services.mail_sync().known)
+        self.source = GraphDeltaSource(graph, services.mail_sync().settled)
         self._account = Account
         self._settings = AccountSettings
         self._token_set = TokenSet

@@ -260,16 +260,38 @@ class LocalStack:
         self._mock: Any = None
         self._saved_env: dict[str, str | None] = {}
         self._original_invoke: Any = None
+        self._original_stub: Any = None
         self._tap_queue_url = ""
         self.resolver: Resolver
 
     # ------------------------------------------------------------------ lifecycle
+    def _serialize_dynamodb(self) -> None:
+        """DynamoDB takes concurrent requests; moto's in-memory tables do not (a query iterating a
+        table while another thread writes fails with "dictionary changed size"). The API, the
+        pollers and the emulators' notifications all run threads, so moto's DynamoDB requests
+        go one at a time here. (Only DynamoDB: it never calls back into another service, so one
+        lock cannot deadlock.)"""
+        from moto.core.botocore_stubber import BotocoreStubber
+
+        original = BotocoreStubber.__call__
+        self._original_stub = original
+        lock = threading.RLock()
+
+        def serialized(stub: Any, event_name: str, request: Any, **kwargs: Any) -> Any:
+            if ".dynamodb." not in event_name:
+                return original(stub, event_name, request, **kwargs)
+            with lock:
+                return original(stub, event_name, request, **kwargs)
+
+        BotocoreStubber.__call__ = serialized  # type: ignore[method-assign,assignment]
+
     def start(self) -> LocalStack:
         from moto import mock_aws
 
         self._set_env(LOCAL_ENVIRONMENT)
         self._mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}})
         self._mock.start()
+        self._serialize_dynamodb()
         self._install_lambda_dispatch()
         self.resolver = Resolver(self.template, self.parameters, PSEUDO_DEFAULTS)
         self._plan_names()
@@ -284,6 +306,11 @@ class LocalStack:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=5)
+        if self._original_stub is not None:
+            from moto.core.botocore_stubber import BotocoreStubber
+
+            BotocoreStubber.__call__ = self._original_stub  # type: ignore[method-assign]
+            self._original_stub = None
         if self._original_invoke is not None:
             from moto.awslambda.models import LambdaFunction
 

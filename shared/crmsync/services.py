@@ -126,7 +126,7 @@ class _ChangeSources(dict[str, "ChangeSource"]):
         elif provider == "microsoft":
             from crmsync.providers.graph import GraphDeltaSource
 
-            source = GraphDeltaSource(graph_mailbox(), mail_sync().known)
+            source = GraphDeltaSource(graph_mailbox(), mail_sync().settled)
         else:
             raise KeyError(provider)
         self[provider] = source

@@ -17,6 +17,7 @@ from local.emulators.servers import Emulators
 from local.stack import LocalStack
 from tests.conftest import Api
 from tests.integration.helpers import wait_until
+from tests.integration.redelivery import queued
 from tests.integration.test_accounts import Browser, accounts_of, connect, set_plan
 from tests.integration.test_mail_engine import mail
 from tests.integration.test_mailbox_sync import cursor_of
@@ -43,7 +44,7 @@ def _threads(api: Api, tenant: str) -> list[dict]:
 def test_forged_pushes_are_refused(
     stack: LocalStack, emulators: Emulators, webhook: str, api: Api, tenant: str
 ) -> None:
-    address, _ = _connected(api, emulators, tenant)
+    address, account_id = _connected(api, emulators, tenant)
     google = emulators.google
     stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     forged = {
@@ -57,8 +58,8 @@ def test_forged_pushes_are_refused(
     }
     for what, token in forged.items():
         assert google.deliver_push(webhook, address, 2000, token=token) == 401, what
-    sqs = boto3.client("sqs")
-    assert "Messages" not in sqs.receive_message(QueueUrl=stack.queues["SyncQueue"], WaitTimeSeconds=0)
+    assert queued(stack, account_id) == 0  # nothing was queued for the mailbox, nor synced
+    assert "gmail.users.history.list" not in google.gmail.mailbox(address).requests
     assert google.deliver_push(webhook, address, 2000) == 204  # the genuine one
 
 

@@ -143,9 +143,15 @@ class MailSync:
                 left_out = verdict.left_out
         return self._store_new(account, message, parsed, direction, thread, lookups, left_out)
 
-    def known(self, account: Account, provider_message_id: str) -> bool:
-        """Whether this mailbox copy is in the CRM already (a source need not fetch it again)."""
-        return self._store.find_provider_message(account.account_id, provider_message_id) is not None
+    def settled(self, account: Account, provider_message_id: str) -> bool:
+        """Whether this mailbox copy is in the CRM already, so that a source need not fetch it
+        again. A copy stored but not yet published (a crash in between) is published now, as a
+        redelivered ingest would do (MAIL-7)."""
+        ref = self._store.find_provider_message(account.account_id, provider_message_id)
+        if ref is None:
+            return False
+        self._publish_if_pending(account.tenant_id, ref)
+        return True
 
     def mark_removed(self, account: Account, provider_message_id: str, how: RemovalKind) -> bool:
         """MAIL-10: the mailbox no longer holds this message where we sync it. The CRM copy
