@@ -20,6 +20,7 @@ from tests.conftest import Api
 from tests.integration.helpers import wait_until
 from tests.integration.redelivery import redeliver_now
 from tests.integration.test_accounts import Browser, connect, set_plan
+from tests.integration.test_gmail_send import _thread
 from tests.integration.test_mail_engine import mail
 from tests.integration.test_mailbox_sync import cursor_of
 
@@ -55,15 +56,6 @@ def _sync(stack: LocalStack, tenant: str, account_id: str) -> None:
         MessageGroupId=account_id,
         MessageDeduplicationId=uuid.uuid4().hex,
     )
-
-
-def _thread(api: Api, token: str, thread_id: str, count: int) -> dict[str, Any]:
-    def ready() -> dict[str, Any] | None:
-        view = api.call("GET", f"/v1/threads/{thread_id}", token).json()
-        return view if len(view.get("messages", [])) == count else None
-
-    found: dict[str, Any] = wait_until(ready, timeout=20)
-    return found
 
 
 def _threads(api: Api, token: str) -> list[dict[str, Any]]:
