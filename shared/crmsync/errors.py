@@ -70,6 +70,14 @@ class TransientError(Exception):
         self.retry_after = retry_after
 
 
+def retry_after_seconds(value: str | None) -> float | None:
+    """An HTTP Retry-After given in seconds (what Gmail and Graph send); None when absent or unreadable."""
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
 class PermanentError(Exception):
     """A failure that retrying cannot fix; the work goes to the dead-letter queue with this reason."""
 

@@ -15,7 +15,7 @@ from functools import cache
 from typing import Any
 
 from crmsync.accounts.models import Account, TokenSet
-from crmsync.errors import TransientError
+from crmsync.errors import TransientError, retry_after_seconds
 from crmsync.mail.models import ProviderMessage, RemovalKind
 from crmsync.mail.sync import ChangePage, CursorExpired, CursorStore, Removal
 
@@ -62,14 +62,6 @@ def _is_rate_limit(error: Any) -> bool:
 @cache
 def _batch_path() -> str:
     return str(json.loads(_discovery()).get("batchPath") or "batch")
-
-
-def retry_after_seconds(value: str) -> float | None:
-    """Retry-After as seconds (Gmail sends a number; an HTTP date is not expected from it)."""
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None
 
 
 def _raise_transient(error: Any, what: str) -> None:

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 from crmsync.accounts.models import Account
-from crmsync.errors import PermanentError, TransientError
-from crmsync.providers.gmail import _is_rate_limit, _retry_after, _status, gmail_service
+from crmsync.errors import PermanentError
+from crmsync.providers.gmail import _raise_transient, _status, gmail_service
 
 
 def _call(request: Any, what: str) -> Any:
@@ -22,10 +22,7 @@ def _call(request: Any, what: str) -> Any:
         return request.execute()
     except HttpError as error:
         status = _status(error)
-        if _is_rate_limit(error) or status >= 500:
-            raise TransientError(
-                f"gmail answered {status} to {what}; retry after {_retry_after(error) or 'a while'}"
-            ) from error
+        _raise_transient(error, what)  # throttling and 5xx, with Retry-After, as the sync path does
         reason = getattr(error, "reason", "") or str(status)
         raise PermanentError(f"gmail answered {status} to {what}: {reason}") from error
 

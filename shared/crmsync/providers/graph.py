@@ -36,7 +36,7 @@ from urllib.parse import quote
 import requests
 
 from crmsync.accounts.models import Account, TokenSet
-from crmsync.errors import PermanentError, TransientError
+from crmsync.errors import PermanentError, TransientError, retry_after_seconds
 from crmsync.mail.models import ProviderMessage
 from crmsync.mail.sync import ChangePage, CursorExpired, CursorStore, Removal
 
@@ -58,13 +58,6 @@ _slots_lock = threading.Lock()
 def _slot(account_id: str) -> threading.BoundedSemaphore:
     with _slots_lock:
         return _slots.setdefault(account_id, threading.BoundedSemaphore(CONCURRENT_PER_MAILBOX))
-
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None
 
 
 def _error_code(body: Any) -> str:
@@ -125,7 +118,7 @@ class GraphClient:
         if response.status_code == 429 or response.status_code >= 500:
             raise TransientError(
                 f"graph answered {response.status_code} to {method} {path.split('?')[0][-60:]}",
-                retry_after=_retry_after(response.headers.get("Retry-After")),
+                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
             )
         return response
 
@@ -145,7 +138,7 @@ class GraphClient:
         if response.status_code == 429 or response.status_code >= 500:
             raise TransientError(
                 f"graph answered {response.status_code} to an upload range",
-                retry_after=_retry_after(response.headers.get("Retry-After")),
+                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
             )
         return response
 
@@ -179,7 +172,7 @@ class GraphClient:
             if status == 429 or status >= 500:
                 throttled += 1
                 headers = {k.lower(): v for k, v in (item.get("headers") or {}).items()}
-                waits.append(_retry_after(headers.get("retry-after")) or 0.0)
+                waits.append(retry_after_seconds(headers.get("retry-after")) or 0.0)
             found[str(item.get("id"))] = item
         if throttled:
             raise TransientError(
