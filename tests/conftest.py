@@ -4,6 +4,7 @@ real handlers) served over HTTP and configured to use them."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +17,7 @@ from local.devissuer import DevIssuer
 from local.emulators.servers import Emulators, start_emulators
 from local.http import LocalServer
 from local.stack import LocalStack
+from tests.integration.helpers import wait_for_quiet_queue
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +64,20 @@ class Api:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         return self.http.request(method, self.base + path, headers=headers, timeout=30, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def quiet_sync_queue(request: pytest.FixtureRequest) -> None:
+    """A test on the shared stack starts once the jobs earlier tests left are done, so its own
+    jobs are not queued behind them (the scheduler's fan-out queues work for every account)."""
+    if "stack" not in request.fixturenames:
+        return
+    stack: LocalStack = request.getfixturevalue("stack")
+    started = time.monotonic()
+    quiet = wait_for_quiet_queue(stack.queues["SyncQueue"])
+    waited = time.monotonic() - started
+    if waited > 1 or not quiet:
+        print(f"[quiet_sync_queue] waited {waited:.1f} s; queue quiet: {quiet}")
 
 
 @pytest.fixture(scope="session")

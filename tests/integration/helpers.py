@@ -45,3 +45,29 @@ def executions(state_machine_arn: str) -> list[dict[str, Any]]:
     sfn = boto3.client("stepfunctions")
     found: list[dict[str, Any]] = sfn.list_executions(stateMachineArn=state_machine_arn)["executions"]
     return found
+
+
+def sync_queue_depth(queue_url: str) -> int:
+    """Jobs the sync queue holds: waiting, in flight, or delayed by a backoff."""
+    names = [
+        "ApproximateNumberOfMessages",
+        "ApproximateNumberOfMessagesNotVisible",
+        "ApproximateNumberOfMessagesDelayed",
+    ]
+    sqs = boto3.client("sqs")
+    attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=names)["Attributes"]
+    return sum(int(attributes.get(name, "0")) for name in names)
+
+
+def wait_for_quiet_queue(queue_url: str, timeout: float = 180.0) -> bool:
+    """Wait until the sync queue is empty; False when it is still busy after `timeout`.
+
+    The integration tests share one stack, and some of them (the scheduler's fan-out) queue work for
+    every account the session made. A test that starts on a quiet queue has its own jobs handled at
+    once instead of behind that backlog."""
+    deadline = time.monotonic() + timeout
+    while sync_queue_depth(queue_url):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
