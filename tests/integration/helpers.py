@@ -54,8 +54,10 @@ def sync_queue_depth(queue_url: str) -> int:
         "ApproximateNumberOfMessagesNotVisible",
         "ApproximateNumberOfMessagesDelayed",
     ]
-    sqs = boto3.client("sqs")
-    attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=names)["Attributes"]
+    sqs: Any = boto3.client("sqs")
+    attributes: dict[str, str] = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=names)[
+        "Attributes"
+    ]
     return sum(int(attributes.get(name, "0")) for name in names)
 
 
