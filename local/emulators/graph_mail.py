@@ -1,7 +1,12 @@
 """Microsoft Graph v1.0 mail, as much of it as the sync uses, in the shapes the Graph docs give.
 
 Mailboxes (keyed by the address the bearer token belongs to) hold the well-known folders
-`inbox`, `sentitems`, `drafts`, `deleteditems` and `archive`, with ids stable per mailbox.
+`inbox`, `sentitems`, `drafts`, `deleteditems` and `archive`, with ids stable per mailbox, under
+the root `msgfolderroot`; and the folders the user makes (`POST /me/mailFolders`, `.../childFolders`,
+or `create_folder`), top-level or nested, with ids of their own. A folder's key (what a message,
+a delta cursor and a change notification name it by) is its well-known name, or for a user folder
+its id. Graph addresses a folder by id or well-known name only; the controls also take a display
+path such as "Clients/Acme".
 A message has two ids, as in Exchange: its immutable id, which never changes, and a default
 ("REST") id that changes whenever the message moves. Either finds the message; a request with
 `Prefer: IdType="ImmutableId"` is answered with immutable ids, any other with REST ids.
@@ -50,6 +55,8 @@ WELL_KNOWN = {
     "deleteditems": "Deleted Items",
     "archive": "Archive",
 }
+ROOT = "msgfolderroot"  # mailfolder.md: the well-known name of the root folder (the Top of Information Store)
+ROOT_NAME = "Top of Information Store"
 MAX_BATCH_REQUESTS = 20  # concepts/json-batching.md: "limited to 20 individual requests"
 MAX_ATTACHMENT_BYTES = 3 * 1024 * 1024  # message-post-attachments.md: "under 3 MB"
 DEFAULT_PAGE_SIZE = 10
@@ -62,6 +69,9 @@ FILTER_CLAUSE = re.compile(
 ROUTE_KINDS = (
     "mailFolders.list",
     "mailFolders.get",
+    "mailFolders.create",
+    "childFolders.list",
+    "childFolders.create",
     "messages.list",
     "messages.delta",
     "messages.get",
@@ -127,6 +137,19 @@ def _address_of(recipient: Any) -> tuple[str, str]:
     return str(box.get("name") or ""), str(box.get("address") or "")
 
 
+class FolderExists(ValueError):
+    """A sibling folder already has that display name (Graph: 409 ErrorFolderExists)."""
+
+
+@dataclass
+class Folder:
+    """A folder the user made. Well-known folders have no record: their key is their name."""
+
+    id: str  # also its key
+    display_name: str
+    parent: str  # the parent's key: msgfolderroot, a well-known name or a user folder's id
+
+
 @dataclass
 class UploadSession:
     address: str
@@ -165,7 +188,7 @@ class Attachment:
 class Message:
     immutable_id: str
     rest_id: str
-    folder: str  # well-known name of the folder it is in
+    folder: str  # the key of the folder it is in: a well-known name, or a user folder's id
     internet_message_id: str
     conversation_id: str
     subject: str
@@ -257,16 +280,69 @@ class Mailbox:
     max_in_flight: int = 0
     latency: float = 0.0
     concurrency_limit: int | None = None  # None: count only; a number: refuse beyond it with 429
+    folders: dict[str, Folder] = field(default_factory=dict)  # user folders by id, oldest first
 
-    def folder_id(self, name: str) -> str:
-        digest = hashlib.sha256(f"{self.address}/{name}".encode()).digest()
+    def folder_id(self, key: str) -> str:
+        """The id of the folder with this key (a well-known folder's is derived from its name)."""
+        if key in self.folders:
+            return key
+        digest = hashlib.sha256(f"{self.address}/{key}".encode()).digest()
         return "AAMkAGFolder" + base64.urlsafe_b64encode(digest[:24]).decode()
 
     def folder_key(self, id_or_name: str) -> str | None:
+        """What Graph accepts in a URL or a destinationId: a folder's id (compared exactly, ids are
+        case-sensitive) or a well-known name (any casing). None for anything else."""
+        if id_or_name in self.folders:
+            return id_or_name
         key = id_or_name.strip().lower()
-        if key in WELL_KNOWN:
+        if key in WELL_KNOWN or key == ROOT:
             return key
-        return next((name for name in WELL_KNOWN if self.folder_id(name) == id_or_name), None)
+        return next((name for name in (*WELL_KNOWN, ROOT) if self.folder_id(name) == id_or_name), None)
+
+    def display_name(self, key: str) -> str:
+        if key in self.folders:
+            return self.folders[key].display_name
+        return ROOT_NAME if key == ROOT else WELL_KNOWN[key]
+
+    def parent_of(self, key: str) -> str | None:
+        """The parent's key; None for the root."""
+        if key == ROOT:
+            return None
+        found = self.folders.get(key)
+        return found.parent if found is not None else ROOT
+
+    def children(self, key: str) -> list[str]:
+        """Keys of the folders right under `key`: under the root the well-known ones first, then the
+        user's in the order they were made."""
+        well_known = list(WELL_KNOWN) if key == ROOT else []
+        return well_known + [f.id for f in self.folders.values() if f.parent == key]
+
+    def child_named(self, parent: str, name: str) -> str | None:
+        """The child of `parent` called `name`; Exchange compares folder names case-insensitively."""
+        wanted = name.casefold()
+        return next((k for k in self.children(parent) if self.display_name(k).casefold() == wanted), None)
+
+    def folder_at(self, path: str) -> str | None:
+        """A folder by its display path from the root, like "Clients/Acme" or "Inbox/Receipts"; the
+        first step may also be a well-known name ("inbox/Receipts", "msgfolderroot/Clients")."""
+        steps = [s.strip() for s in path.strip().strip("/").split("/")]
+        if "" in steps:
+            return None
+        first = steps[0].lower()
+        key: str | None = first if first in WELL_KNOWN or first == ROOT else self.child_named(ROOT, steps[0])
+        for step in steps[1:]:
+            if key is None:
+                return None
+            key = self.child_named(key, step)
+        return key
+
+    def display_path(self, key: str) -> str:
+        names: list[str] = []
+        at: str | None = key
+        while at is not None and at != ROOT:
+            names.append(self.display_name(at))
+            at = self.parent_of(at)
+        return "/".join(reversed(names))
 
     def find(self, any_id: str) -> Message | None:
         found = self.messages.get(any_id)
@@ -302,7 +378,8 @@ class GraphMail:
     def arrive(
         self, address: str, raw_mime: bytes, folder: str = "inbox", received: datetime | None = None
     ) -> Message:
-        """Mail arrives (in `folder`, a well-known name). `received` backdates it."""
+        """Mail arrives in `folder` (a well-known name, a folder id, or a display path such as
+        "Clients/Acme": mail a server-side rule files straight there). `received` backdates it."""
         box = self.mailbox(address)
         with self._changing():
             return self._store_mime(box, raw_mime, self._folder_or_raise(box, folder), received, read=False)
@@ -315,7 +392,8 @@ class GraphMail:
             return self._store_mime(box, raw_mime, "sentitems", None, read=True)
 
     def move_in_client(self, address: str, message_id: str, folder: str) -> Message:
-        """The user moves a message in Outlook; its REST id changes, its immutable id does not."""
+        """The user moves a message in Outlook (to a well-known name, a folder id or a display path);
+        its REST id changes, its immutable id does not."""
         box = self.mailbox(address)
         with self._changing():
             message = box.find(message_id)
@@ -340,13 +418,48 @@ class GraphMail:
         if how != "410" and how.lower() != "syncstatenotfound":
             raise ValueError("how is '410' or a casing of 'syncStateNotFound'")
         box = self.mailbox(address)
-        key = self._folder_or_raise(box, folder)
         with self.lock:
+            key = self._folder_or_raise(box, folder)
             mine = [c for c in self.cursors.values() if c.address == box.address and c.folder == key]
             for cursor in mine:
                 if cursor.kind == "delta":
                     cursor.expired, cursor.expired_status = how, status
             return sum(1 for c in mine if c.kind == "delta")
+
+    def create_folder(self, address: str, display_name: str, parent: str | None = None) -> str:
+        """The user makes a folder in Outlook, under `parent` (a folder id, a well-known name or a
+        display path; the root when None). Returns its id. FolderExists if a sibling has the name
+        (any casing), ValueError if the name is empty."""
+        box = self.mailbox(address)
+        with self.lock:
+            under = ROOT if parent is None else self._folder_or_raise(box, parent)
+            return self._make_folder(box, under, display_name).id
+
+    def folders_of(self, address: str) -> list[dict[str, Any]]:
+        """Every folder of a mailbox but the root, parents before their children."""
+        box = self.mailbox(address)
+        with self.lock:
+            found: list[dict[str, Any]] = []
+            waiting = box.children(ROOT)
+            while waiting:
+                key = waiting.pop(0)
+                found.append(
+                    {
+                        "key": key,
+                        "id": box.folder_id(key),
+                        "displayName": box.display_name(key),
+                        "path": box.display_path(key),
+                        "parentFolderId": box.folder_id(box.parent_of(key) or ROOT),
+                    }
+                )
+                waiting.extend(box.children(key))
+            return found
+
+    def folder_key(self, address: str, id_or_name: str) -> str | None:
+        """The key of a folder as Graph names it (id or well-known name), None if there is none:
+        the one normalisation the change-notification part matches folders by."""
+        with self.lock:
+            return self.mailbox(address).folder_key(id_or_name)
 
     def throttle(
         self,
@@ -412,10 +525,32 @@ class GraphMail:
 
     @staticmethod
     def _folder_or_raise(box: Mailbox, folder: str) -> str:
-        key = box.folder_key(folder)
+        """The one place a control resolves a folder: an id, a well-known name, else a display path
+        ("Clients/Acme"). Holds the lock (it reads the folder tree)."""
+        key = box.folder_key(folder) or box.folder_at(folder)
         if key is None:
-            raise KeyError(f"no folder {folder!r} (well-known names: {', '.join(WELL_KNOWN)})")
+            made = ", ".join(f"{box.display_path(k)!r} ({k})" for k in box.folders) or "none"
+            raise KeyError(
+                f"no folder {folder!r} (well-known names: {', '.join((*WELL_KNOWN, ROOT))};"
+                f" user folders: {made})"
+            )
         return key
+
+    @staticmethod
+    def _make_folder(box: Mailbox, parent: str, display_name: str) -> Folder:
+        """Holds the lock. mailfolder-post-childfolders / user-post-mailfolders: displayName is
+        required; a sibling of the same name (Exchange ignores case) is a 409 ErrorFolderExists."""
+        if not isinstance(display_name, str) or not display_name.strip():
+            raise ValueError("displayName (a non-empty string) is required")
+        if box.child_named(parent, display_name) is not None:
+            where = box.display_path(parent) or ROOT
+            raise FolderExists(
+                f"A folder with the specified name already exists: {display_name!r} in {where}."
+            )
+        digest = secrets.token_bytes(24)  # random once; the folder keeps it
+        made = Folder("AAMkAGFolder" + base64.urlsafe_b64encode(digest).decode(), display_name, parent)
+        box.folders[made.id] = made
+        return made
 
     # ------------------------------------------------------------------ changes
     @contextmanager
@@ -609,18 +744,24 @@ class GraphMail:
         wanted = {s.lower() for s in select} | {"id"}
         return {k: v for k, v in full.items() if k.lower() in wanted or k == "@odata.etag"}
 
-    def _folder_resource(self, box: Mailbox, key: str) -> dict[str, Any]:
+    def _folder_resource(self, box: Mailbox, key: str, select: list[str] | None = None) -> dict[str, Any]:
         inside = [m for m in box.messages.values() if m.folder == key]
-        return {
+        # the root's own parent is the mailbox's non-mail root, which is not emulated
+        parent = box.parent_of(key) or "root"
+        full = {
             "id": box.folder_id(key),
-            "displayName": WELL_KNOWN[key],
-            "parentFolderId": box.folder_id("msgfolderroot"),
-            "childFolderCount": 0,
+            "displayName": box.display_name(key),
+            "parentFolderId": box.folder_id(parent),
+            "childFolderCount": len(box.children(key)),
             "unreadItemCount": sum(1 for m in inside if not m.is_read),
             "totalItemCount": len(inside),
             "sizeInBytes": sum(len(m.raw or b"") for m in inside),
             "isHidden": False,
         }
+        if not select:
+            return full
+        wanted = {s.lower() for s in select} | {"id"}
+        return {k: v for k, v in full.items() if k.lower() in wanted}
 
     # ------------------------------------------------------------------ HTTP
     def dispatch(self, request: Request) -> Response:
@@ -732,10 +873,16 @@ class GraphMail:
         lowered = [s.lower() for s in rest]
         if head == "mailfolders":
             if len(rest) == 1:
-                return self._allow(method, "GET", ("mailFolders.list", self._folders_list, ()))
+                if method == "POST":
+                    return ("mailFolders.create", self._folder_create, (ROOT,))
+                return self._allow(method, "GET", ("mailFolders.list", self._folders_list, (ROOT,)))
             folder = rest[1]
             if len(rest) == 2:
                 return self._allow(method, "GET", ("mailFolders.get", self._folders_get, (folder,)))
+            if len(rest) == 3 and lowered[2] == "childfolders":
+                if method == "POST":
+                    return ("childFolders.create", self._folder_create, (folder,))
+                return self._allow(method, "GET", ("childFolders.list", self._folders_list, (folder,)))
             if lowered[2] != "messages":
                 return None
             if len(rest) == 3:
@@ -837,23 +984,90 @@ class GraphMail:
         return f"{base}/v1.0/{path}{tail}"
 
     # ------------------------------------------------------------------ folders
-    def _folders_list(self, request: Request, box: Mailbox) -> Response:
-        with self.lock:
-            value = [self._folder_resource(box, key) for key in WELL_KNOWN]
-        return _json({"@odata.context": self._url("$metadata#users('me')/mailFolders"), "value": value})
-
-    def _folders_get(self, request: Request, box: Mailbox, folder: str) -> Response:
+    def _folders_list(self, request: Request, box: Mailbox, folder: str) -> Response:
+        """user-list-mailfolders (the root's children) and mailfolder-list-childfolders: 10 a page
+        unless $top says otherwise, $skip in the nextLink; $select; $filter on displayName."""
+        args = request.args
+        select = [s.strip() for s in args.get("$select", "").split(",") if s.strip()] or None
+        clauses: list[tuple[str, str, str]] = []
+        if args.get("$filter"):
+            parsed = self._filter(args["$filter"])
+            if isinstance(parsed, Response):
+                return parsed
+            clauses = parsed
+        unsupported = [name for name, op, _ in clauses if name != "displayname" or op not in ("eq", "ne")]
+        if unsupported:
+            return graph_error(
+                400, "ErrorInvalidUrlQueryFilter", f"The filter on {unsupported[0]} is not supported."
+            )
+        try:
+            top = int(args.get("$top", "0")) or self._page_size(request) or DEFAULT_PAGE_SIZE
+            skip = int(args.get("$skip", "0"))
+        except ValueError:
+            return graph_error(400, "BadRequest", "$top and $skip are integers.")
         with self.lock:
             key = box.folder_key(folder)
             if key is None:
                 return _not_found()
-            return _json(self._folder_resource(box, key))
+            found = [
+                k
+                for k in box.children(key)
+                # Exchange matches folder names case-insensitively
+                if all(
+                    (box.display_name(k).casefold() == value.casefold()) == (op == "eq")
+                    for _, op, value in clauses
+                )
+            ]
+            value = [self._folder_resource(box, k, select) for k in found[skip : skip + top]]
+        collection = "mailFolders" if key == ROOT else f"mailFolders('{folder}')/childFolders"
+        result: dict[str, Any] = {
+            "@odata.context": self._url(f"$metadata#users('me')/{collection}"),
+            "value": value,
+        }
+        path = f"me/{collection}"
+        if skip + top < len(found):
+            query = {k: v for k, v in args.items() if k not in ("$skip", "$top")}
+            query.update({"$top": str(top), "$skip": str(skip + top)})
+            result["@odata.nextLink"] = self._url(path, query)
+        return _json(result)
+
+    def _folders_get(self, request: Request, box: Mailbox, folder: str) -> Response:
+        select = [s.strip() for s in request.args.get("$select", "").split(",") if s.strip()] or None
+        with self.lock:
+            key = box.folder_key(folder)
+            if key is None:
+                return _not_found()
+            return _json(self._folder_resource(box, key, select))
+
+    def _folder_create(self, request: Request, box: Mailbox, parent: str) -> Response:
+        """user-post-mailfolders (under the root) and mailfolder-post-childfolders: 201 and the
+        folder; 409 ErrorFolderExists for a sibling of the same name."""
+        body = self._body(request)
+        if isinstance(body, Response):
+            return body
+        name = body.get("displayName")
+        if not isinstance(name, str) or not name.strip():
+            return graph_error(400, "ErrorInvalidRequest", "The displayName of the folder is required.")
+        if body.get("isHidden") is True:
+            return graph_error(400, "ErrorInvalidRequest", "Hidden folders are not emulated.")
+        with self.lock:
+            key = box.folder_key(parent)
+            if key is None:
+                return _not_found()
+            try:
+                made = self._make_folder(box, key, name)
+            except FolderExists as exists:
+                return graph_error(409, "ErrorFolderExists", str(exists))
+            view = self._folder_resource(box, made.id)
+        context = self._url("$metadata#users('me')/mailFolders/$entity")
+        return _json({"@odata.context": context, **view}, 201)
 
     # ------------------------------------------------------------------ queries
     @staticmethod
     def _filter(text: str) -> list[tuple[str, str, str]] | Response:
         clauses: list[tuple[str, str, str]] = []
-        for part in re.split(r"\s+and\s+", text.strip(), flags=re.IGNORECASE):
+        # `and` outside quotes only: an even number of quotes follows it ('' escapes count two)
+        for part in re.split(r"\s+and\s+(?=(?:[^']*'[^']*')*[^']*$)", text.strip(), flags=re.IGNORECASE):
             found = FILTER_CLAUSE.match(part)
             if found is None:
                 return graph_error(400, "BadRequest", f"Invalid filter clause: {part!r}")
@@ -1573,8 +1787,9 @@ class GraphMail:
     # ------------------------------------------------------------------ controls over HTTP
     def control(self, request: Request) -> Response:
         """`/_emulator/graph/{arrive,send_from_client,move_in_client,delete_in_client,expire_delta,
-        throttle,slow_down,limit_concurrency,messages,raw,stats}` for a demo script in another
-        process. JSON in and out (GET: query parameters); mail is raw RFC 5322 text."""
+        create_folder,throttle,slow_down,limit_concurrency,messages,folders,raw,stats}` for a demo
+        script in another process. JSON in and out (GET: query parameters); mail is raw RFC 5322
+        text. A folder is a well-known name, a folder id or a display path ("Clients/Acme")."""
         action = request.path.removeprefix("/_emulator/graph/")
         data: dict[str, Any] = (
             dict(request.args) if request.method == "GET" else (request.get_json(silent=True) or {})
@@ -1586,12 +1801,16 @@ class GraphMail:
             return self._control(request.method, action, address, data)
         except KeyError as missing:
             return _json({"error": f"not found: {missing}"}, 404)
+        except FolderExists as exists:
+            return _json({"error": str(exists)}, 409)
         except (TypeError, ValueError) as wrong:
             return _json({"error": str(wrong)}, 400)
 
     def _control(self, method: str, action: str, address: str, data: dict[str, Any]) -> Response:
         if method == "GET" and action == "messages":
             return _json({"address": address, "messages": self.messages_of(address, data.get("folder"))})
+        if method == "GET" and action == "folders":
+            return _json({"address": address, "folders": self.folders_of(address)})
         if method == "GET" and action == "raw":
             return Response(self.raw_of(address, str(data["id"])), content_type="message/rfc822")
         if method == "GET" and action == "stats":
@@ -1621,6 +1840,14 @@ class GraphMail:
             return _json(
                 self._control_view(self.move_in_client(address, str(data["id"]), str(data["folder"])))
             )
+        if action == "create_folder":
+            parent = data.get("parent")
+            made = self.create_folder(
+                address, str(data.get("displayName") or ""), str(parent) if parent else None
+            )
+            with self.lock:
+                path = self.mailbox(address).display_path(made)
+            return _json({"id": made, "path": path})
         if action == "delete_in_client":
             self.delete_in_client(address, str(data["id"]))
             return _json({"deleted": str(data["id"])})

@@ -8,6 +8,11 @@ describe them (concepts/change-notifications-delivery-webhooks.md, -lifecycle-ev
   what was asked, clamped to `lifetime_minutes` (4,230 for Outlook messages).
 - `PATCH /v1.0/subscriptions/{id}` renews (and reauthorizes), `DELETE` removes,
   `POST /v1.0/subscriptions/{id}/reauthorize` answers a reauthorizationRequired (204).
+- A subscription is to `/me/messages` or to one folder's, `/me/mailFolders('{id}')/messages` or
+  `/me/mailFolders/{id}/messages`, where {id} is a folder id or a well-known name. The folder is
+  kept by its key in the mail emulator (`folder_key`: a well-known folder's name, whichever form
+  the resource used, or a user folder's id), the same key `notify` is given, so one
+  normalisation decides which subscriptions a change reaches.
 - Changes come from the mail emulator through `notify(address, folder, message_id,
   changeType)` (a GraphMail listener) and are POSTed from a background thread as
   `{"value": [...]}`, batched per notification URL. Every delivery is recorded with its status
@@ -37,6 +42,8 @@ from urllib.parse import quote, urlsplit
 import requests
 from werkzeug.wrappers import Request, Response
 
+from local.emulators.graph_mail import ROOT, WELL_KNOWN
+
 HOME_TENANT = "9188040d-6c67-4c5b-b112-36a304b66dad"
 VALIDATION_LIMIT_S = 10.0
 DELIVERY_LIMIT_S = 3.0
@@ -44,6 +51,9 @@ SLOW_S = 2.9
 CHANGE_TYPES = {"created", "updated", "deleted"}
 LIFECYCLE_EVENTS = {"reauthorizationRequired", "subscriptionRemoved", "missed"}
 _PREFIX = "/v1.0/subscriptions"
+
+# (mailbox address, a folder's id or well-known name) -> the folder's key, None if it has none
+FolderKey = Callable[[str, str], str | None]
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -68,17 +78,31 @@ def _iso(moment: datetime) -> str:
 
 
 def _folder_of(resource: str) -> tuple[bool, str | None]:
-    """(supported, folder): `/me/mailFolders('inbox')/messages` → inbox; `/me/messages` → all."""
+    """(supported, folder as written): `/me/mailFolders('inbox')/messages` and
+    `me/mailFolders/inbox/messages` → inbox; `/me/messages` → None (all folders). The folder is
+    not normalised here: see `plain_folder_key` and the mail emulator's `folder_key`."""
     path = resource.strip().strip("/")
     lowered = path.lower()
     if lowered in ("me/messages", "me/mailfolders/messages"):
         return True, None
-    head, tail = "me/mailfolders(", ")/messages"
-    if lowered.startswith(head) and lowered.endswith(tail):
-        inner = path[len(head) : -len(tail)].strip()
-        if len(inner) >= 2 and inner[0] == inner[-1] == "'":
-            return True, inner[1:-1].lower()
+    head, tail = "me/mailfolders", "/messages"
+    if not (lowered.startswith(head) and lowered.endswith(tail)):
+        return False, None
+    inner = path[len(head) : -len(tail)]
+    if inner.startswith("(") and inner.endswith(")"):
+        quoted = inner[1:-1].strip()
+        if len(quoted) >= 3 and quoted[0] == quoted[-1] == "'":
+            return True, quoted[1:-1]
+    elif inner.startswith("/") and len(inner) > 1 and "/" not in inner[1:]:
+        return True, inner[1:]
     return False, None
+
+
+def plain_folder_key(address: str, folder: str) -> str | None:
+    """The folder key without a mail emulator to ask: a well-known name (any casing) lowercased,
+    anything else taken for an id, exactly (Graph ids are case-sensitive)."""
+    lowered = folder.strip().lower()
+    return lowered if lowered in WELL_KNOWN or lowered == ROOT else folder
 
 
 def validation_token() -> str:
@@ -94,7 +118,7 @@ class Subscription:
     owner: str
     creator_id: str
     resource: str
-    folder: str | None
+    folder: str | None  # the mail emulator's folder key; None: every folder (/me/messages)
     change_types: set[str]
     notification_url: str
     lifecycle_url: str | None
@@ -176,8 +200,10 @@ class GraphSubscriptions:
         lifetime_minutes: int = 4230,
         retries: int = 2,
         tenant_id: str = HOME_TENANT,
+        folder_key: FolderKey = plain_folder_key,
     ) -> None:
         self._owner_of = owner_of  # bearer token -> mailbox address
+        self._folder_key = folder_key  # the mail emulator's folder normalisation (GraphMail.folder_key)
         self._user_id = user_id or (lambda email: str(uuid.uuid5(uuid.NAMESPACE_URL, email)))
         self._base_url = base_url
         self.lifetime = timedelta(minutes=lifetime_minutes)
@@ -267,15 +293,16 @@ class GraphSubscriptions:
             self._enqueue(found.lifecycle_url or found.notification_url, "lifecycle", [item])
 
     def notify(self, address: str, folder: str, message_id: str, change_type: str) -> None:
-        """A GraphMail listener: a message of `address` changed in `folder`."""
+        """A GraphMail listener: a message of `address` changed in `folder` (a folder key)."""
         owner = address.lower()
         now = datetime.now(UTC)
+        key = self._folder_key(owner, folder) or folder  # asked before taking our lock
         with self._changed:
             faults = self._faults.get(owner) or _Faults()
             for found in list(self.subscriptions.values()):
                 if found.owner != owner or found.expires <= now or change_type not in found.change_types:
                     continue
-                if found.folder is not None and found.folder != folder.lower():
+                if found.folder is not None and found.folder != key:
                     continue
                 item = self._item(found, message_id, change_type)
                 if faults.drop > 0:
@@ -394,9 +421,19 @@ class GraphSubscriptions:
         client_state = body.get("clientState")
         if client_state is not None and (not isinstance(client_state, str) or len(client_state) > 128):
             return _error(400, "InvalidRequest", "clientState must be a string of at most 128 characters.")
-        supported, folder = _folder_of(str(body["resource"]))
+        supported, named = _folder_of(str(body["resource"]))
         if not supported:
             return _error(400, "ExtensionError", f"Resource '{body['resource']}' is not supported.")
+        folder = self._folder_key(owner, named) if named is not None else None
+        if named is not None and folder is None:
+            # as Graph answers a folder named by anything but its id or a well-known name
+            # (microsoftgraph/microsoft-graph-docs#19340): 400 ExtensionError, Resource invalid
+            return _error(
+                400,
+                "ExtensionError",
+                "Operation: Create; Exception: [Status Code: BadRequest; Reason: The value "
+                f"'{body['resource']}' of parameter 'Resource' is invalid.]",
+            )
         urls = [str(body["notificationUrl"])]
         if body.get("lifecycleNotificationUrl"):
             urls.append(str(body["lifecycleNotificationUrl"]))

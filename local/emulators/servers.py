@@ -81,6 +81,7 @@ def start_emulators(
         microsoft.state.owner_of,
         lambda email: microsoft.users.setdefault(email, str(uuid.uuid4())),
         lambda: microsoft.base_url,
+        folder_key=microsoft.graph.folder_key,  # folders match by the mail emulator's keys
     )
     microsoft.subscriptions = subscriptions
     graph = getattr(microsoft, "graph", None)

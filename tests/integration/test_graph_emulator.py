@@ -1,13 +1,15 @@
 """The Microsoft Graph mail emulator over real HTTPS: folders, messages with immutable ids, $value,
 per-folder delta (paging, @removed, 410 and syncStateNotFound), $batch (20 at most, a 429 inside,
 $value base64), drafts with attachments sent once into sentitems, createReply threading, moves,
-throttling and the concurrency count."""
+throttling and the concurrency count; user folders (top-level and nested, 409 on a duplicate name,
+$filter on displayName, childFolders) with messages, delta and change notifications of their own."""
 
 from __future__ import annotations
 
 import base64
 import email
 import email.policy
+import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -18,6 +20,8 @@ from typing import Any
 
 import pytest
 import requests
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
 
 from local.emulators.graph_mail import GraphMail
 from local.emulators.servers import Emulators
@@ -508,3 +512,292 @@ def test_http_controls_for_another_process(emulators: Emulators, box: Box) -> No
     )
     subscriptions = box.call("GET", "/subscriptions")
     assert subscriptions.status_code == 501 or emulators.microsoft.subscriptions is not None
+
+
+# ---------------------------------------------------------------------------- user folders
+
+
+def _make_folder(box: Box, name: str, parent: str | None = None) -> dict[str, Any]:
+    path = "/me/mailFolders" if parent is None else f"/me/mailFolders/{parent}/childFolders"
+    made = box.call("POST", path, json={"displayName": name})
+    assert made.status_code == 201, made.text
+    folder: dict[str, Any] = made.json()
+    return folder
+
+
+def test_user_folders_top_level_and_nested(box: Box) -> None:
+    root = box.call("GET", "/me/mailFolders/msgfolderroot").json()
+    inbox = box.call("GET", "/me/mailFolders/inbox").json()
+    assert inbox["parentFolderId"] == root["id"] and inbox["childFolderCount"] == 0
+
+    clients = _make_folder(box, "Clients")
+    assert clients["id"].startswith("AAMkAGFolder") and clients["id"] != inbox["id"]
+    assert {k: v for k, v in clients.items() if k not in ("id", "@odata.context")} == {
+        "displayName": "Clients",
+        "parentFolderId": root["id"],
+        "childFolderCount": 0,
+        "unreadItemCount": 0,
+        "totalItemCount": 0,
+        "sizeInBytes": 0,
+        "isHidden": False,
+    }
+    acme = _make_folder(box, "Acme", clients["id"])
+    assert acme["parentFolderId"] == clients["id"] and acme["displayName"] == "Acme"
+    assert box.call("GET", f"/me/mailFolders('{acme['id']}')").json()["id"] == acme["id"]
+    assert box.call("GET", f"/me/mailFolders/{clients['id']}").json()["childFolderCount"] == 1
+    assert box.call("GET", "/me/mailFolders/msgfolderroot").json()["childFolderCount"] == 6
+    # the same name under another parent is fine, also under a well-known folder
+    under_inbox = _make_folder(box, "acme", "inbox")
+    assert under_inbox["parentFolderId"] == inbox["id"]
+    assert box.call("GET", "/me/mailFolders/inbox").json()["childFolderCount"] == 1
+
+    for parent, name in ((None, "clients"), (clients["id"], "ACME"), (None, "Inbox"), ("inbox", "Acme")):
+        path = "/me/mailFolders" if parent is None else f"/me/mailFolders/{parent}/childFolders"
+        twice = box.call("POST", path, json={"displayName": name})
+        assert twice.status_code == 409, (parent, name, twice.text)
+        assert twice.json()["error"]["code"] == "ErrorFolderExists"
+    for body in ({}, {"displayName": ""}, {"displayName": "   "}, {"displayName": 7}):
+        nameless = box.call("POST", "/me/mailFolders", json=body)
+        assert nameless.status_code == 400 and nameless.json()["error"]["code"] == "ErrorInvalidRequest"
+
+    for missing in (
+        box.call("GET", "/me/mailFolders/AAMkAGFolderNotThere"),
+        box.call("GET", f"/me/mailFolders/{acme['id'].lower()}"),  # ids are case-sensitive
+        box.call("POST", "/me/mailFolders/AAMkAGFolderNotThere/childFolders", json={"displayName": "x"}),
+        box.call("GET", "/me/mailFolders/AAMkAGFolderNotThere/childFolders"),
+        box.call("GET", "/me/mailFolders/AAMkAGFolderNotThere/messages/delta"),
+    ):
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "ErrorItemNotFound"
+    assert box.call("DELETE", f"/me/mailFolders/{acme['id']}").status_code == 405
+
+    # the Python controls name folders by id, well-known name or display path
+    graph = box.graph
+    assert graph.create_folder(box.address, "Beta", parent="Clients") != acme["id"]
+    deep = graph.create_folder(box.address, "2024", parent="Clients/Acme")
+    paths = {f["path"]: f["id"] for f in graph.folders_of(box.address)}
+    assert paths["Clients/Acme/2024"] == deep and paths["Inbox/acme"] == under_inbox["id"]
+    assert paths["Clients/Acme"] == acme["id"] and paths["Clients/Beta"]
+    with pytest.raises(ValueError):
+        graph.create_folder(box.address, "beta", parent=clients["id"])  # FolderExists is a ValueError
+    with pytest.raises(KeyError, match="Clients/Acme"):  # says what exists
+        graph.create_folder(box.address, "x", parent="Clients/Nope")
+
+
+def test_listing_folders_pages_filters_and_selects(box: Box) -> None:
+    names = ["Clients", "Bob's Clients", "Sales and Marketing", "Projects", "Receipts", "Travel"]
+    made = {name: _make_folder(box, name)["id"] for name in names}
+
+    first = box.call("GET", "/me/mailFolders").json()
+    assert len(first["value"]) == 10 and "$skip=10" in first["@odata.nextLink"]  # 10 a page by default
+    rest = box.call("GET", first["@odata.nextLink"]).json()
+    listed = [f["displayName"] for f in first["value"] + rest["value"]]
+    assert "@odata.nextLink" not in rest and len(listed) == len(set(listed)) == 11
+    assert listed[:5] == ["Inbox", "Sent Items", "Drafts", "Deleted Items", "Archive"]
+
+    def named(query: str, parent: str | None = None) -> list[str]:
+        path = "/me/mailFolders" if parent is None else f"/me/mailFolders/{parent}/childFolders"
+        answer = box.call("GET", path, params={"$filter": query})
+        assert answer.status_code == 200, answer.text
+        return [f["id"] for f in answer.json()["value"]]
+
+    assert named("displayName eq 'Bob''s Clients'") == [made["Bob's Clients"]]
+    assert named("displayName eq 'bob''s clients'") == [made["Bob's Clients"]]  # Exchange ignores case
+    assert named("displayName eq 'Sales and Marketing'") == [made["Sales and Marketing"]]
+    assert named("displayName eq 'Inbox'") == [box.call("GET", "/me/mailFolders/inbox").json()["id"]]
+    assert named("displayName eq 'Bob'") == []
+    assert len(named("displayName ne 'Clients'")) == 10
+    wrong = box.call("GET", "/me/mailFolders", params={"$filter": "totalItemCount eq 0"})
+    assert wrong.status_code == 400 and wrong.json()["error"]["code"] == "ErrorInvalidUrlQueryFilter"
+
+    selected = box.call("GET", "/me/mailFolders", params={"$top": "2", "$select": "displayName"}).json()
+    assert [set(f) for f in selected["value"]] == [{"id", "displayName"}] * 2
+    assert "$top=2" in selected["@odata.nextLink"] and "$select=displayName" in selected["@odata.nextLink"]
+
+    for child in ("Acme", "O'Brien & Sons", "Zeta"):
+        _make_folder(box, child, made["Clients"])
+    children = box.call("GET", f"/me/mailFolders/{made['Clients']}/childFolders").json()
+    assert [f["displayName"] for f in children["value"]] == ["Acme", "O'Brien & Sons", "Zeta"]
+    assert all(f["parentFolderId"] == made["Clients"] for f in children["value"])
+    acme = named("displayName eq 'acme'", made["Clients"])
+    assert len(acme) == 1 and named("displayName eq 'O''Brien & Sons'", made["Clients"]) != []
+    paged = box.call("GET", f"/me/mailFolders('{made['Clients']}')/childFolders?$top=2").json()
+    assert len(paged["value"]) == 2
+    last = box.call("GET", paged["@odata.nextLink"]).json()
+    assert [f["displayName"] for f in last["value"]] == ["Zeta"] and "@odata.nextLink" not in last
+    assert box.call("GET", f"/me/mailFolders/{made['Projects']}/childFolders").json()["value"] == []
+
+
+def test_messages_in_a_user_folder(box: Box) -> None:
+    graph = box.graph
+    clients = graph.create_folder(box.address, "Clients")
+    acme = graph.create_folder(box.address, "Acme", parent=clients)
+    filed = graph.arrive(box.address, _mail("a@acme.test", box.address, "filed").as_bytes(), "Clients/Acme")
+    assert filed.folder == acme
+    got = box.call("GET", f"/me/messages/{filed.immutable_id}").json()
+    assert got["parentFolderId"] == acme
+    listed = box.call("GET", f"/me/mailFolders('{acme}')/messages", IMMUTABLE).json()["value"]
+    assert [m["id"] for m in listed] == [filed.immutable_id]
+    counts = box.call("GET", f"/me/mailFolders/{acme}").json()
+    assert counts["totalItemCount"] == 1 and counts["unreadItemCount"] == 1
+    assert box.call("GET", "/me/mailFolders/inbox/messages").json()["value"] == []
+
+    other = graph.arrive(box.address, _mail("a@acme.test", box.address, "to file").as_bytes())
+    moved = box.call(
+        "POST", f"/me/messages/{other.immutable_id}/move", IMMUTABLE, json={"destinationId": acme}
+    )
+    assert moved.status_code == 201 and moved.json()["parentFolderId"] == acme
+    draft = box.call("POST", f"/me/mailFolders/{acme}/messages", IMMUTABLE, json={"subject": "note"})
+    assert draft.status_code == 201 and draft.json()["parentFolderId"] == acme
+    by_path = [m["subject"] for m in graph.messages_of(box.address, "Clients/Acme")]
+    assert sorted(by_path) == ["filed", "note", "to file"]
+    assert graph.messages_of(box.address, acme) == graph.messages_of(box.address, "clients/acme")
+
+    graph.move_in_client(box.address, filed.immutable_id, "Clients")
+    assert [m["subject"] for m in graph.messages_of(box.address, clients)] == ["filed"]
+    with pytest.raises(KeyError, match="Clients/Acme"):
+        graph.arrive(box.address, _mail("a@acme.test", box.address, "lost").as_bytes(), "Clients/Nope")
+    bad = box.call("POST", f"/me/messages/{other.immutable_id}/move", json={"destinationId": "Clients"})
+    assert bad.status_code == 400  # Graph takes an id or a well-known name, not a display name
+
+
+def test_delta_on_a_user_folder_sees_arrivals_and_moves_out(box: Box) -> None:
+    graph = box.graph
+    acme = graph.create_folder(box.address, "Acme", parent=graph.create_folder(box.address, "Clients"))
+    first = graph.arrive(box.address, _mail("a@acme.test", box.address, "one").as_bytes(), acme)
+    graph.arrive(box.address, _mail("a@acme.test", box.address, "elsewhere").as_bytes())
+    items, delta_link, _ = _delta_round(box, f"/me/mailFolders('{acme}')/messages/delta", IMMUTABLE)
+    assert [i["id"] for i in items] == [first.immutable_id]
+    assert f"mailFolders('{acme}')/messages/delta" in delta_link
+
+    second = graph.arrive(box.address, _mail("a@acme.test", box.address, "two").as_bytes(), "Clients/Acme")
+    changes, delta_link, _ = _delta_round(box, delta_link, IMMUTABLE)
+    assert [(c["id"], c["subject"]) for c in changes] == [(second.immutable_id, "two")]
+
+    graph.move_in_client(box.address, first.immutable_id, "inbox")
+    changes, delta_link, _ = _delta_round(box, delta_link, IMMUTABLE)
+    assert changes == [
+        {
+            "@odata.type": "#microsoft.graph.message",
+            "id": first.immutable_id,
+            "@removed": {"reason": "changed"},
+        }
+    ]
+
+    assert graph.expire_delta(box.address, "Clients/Acme", how="410") == 3  # each round's deltaLink
+    gone = box.call("GET", delta_link)
+    assert gone.status_code == 410 and f"mailFolders('{acme}')/messages/delta" in gone.headers["Location"]
+    again, _, _ = _delta_round(box, gone.headers["Location"], IMMUTABLE)
+    assert [i["id"] for i in again] == [second.immutable_id]
+
+
+def test_folder_controls_over_http(box: Box) -> None:
+    control = f"{box.base}/_emulator/graph"
+
+    def post(action: str, **data: Any) -> requests.Response:
+        return requests.post(
+            f"{control}/{action}", json={"address": box.address, **data}, verify=box.verify, timeout=10
+        )
+
+    made = post("create_folder", displayName="Clients")
+    assert made.status_code == 200 and made.json()["path"] == "Clients"
+    child = post("create_folder", displayName="Acme", parent="Clients")
+    assert child.json()["path"] == "Clients/Acme"
+    assert post("create_folder", displayName="acme", parent="Clients").status_code == 409
+    assert post("create_folder", displayName="", parent="Clients").status_code == 400
+    assert post("create_folder", displayName="x", parent="Nope").status_code == 404
+    raw = _mail("a@acme.test", box.address, "filed").as_string()
+    arrived = post("arrive", raw=raw, folder="Clients/Acme")
+    assert arrived.json()["folder"] == child.json()["id"]
+    folders = requests.get(
+        f"{control}/folders", params={"address": box.address}, verify=box.verify, timeout=10
+    ).json()["folders"]
+    assert [f["path"] for f in folders][-2:] == ["Clients", "Clients/Acme"]
+
+
+class _Webhook:
+    """A notification URL on loopback: answers Graph's validation, records what is POSTed."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.server = make_server("127.0.0.1", 0, self, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/notify"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        request = Request(environ)
+        if "validationToken" in request.args:
+            answer = Response(request.args["validationToken"], content_type="text/plain")
+        else:
+            self.received.extend(json.loads(request.get_data())["value"])
+            answer = Response(status=202)
+        return answer(environ, start_response)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.thread.join(timeout=5)
+
+
+def test_a_subscription_on_a_user_folder_gets_its_changes_only(emulators: Emulators, box: Box) -> None:
+    subs = emulators.graph_subscriptions
+    assert subs is not None
+    graph = box.graph
+    acme = graph.create_folder(box.address, "Acme", parent=graph.create_folder(box.address, "Clients"))
+    inbox_id = box.call("GET", "/me/mailFolders/inbox").json()["id"]
+    hooks = {name: _Webhook() for name in ("acme", "acme-path", "inbox", "inbox-by-id")}
+    expires = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def subscribe(resource: str, hook: str) -> requests.Response:
+        return box.call(
+            "POST",
+            "/subscriptions",
+            json={
+                "changeType": "created",
+                "notificationUrl": hooks[hook].url,
+                "resource": resource,
+                "expirationDateTime": expires,
+                "clientState": hook,
+            },
+        )
+
+    try:
+        for resource, hook in (
+            (f"/me/mailFolders('{acme}')/messages", "acme"),
+            (f"me/mailFolders/{acme}/messages", "acme-path"),
+            ("/me/mailFolders('Inbox')/messages", "inbox"),
+            (f"/me/mailFolders('{inbox_id}')/messages", "inbox-by-id"),
+        ):
+            made = subscribe(resource, hook)
+            assert made.status_code == 201, made.text
+            assert made.json()["resource"] == resource
+        # one normalisation: a well-known folder by its name, whichever form; a user folder by its id
+        by_state = {s.client_state: s.folder for s in subs.of(box.address)}
+        assert by_state == {"acme": acme, "acme-path": acme, "inbox": "inbox", "inbox-by-id": "inbox"}
+        for wrong in (
+            "/me/mailFolders('Acme')/messages",  # a display name is not an id (Graph: 400)
+            f"/me/mailFolders('{acme.lower()}')/messages",  # ids are case-sensitive
+            "/me/mailFolders('AAMkAGFolderNotThere')/messages",
+        ):
+            refused = subscribe(wrong, "acme")
+            assert refused.status_code == 400 and refused.json()["error"]["code"] == "ExtensionError"
+
+        filed = graph.arrive(
+            box.address, _mail("a@acme.test", box.address, "filed").as_bytes(), "Clients/Acme"
+        )
+        subs.wait_idle()
+        for hook in ("acme", "acme-path"):
+            assert [(i["resourceData"]["id"], i["clientState"]) for i in hooks[hook].received] == [
+                (filed.immutable_id, hook)
+            ]
+        assert hooks["inbox"].received == [] and hooks["inbox-by-id"].received == []
+
+        plain = graph.arrive(box.address, _mail("a@client.test", box.address, "inbox").as_bytes())
+        subs.wait_idle()
+        for hook in ("inbox", "inbox-by-id"):
+            assert [i["resourceData"]["id"] for i in hooks[hook].received] == [plain.immutable_id]
+        assert len(hooks["acme"].received) == 1
+    finally:
+        for found in subs.of(box.address):
+            subs.expire(found.id)
+        for webhook in hooks.values():
+            webhook.close()
