@@ -230,6 +230,8 @@ def graph_watcher() -> GraphWatcher:
         DynamoGraphSubscriptionStore(settings.cursors_table),
         lambda a: credentials().access_token(a),
         settings.public_api_base or None,
+        # a chosen folder's id, looked up with the token the subscription is made with
+        locate=lambda account, token, folder: graph_mailbox().client(account, token).folder(folder),
     )
 
 
@@ -237,8 +239,14 @@ def graph_hooks() -> GraphSubscriptionHooks:
     """What connecting and disconnecting a Microsoft mailbox starts and stops: the first delta
     cursor (microsoft_hooks), the subscriptions and the renewal/catch-up schedule."""
     from crmsync.providers.graph_subscriptions import GraphSubscriptionHooks
+    from crmsync.stores.queue import SqsJobQueue
 
-    return GraphSubscriptionHooks(graph_watcher(), sync_schedule(), base=microsoft_hooks())
+    return GraphSubscriptionHooks(
+        graph_watcher(),
+        sync_schedule(),
+        base=microsoft_hooks(),
+        queue=SqsJobQueue(get_settings().sync_queue_url),
+    )
 
 
 def graph_lifecycle_jobs() -> GraphLifecycleJobs:

@@ -20,6 +20,7 @@ from tests.conftest import Api
 from tests.integration.helpers import wait_until
 from tests.integration.test_accounts import Browser, connect, set_plan
 from tests.integration.test_gmail_send import _thread
+from tests.integration.test_graph_notify import _cursor_items
 from tests.integration.test_mail_engine import mail
 from tests.integration.test_mailbox_sync import cursor_of
 
@@ -204,6 +205,50 @@ def test_removals_both_ways(stack: LocalStack, emulators: Emulators, api: Api, t
 
     wait_until(lambda: folder_of("Topic 3") == _key(graph, address, "archive"), timeout=20)
     wait_until(lambda: folder_of("Topic 4") == _key(graph, address, "deleteditems"), timeout=20)
+
+
+@pytest.mark.rule("MAIL-8")
+@pytest.mark.rule("MAIL-10")
+def test_outlook_syncs_the_folders_the_user_chose(
+    stack: LocalStack, emulators: Emulators, api: Api, tenant: str
+) -> None:
+    address, account_id, token = _setup(api, emulators, tenant, notifications=False)
+    graph = _graph(emulators)
+    clients = graph.create_folder(address, "Clients")
+    acme = graph.create_folder(address, "Acme", parent=clients)
+    chosen = ["Clients", "Clients/Acme"]  # a folder and a subfolder of it, by their display names
+    changed = api.call("PATCH", f"/v1/accounts/{account_id}", token, json={"labels_or_folders": chosen})
+    assert changed.status_code == 200, changed.text
+
+    # the change renews at once: Inbox's subscription goes, the chosen folders get theirs, by id
+    def subscriptions() -> dict[str, str] | None:
+        stored = _cursor_items(stack, f"ACC#{account_id}", "GRAPHSUB#")
+        found = {i["record"]["folder"]: i["record"]["resource"] for i in stored}
+        return found if set(found) == {"Clients", "Clients/Acme", "sentitems"} else None
+
+    resources = wait_until(subscriptions, timeout=30)
+    assert resources["Clients"] == f"/me/mailFolders('{clients}')/messages"
+    assert resources["Clients/Acme"] == f"/me/mailFolders('{acme}')/messages"
+
+    graph.arrive(address, mail(CONTACT, [address], "Left in the inbox").as_bytes())
+    filed = graph.arrive(address, mail(CONTACT, [address], "Filed by a rule").as_bytes(), folder=clients)
+    deeper = graph.arrive(address, mail(CONTACT, [address], "Filed deeper").as_bytes(), folder=acme)
+    _sync(stack, tenant, account_id)
+    wait_until(lambda: len(_threads(api, token)) == 2, timeout=30)
+    assert sorted(t["subject"] for t in _threads(api, token)) == ["Filed by a rule", "Filed deeper"]
+
+    def removed(subject: str) -> bool:
+        thread = next(t for t in _threads(api, token) if t["subject"] == subject)
+        view = api.call("GET", f"/v1/threads/{thread['crm_thread_id']}", token).json()
+        return bool(view["messages"][0]["removed_in_mailbox"])
+
+    # MAIL-10: a move between two synced folders is no removal; a move out of them is
+    graph.move_in_client(address, filed.immutable_id, acme)
+    graph.move_in_client(address, deeper.immutable_id, "inbox")
+    _sync(stack, tenant, account_id)
+    wait_until(lambda: removed("Filed deeper"), timeout=30)  # after the other move was read
+    assert not removed("Filed by a rule")
+    assert len(_threads(api, token)) == 2  # and nothing came in twice
 
 
 def _key(graph: GraphMail, address: str, folder: str) -> str:

@@ -122,3 +122,32 @@ def test_resolver_evaluates_intrinsics_and_conditions() -> None:
         resolver.resolve({"Ref": "Missing"})
     with pytest.raises(ValueError, match="no default"):
         Resolver({"Parameters": {"Need": {"Type": "String"}}, "Resources": {}}, {}, {})
+
+
+@pytest.mark.rule("MAIL-8")
+def test_outlook_syncs_the_chosen_folders_and_sent_items_always() -> None:
+    from datetime import UTC, datetime
+
+    from crmsync.accounts.models import Account, AccountSettings
+    from crmsync.providers.graph import synced_folders
+
+    def folders(*chosen: str) -> tuple[str, ...]:
+        now = datetime.now(UTC)
+        account = Account(
+            account_id="a",
+            tenant_id="t",
+            user_id="u",
+            provider="microsoft",
+            purpose="mail",
+            address="seller@outlook.test",
+            status="connected",
+            settings=AccountSettings(labels_or_folders=list(chosen)),
+            connected_at=now,
+            updated_at=now,
+        )
+        return synced_folders(account)
+
+    assert folders() == ("inbox", "sentitems")  # nothing chosen: Inbox, and Sent Items
+    assert folders("Clients", "Inbox/Acme") == ("Clients", "Inbox/Acme", "sentitems")
+    # well-known names in any case are one folder; Sent Items is never there twice
+    assert folders("INBOX", "inbox", "SentItems", "/Clients/") == ("inbox", "sentitems", "Clients")

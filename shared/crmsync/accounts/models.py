@@ -30,7 +30,13 @@ class AccountSettings(_Strict):
 
     sharing: Sharing = Field(default="private", description="LINK-6: who else sees this mail.")
     labels_or_folders: list[Label] = Field(
-        default_factory=list, max_length=50, description="MAIL-8: sync only these (empty: all mail)."
+        default_factory=list,
+        max_length=50,
+        description=(
+            "MAIL-8: sync only these Gmail labels, or Outlook folders (well-known names such as"
+            " `inbox`, or display paths such as `Clients` or `Inbox/Acme`). Empty: all mail on"
+            " Gmail, Inbox on Outlook. Sent mail of synced threads always syncs."
+        ),
     )
     import_since: ImportSince = Field(default="none", description="ACC-5: how far back to import.")
     scope: Literal["crm_threads", "all"] = Field(default="crm_threads", description="MAIL-1.")

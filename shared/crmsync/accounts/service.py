@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 from urllib.parse import urlencode
 
 from aws_lambda_powertools import Logger
@@ -84,6 +84,14 @@ class ProviderHooks(Protocol):
     def on_connected(self, account: Account, tokens: TokenSet) -> None: ...
 
     def on_disconnected(self, account: Account, tokens: TokenSet | None) -> None: ...
+
+
+@runtime_checkable
+class SettingsHooks(Protocol):
+    """Providers whose mailbox-side set-up follows the settings (Outlook's per-folder
+    subscriptions follow the folders chosen for sync, MAIL-8)."""
+
+    def on_settings_changed(self, account: Account, before: AccountSettings) -> None: ...
 
 
 class ConnectOutcome(BaseModel):
@@ -405,6 +413,7 @@ class Accounts:
         updated = account.settings.model_copy(update=changes)
         if updated == account.settings:
             return account
+        before = account.settings
         account.settings = updated
         account.updated_at = self._now()
         self._store.save(account)
@@ -418,6 +427,9 @@ class Accounts:
                 )
             ]
         )
+        hooks = self._hooks.get(account.provider)
+        if isinstance(hooks, SettingsHooks):
+            hooks.on_settings_changed(account, before)
         return account
 
     def set_default(self, principal: Principal, account_id: str) -> Account:

@@ -5,12 +5,15 @@
   (SYNC-4); `$batch` goes in chunks of 20, and a 429 inside a 200 envelope counts as one.
   At most 4 requests of one mailbox are in flight at once in this process (Graph's limit
   per app and mailbox; one worker holds an account at a time, SYNC-5).
-- `GraphDeltaSource`: the ChangeSource of Microsoft mailboxes. Delta runs per synced folder
-  (inbox, sentitems); the stored cursor is a JSON object folder → deltaLink, and the page
-  token says which folder and which `@odata.nextLink` come next (both followed verbatim).
-  Added or changed messages not yet in the CRM are fetched as MIME (`$value`) in batches;
-  `@removed` items become MAIL-10 removals. 410 Gone or `syncStateNotFound` (any casing)
-  raise CursorExpired: a full resync (SYNC-3).
+- Synced folders (MAIL-8): the folders the account's settings name (a well-known name such as
+  `inbox` or `archive`, or a display path such as `Clients` or `Inbox/Acme`, found with
+  `$filter=displayName eq '…'`), Inbox when none is named, and always Sent Items.
+- `GraphDeltaSource`: the ChangeSource of Microsoft mailboxes. Delta runs per synced folder;
+  the stored cursor is a JSON object folder → deltaLink, and the page token says which
+  folders and which `@odata.nextLink` come next (both followed verbatim). Added or changed
+  messages not yet in the CRM are fetched as MIME (`$value`) in batches; `@removed` items
+  become MAIL-10 removals, except a move into another synced folder. 410 Gone or
+  `syncStateNotFound` (any casing) raise CursorExpired: a full resync (SYNC-3).
 - `GraphPages`: resync and back-import through the state machine, folder by folder.
 - `GraphMailHooks`: a new account's first cursor (delta from the connection time on).
 - `GraphActions`: send (draft with our Message-ID, or `createReply` for a reply, attach,
@@ -34,13 +37,39 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
+from aws_lambda_powertools import Logger
 
 from crmsync.accounts.models import Account, TokenSet
 from crmsync.errors import PermanentError, TransientError, retry_after_seconds
 from crmsync.mail.models import ProviderMessage
 from crmsync.mail.sync import ChangePage, CursorExpired, CursorStore, Removal
 
-FOLDERS = ("inbox", "sentitems")
+logger = Logger()
+
+SENT_ITEMS = "sentitems"
+DEFAULT_FOLDERS = ("inbox",)
+# mailFolder's well-known names (resources/mailfolder.md); anything else is a display path
+WELL_KNOWN_FOLDERS = frozenset(
+    {
+        "archive",
+        "clutter",
+        "conflicts",
+        "conversationhistory",
+        "deleteditems",
+        "drafts",
+        "inbox",
+        "junkemail",
+        "localfailures",
+        "msgfolderroot",
+        "outbox",
+        "recoverableitemsdeletions",
+        "scheduled",
+        "searchfolders",
+        "sentitems",
+        "serverfailures",
+        "syncissues",
+    }
+)
 BATCH_MAX = 20
 CONCURRENT_PER_MAILBOX = 4
 PAGE_SIZE = 80  # four full $batch requests of 20 per delta page, one per slot
@@ -68,6 +97,21 @@ def _error_code(body: Any) -> str:
 
 def _is_expired_cursor(status: int, body: Any) -> bool:
     return status == 410 or _error_code(body).lower() == "syncstatenotfound"
+
+
+def synced_folders(account: Account) -> tuple[str, ...]:
+    """MAIL-8: the folders the settings name, Inbox when none is named, and Sent Items always
+    (sent mail of synced threads always syncs). Well-known names in lower case; each once."""
+    named = [f.strip().strip("/") for f in account.settings.labels_or_folders if f.strip().strip("/")]
+    folders: dict[str, str] = {}
+    for name in [*(named or DEFAULT_FOLDERS), SENT_ITEMS]:
+        folder = name.lower() if name.lower() in WELL_KNOWN_FOLDERS else name
+        folders.setdefault(folder.lower(), folder)
+    return tuple(folders.values())
+
+
+def _odata_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 class GraphClient:
@@ -149,6 +193,27 @@ class GraphClient:
                 f"graph answered {response.status_code} to {what or method}: {_error_code(_body(response))}"
             )
         return _body(response)
+
+    def folder(self, name: str) -> str | None:
+        """Where a synced folder is: a well-known name as it is, a display path ("Clients",
+        "Inbox/Acme") walked segment by segment to its folder id; None when it does not exist."""
+        segments = [part.strip() for part in name.split("/") if part.strip()]
+        if not segments:
+            return None
+        where: str | None = None
+        if segments[0].lower() in WELL_KNOWN_FOLDERS:
+            where, segments = segments[0].lower(), segments[1:]
+        for segment in segments:
+            parent = f"/me/mailFolders/{quote(where, safe='')}/childFolders" if where else "/me/mailFolders"
+            query = quote(f"displayName eq {_odata_string(segment)}", safe="'")
+            found = self.json(
+                "GET", f"{parent}?$filter={query}&$select=id,displayName", None, "a folder lookup"
+            )
+            values = [v for v in found.get("value") or [] if isinstance(v, dict) and v.get("id")]
+            if not values:
+                return None
+            where = str(values[0]["id"])
+        return where
 
     def batch(self, requests_: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """Inner responses by id. Chunks of 20 go out up to 4 at a time; any inner 429 or 5xx
@@ -266,8 +331,8 @@ class GraphMailbox:
         return messages
 
 
-def _delta_start(folder: str, since: datetime | None) -> str:
-    path = f"/me/mailFolders/{folder}/messages/delta?$select={_SELECT}"
+def _delta_start(where: str, since: datetime | None) -> str:
+    path = f"/me/mailFolders/{quote(where, safe='')}/messages/delta?$select={_SELECT}"
     if since is not None:
         stamp = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         path += f"&$filter=receivedDateTime+ge+{stamp}"
@@ -291,40 +356,120 @@ def _removal(item: dict[str, Any]) -> Removal:
     )
 
 
+def _run_state(page_token: str | None, folders: tuple[str, ...], links: dict[str, str]) -> dict[str, Any]:
+    """A run's place: the folders still to read (the first one's `@odata.nextLink` in `next`) and
+    the deltaLinks so far. A folder dropped from the settings meanwhile is left out."""
+    state: dict[str, Any] = json.loads(page_token) if page_token else {}
+    if "todo" not in state:
+        return {
+            "todo": list(folders),
+            "next": None,
+            "links": {k: v for k, v in links.items() if k in folders},
+        }
+    todo = [f for f in state["todo"] if f in folders]
+    following = state.get("next") if todo and state["todo"][0] == todo[0] else None
+    return {
+        "todo": todo,
+        "next": following,
+        "links": {k: v for k, v in state["links"].items() if k in folders},
+    }
+
+
+def _first_readable(
+    client: GraphClient, account: Account, state: dict[str, Any], start: Callable[[str], str]
+) -> str | None:
+    """The URL to read next, moving `state` past folders the mailbox does not have; None when no
+    folder is left. A folder named in the settings but missing is skipped with a warning and
+    looked for again on the next run (it starts from the connection date once it exists)."""
+    while state["todo"]:
+        folder = state["todo"][0]
+        url = state["next"] or state["links"].get(folder)
+        if url is not None:
+            return str(url)
+        where = client.folder(folder)
+        if where is not None:
+            return start(where)
+        logger.warning(
+            "a folder chosen for sync is not in the mailbox; skipped",
+            extra={"account_id": account.account_id, "folder": folder},
+        )
+        state["todo"], state["next"] = state["todo"][1:], None
+    return None
+
+
+def _advance(state: dict[str, Any], body: dict[str, Any]) -> dict[str, Any] | None:
+    """The state after one delta page: the same folder's next page, the next folder, or None."""
+    if "@odata.nextLink" in body:
+        return {**state, "next": body["@odata.nextLink"]}
+    state["links"][state["todo"][0]] = body["@odata.deltaLink"]
+    rest = state["todo"][1:]
+    return {"todo": rest, "next": None, "links": state["links"]} if rest else None
+
+
 class GraphDeltaSource:
     def __init__(self, mailbox: GraphMailbox, known: Callable[[Account, str], bool]) -> None:
         self._mailbox = mailbox
         self._known = known  # MailSync.settled: what the CRM holds is not fetched again
 
     def changes(self, account: Account, cursor: str, page_token: str | None) -> ChangePage:
-        links: dict[str, str] = json.loads(cursor) if cursor.startswith("{") else {}
-        state: dict[str, Any] = (
-            json.loads(page_token) if page_token else {"folder": 0, "next": None, "links": links}
-        )
-        folder = FOLDERS[state["folder"]]
-        url = state["next"] or links.get(folder) or _delta_start(folder, account.connected_at)
+        folders = synced_folders(account)
+        stored: dict[str, str] = json.loads(cursor) if cursor.startswith("{") else {}
+        state = _run_state(page_token, folders, stored)
         client = self._mailbox.client(account)
+        url = _first_readable(client, account, state, lambda where: _delta_start(where, account.connected_at))
+        if url is None:
+            return ChangePage(messages=[], next_page=None, cursor=json.dumps(state["links"], sort_keys=True))
+        folder = state["todo"][0]
         body = _page(client, url)
         items = list(body.get("value", []))
-        removed = [_removal(i) for i in items if "@removed" in i]
+        removed = self._removals(client, [i for i in items if "@removed" in i], folders)
         wanted = [i for i in items if "@removed" not in i and not self._known(account, i["id"])]
         messages = self._mailbox.fetch(client, wanted, folder)
-        done = dict(state["links"])
-        if "@odata.nextLink" in body:
-            following: dict[str, Any] | None = {**state, "next": body["@odata.nextLink"], "links": done}
-        else:
-            done[folder] = body["@odata.deltaLink"]
-            following = (
-                {"folder": state["folder"] + 1, "next": None, "links": done}
-                if state["folder"] + 1 < len(FOLDERS)
-                else None
-            )
+        following = _advance(state, body)
         return ChangePage(
             messages=messages,
             removed=removed,
             next_page=json.dumps(following) if following else None,
-            cursor=json.dumps(done, sort_keys=True),
+            cursor=json.dumps(state["links"], sort_keys=True),
         )
+
+    @staticmethod
+    def _removals(
+        client: GraphClient, items: list[dict[str, Any]], folders: tuple[str, ...]
+    ) -> list[Removal]:
+        """MAIL-10. A message moved out of one synced folder into another is no removal: where
+        several folders sync, each moved message's parentFolderId is checked in one $batch."""
+        removals = [_removal(i) for i in items]
+        moved = [r.provider_message_id for r in removals if r.how == "left_synced_folders"]
+        if not moved or len(folders) < 2:
+            return removals
+        well_known = [f for f in folders if f in WELL_KNOWN_FOLDERS]
+        calls: list[dict[str, Any]] = [
+            {"id": f"f{n}", "method": "GET", "url": f"/me/mailFolders/{f}?$select=id"}
+            for n, f in enumerate(well_known)
+        ]
+        calls += [
+            {
+                "id": f"m{n}",
+                "method": "GET",
+                "url": f"/me/messages/{quote(m, safe='')}?$select=id,parentFolderId",
+                "headers": {"Prefer": _IMMUTABLE},
+            }
+            for n, m in enumerate(moved)
+        ]
+        answers = client.batch(calls)
+
+        def found(key: str) -> dict[str, Any] | None:
+            answer = answers.get(key) or {}
+            body = answer.get("body")
+            return body if int(answer.get("status", 0)) == 200 and isinstance(body, dict) else None
+
+        synced_ids = {str(b["id"]) for n in range(len(well_known)) if (b := found(f"f{n}")) and b.get("id")}
+        synced_ids |= {w for f in folders if f not in WELL_KNOWN_FOLDERS and (w := client.folder(f))}
+        still = {
+            m for n, m in enumerate(moved) if (b := found(f"m{n}")) and b.get("parentFolderId") in synced_ids
+        }
+        return [r for r in removals if r.provider_message_id not in still]
 
     def is_newer(self, candidate: str, current: str) -> bool:
         """Delta links are not ordered: the links a completed run ends with replace the old ones."""
@@ -332,7 +477,7 @@ class GraphDeltaSource:
 
 
 class GraphMailHooks:
-    """A new Microsoft mailbox's first cursor: each folder's delta from the connection on
+    """A new Microsoft mailbox's first cursor: each synced folder's delta from the connection on
     (`receivedDateTime ge` connected_at), paged to its deltaLink. A reconnect keeps its cursor."""
 
     def __init__(self, mailbox: GraphMailbox, cursors: CursorStore) -> None:
@@ -343,16 +488,19 @@ class GraphMailHooks:
         if not account.is_mailbox or not tokens.access_token:
             return
         client = self._mailbox.client(account, tokens.access_token)
-        links = {}
-        for folder in FOLDERS:
-            url = _delta_start(folder, account.connected_at)
-            while True:
-                body = _page(client, url)
-                if "@odata.nextLink" not in body:
-                    links[folder] = body["@odata.deltaLink"]
-                    break
-                url = body["@odata.nextLink"]
-        self._cursors.advance(account.account_id, "mail", json.dumps(links, sort_keys=True), expected=None)
+        state = _run_state(None, synced_folders(account), {})
+        url = _first_readable(client, account, state, lambda where: _delta_start(where, account.connected_at))
+        while url is not None:
+            following = _advance(state, _page(client, url))
+            if following is None:
+                break
+            state = following
+            url = _first_readable(
+                client, account, state, lambda where: _delta_start(where, account.connected_at)
+            )
+        self._cursors.advance(
+            account.account_id, "mail", json.dumps(state["links"], sort_keys=True), expected=None
+        )
 
     def on_disconnected(self, account: Account, tokens: TokenSet | None) -> None:
         return None  # subscriptions are removed by their own hooks; delta needs no teardown
@@ -370,31 +518,26 @@ class GraphPages:
     def fetch_page(self, account: Account, job: Any) -> Any:
         from crmsync.resync import Page
 
-        state: dict[str, Any] = (
-            json.loads(job.page_token) if job.page_token else {"folder": 0, "next": None, "links": {}}
-        )
-        folder = FOLDERS[state["folder"]]
         since = job.since if job.kind == "mail_import" else None
+        state = _run_state(job.page_token, synced_folders(account), {})
         client = self._mailbox.client(account)
+        url = _first_readable(client, account, state, lambda where: _delta_start(where, since))
+        if url is None:
+            cursor = json.dumps(state["links"], sort_keys=True) if job.kind == "mail_resync" else None
+            return Page(items=0, next_token=None, cursor=cursor)
+        folder = state["todo"][0]
         try:
-            body = _page(client, state["next"] or _delta_start(folder, since))
+            body = _page(client, url)
         except CursorExpired as error:  # a page link went stale mid-run: this folder starts over
             raise TransientError(str(error)) from error
         items = [i for i in body.get("value", []) if "@removed" not in i]
         for message in self._mailbox.fetch(client, items, folder):
             self._ingest(account, message)
-        links = dict(state["links"])
-        if "@odata.nextLink" in body:
-            following: dict[str, Any] | None = {**state, "next": body["@odata.nextLink"], "links": links}
-        else:
-            links[folder] = body["@odata.deltaLink"]
-            following = (
-                {"folder": state["folder"] + 1, "next": None, "links": links}
-                if state["folder"] + 1 < len(FOLDERS)
-                else None
-            )
+        following = _advance(state, body)
         cursor = (
-            json.dumps(links, sort_keys=True) if following is None and job.kind == "mail_resync" else None
+            json.dumps(state["links"], sort_keys=True)
+            if following is None and job.kind == "mail_resync"
+            else None
         )
         return Page(items=len(items), next_token=json.dumps(following) if following else None, cursor=cursor)
 

@@ -1,13 +1,15 @@
 """Microsoft Graph's side of SYNC-7, SEC-2 and ACC-8: change-notification subscriptions on a
 mailbox's synced folders, their renewal, their lifecycle events, and their removal.
 
-- Connect: `POST /v1.0/subscriptions` per folder (`/me/mailFolders('inbox')/messages`, ...) with
+- Connect: `POST /v1.0/subscriptions` per synced folder (`/me/mailFolders('inbox')/messages`,
+  a chosen folder by its id, ...; see graph.synced_folders) with
   `Prefer: IdType="ImmutableId"`, a random secret clientState per subscription, the webhook
   `{public base}/webhooks/graph` and the lifecycle URL `{public base}/webhooks/graph/lifecycle`.
   Graph validates both URLs before it answers 201. Only the clientState's SHA-256 is stored.
 - Renewal (the `mail.watch` job through `GraphWatcher.renew`): PATCH each subscription's
   expirationDateTime; the renewal is scheduled by the earliest expiry Graph returned. A
-  subscription Graph no longer knows (404), or a folder without one, is created again.
+  subscription Graph no longer knows (404), or a synced folder without one, is created again;
+  one on a folder no longer synced (the settings changed) is deleted.
 - Lifecycle: `reauthorizationRequired` → `POST /subscriptions/{id}/reauthorize` (404: created
   again); `subscriptionRemoved` → created again, then a `mail.sync` catch-up; `missed` is a plain
   `mail.sync` queued by the webhook (mail/graph_notify.py).
@@ -30,15 +32,15 @@ from typing import Any, Protocol
 from aws_lambda_powertools import Logger
 from pydantic import BaseModel
 
-from crmsync.accounts.models import Account, TokenSet
+from crmsync.accounts.models import Account, AccountSettings, TokenSet
 from crmsync.errors import Paused, PermanentError, TransientError
 from crmsync.jobs import Job
 from crmsync.mail.watch import SyncSchedule
+from crmsync.providers.graph import WELL_KNOWN_FOLDERS, synced_folders
 from crmsync.schedule import JobQueue
 
 logger = Logger()
 
-FOLDERS: tuple[str, ...] = ("inbox", "sentitems")  # well-known names; sent mail always syncs (MAIL-8)
 CHANGE_TYPES = "created,updated,deleted"
 # Outlook messages: 4,230 minutes at most (the stored Graph docs; newer pages say more). Graph's
 # answer is what counts; the margin keeps a clock slightly ahead of Graph's under the limit.
@@ -72,8 +74,13 @@ def client_state_matches(given: object, record: SubscriptionRecord) -> bool:
     return hmac.compare_digest(client_state_digest(given), record.client_state_sha256)
 
 
-def resource_of(folder: str) -> str:
-    return f"/me/mailFolders('{folder}')/messages"
+def resource_of(where: str) -> str:
+    """The messages of a folder, by its well-known name or its id."""
+    return f"/me/mailFolders('{where}')/messages"
+
+
+def _well_known_only(account: Account, token: str, folder: str) -> str | None:
+    return folder if folder in WELL_KNOWN_FOLDERS else None
 
 
 def parse_expiry(value: object) -> int:
@@ -201,7 +208,8 @@ class GraphWatcher:
         store: SubscriptionStore,
         access_token: Callable[[str], str],
         public_base: str | None,
-        folders: Sequence[str] = FOLDERS,
+        folders: Callable[[Account], Sequence[str]] = synced_folders,
+        locate: Callable[[Account, str, str], str | None] = _well_known_only,
         clock: Callable[[], float] = time.time,
         max_lifetime_s: int = MAX_LIFETIME_S,
     ) -> None:
@@ -209,7 +217,8 @@ class GraphWatcher:
         self._store = store
         self._token = access_token  # Credentials.access_token: refreshes, or raises AccountPaused
         self._base = public_base.rstrip("/") if public_base else None
-        self._folders = tuple(folders)
+        self._folders = folders  # MAIL-8: the account's synced folders
+        self._locate = locate  # (account, token, folder) → a well-known name or folder id; None: missing
         self._clock = clock
         self._lifetime = max_lifetime_s
 
@@ -220,10 +229,18 @@ class GraphWatcher:
     def _wanted_expiry(self) -> int:
         return int(self._clock()) + self._lifetime - CLOCK_MARGIN_S
 
-    def _create(self, account: Account, token: str, folder: str) -> SubscriptionRecord:
+    def _create(self, account: Account, token: str, folder: str) -> SubscriptionRecord | None:
+        """A subscription on the folder; None (and a warning) when the mailbox has no such folder."""
         assert self._base is not None
+        where = self._locate(account, token, folder)
+        if where is None:
+            logger.warning(
+                "a folder chosen for sync is not in the mailbox; no subscription",
+                extra={"account_id": account.account_id, "folder": folder},
+            )
+            return None
         client_state = secrets.token_urlsafe(48)  # 64 characters; Graph allows 128
-        resource = resource_of(folder)
+        resource = resource_of(where)
         answer = self._api.create(
             token,
             resource,
@@ -260,39 +277,48 @@ class GraphWatcher:
             return None
         created: list[SubscriptionRecord] = []
         try:
-            for folder in self._folders:
-                created.append(self._create(account, token, folder))
+            for folder in self._folders(account):
+                if (record := self._create(account, token, folder)) is not None:
+                    created.append(record)
         except Exception:
             for record in created:
                 self._remove(record, token)
             raise
-        return min(r.expires_at for r in created)
+        return min((r.expires_at for r in created), default=None)
 
     def renew(self, account: Account) -> int | None:
-        """SYNC-7: every folder's subscription renewed (or made again); the earliest expiry."""
+        """SYNC-7: every synced folder's subscription renewed (or made again), and those of
+        folders no longer synced deleted; the earliest expiry."""
         if self._base is None:
             return None
         token = self._token(account.account_id)
+        folders = list(self._folders(account))
         expiries: list[int] = []
         covered: set[str] = set()
-        for record in self._store.for_account(account.account_id):
-            answer = self._api.renew(token, record.subscription_id, self._wanted_expiry())
+        for kept in self._store.for_account(account.account_id):
+            if kept.folder not in folders:  # the settings no longer name its folder
+                self._remove(kept, token)
+                continue
+            answer = self._api.renew(token, kept.subscription_id, self._wanted_expiry())
+            record: SubscriptionRecord | None = kept
             if answer is None:  # Graph dropped it (expired, removed): a new one takes its place
-                self._store.forget(record)
-                if record.folder in covered:
+                self._store.forget(kept)
+                if kept.folder in covered:
                     continue
-                record = self._create(account, token, record.folder)
+                record = self._create(account, token, kept.folder)
+                if record is None:
+                    continue
             else:
-                record = record.model_copy(
+                record = kept.model_copy(
                     update={"expires_at": parse_expiry(answer.get("expirationDateTime"))}
                 )
                 if not self._store.renewed(record):
                     raise Paused(f"account {account.account_id} stopped syncing during the renewal")
             covered.add(record.folder)
             expiries.append(record.expires_at)
-        for folder in self._folders:
-            if folder not in covered:
-                expiries.append(self._create(account, token, folder).expires_at)
+        for folder in folders:
+            if folder not in covered and (made := self._create(account, token, folder)) is not None:
+                expiries.append(made.expires_at)
         return min(expiries) if expiries else None
 
     def reauthorize(self, account: Account, subscription_id: str, folder: str | None) -> bool:
@@ -320,8 +346,9 @@ class GraphWatcher:
         if old is not None and old.account_id == account.account_id:
             self._store.forget(old)
             folder = old.folder
-        if folder not in self._folders:
-            raise PermanentError(f"folder {folder!r} is not one this service subscribes to")
+        if folder not in self._folders(account):
+            logger.info("a removed subscription's folder is no longer synced", extra={"folder": folder})
+            return None
         current = [r for r in self._store.for_account(account.account_id) if r.folder == folder]
         if current:
             return current[0]
@@ -365,10 +392,17 @@ class GraphSubscriptionHooks:
     schedule on connect; on disconnect, the schedule first, then the subscriptions (ACC-8).
     `base` is the Graph mail adapter's own hooks (the first delta cursor), when there are any."""
 
-    def __init__(self, watcher: GraphWatcher, schedule: SyncSchedule, base: _Hooks | None = None) -> None:
+    def __init__(
+        self,
+        watcher: GraphWatcher,
+        schedule: SyncSchedule,
+        base: _Hooks | None = None,
+        queue: JobQueue | None = None,
+    ) -> None:
         self._watcher = watcher
         self._schedule = schedule
         self._base = base
+        self._queue = queue  # the sync queue, for the renewal a change of folders calls for
 
     def on_connected(self, account: Account, tokens: TokenSet) -> None:
         if not account.is_mailbox or not tokens.access_token:
@@ -377,6 +411,22 @@ class GraphSubscriptionHooks:
             self._base.on_connected(account, tokens)
         expires_at = self._watcher.subscribe(account, tokens.access_token)
         self._schedule.started(account, expires_at)
+
+    def on_settings_changed(self, account: Account, before: AccountSettings) -> None:
+        """Other folders chosen (MAIL-8): a `mail.watch` job now, not the next scheduled renewal.
+        The renewal makes subscriptions on the new folders and deletes those on folders no
+        longer synced; the sync after it reads the new folders from the connection date on."""
+        if before.labels_or_folders == account.settings.labels_or_folders or not account.can_sync:
+            return
+        if self._queue is None:
+            return
+        job = Job(
+            type="mail.watch",
+            tenant_id=account.tenant_id,
+            account_id=account.account_id,
+            payload={"reason": "folders-changed"},
+        )
+        self._queue.send(job, f"folders-{account.account_id}-{account.updated_at.timestamp():.6f}")
 
     def on_disconnected(self, account: Account, tokens: TokenSet | None) -> None:
         self._schedule.stopped(account)
