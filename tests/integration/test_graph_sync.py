@@ -216,7 +216,8 @@ def test_outlook_syncs_the_folders_the_user_chose(
     graph = _graph(emulators)
     clients = graph.create_folder(address, "Clients")
     acme = graph.create_folder(address, "Acme", parent=clients)
-    chosen = ["Clients", "Clients/Acme"]  # a folder and a subfolder of it, by their display names
+    # a folder and a subfolder of it, by their display names, and one the user has yet to make
+    chosen = ["Clients", "Clients/Acme", "Later"]
     changed = api.call("PATCH", f"/v1/accounts/{account_id}", token, json={"labels_or_folders": chosen})
     assert changed.status_code == 200, changed.text
 
@@ -224,7 +225,7 @@ def test_outlook_syncs_the_folders_the_user_chose(
     def subscriptions() -> dict[str, str] | None:
         stored = _cursor_items(stack, f"ACC#{account_id}", "GRAPHSUB#")
         found = {i["record"]["folder"]: i["record"]["resource"] for i in stored}
-        return found if set(found) == {"Clients", "Clients/Acme", "sentitems"} else None
+        return found if set(found) == {"Clients", "Clients/Acme", "sentitems"} else None  # not "Later"
 
     resources = wait_until(subscriptions, timeout=30)
     assert resources["Clients"] == f"/me/mailFolders('{clients}')/messages"
@@ -249,6 +250,13 @@ def test_outlook_syncs_the_folders_the_user_chose(
     wait_until(lambda: removed("Filed deeper"), timeout=30)  # after the other move was read
     assert not removed("Filed by a rule")
     assert len(_threads(api, token)) == 2  # and nothing came in twice
+
+    # the missing folder was skipped, not fatal; once it exists, its mail syncs
+    later = graph.create_folder(address, "Later")
+    graph.arrive(address, mail(CONTACT, [address], "Filed later").as_bytes(), folder=later)
+    _sync(stack, tenant, account_id)
+    wait_until(lambda: len(_threads(api, token)) == 3, timeout=30)
+    assert "Left in the inbox" not in {t["subject"] for t in _threads(api, token)}
 
 
 def _key(graph: GraphMail, address: str, folder: str) -> str:
