@@ -20,6 +20,7 @@ from crmsync.mail.models import ProviderMessage, RemovalKind
 from crmsync.mail.sync import ChangePage, CursorExpired, CursorStore, Removal
 
 HISTORY_TYPES = ["messageAdded", "labelAdded", "labelRemoved", "messageDeleted"]
+_HELD = "held:"  # a page token of ours: the rest of a history page's messages, still to fetch
 BATCH_SIZE = 50  # Gmail allows 100 calls per batch and advises at most 50 (larger ones get throttled)
 _TIMEOUT = 20
 
@@ -164,9 +165,30 @@ class GmailHistorySource:
         self._base = api_base
 
     def changes(self, account: Account, cursor: str, page_token: str | None) -> ChangePage:
+        """One batch of messages at a time: a history page (up to 500 records) is read once, and
+        its added messages are fetched and handed over BATCH_SIZE at a time, so a worker holds at
+        most one batch of raw messages in memory; the page's removals come after its last batch."""
+        gmail = gmail_service(self._token(account.account_id), self._base)
+        if page_token is not None and page_token.startswith(_HELD):
+            held = json.loads(page_token[len(_HELD) :])
+        else:
+            held = self._history_page(gmail, account, cursor, page_token)
+        now, later = held["ids"][:BATCH_SIZE], held["ids"][BATCH_SIZE:]
+        messages = fetch_raw_batched(gmail, self._base, now)
+        if later:
+            following = _HELD + json.dumps({**held, "ids": later})
+            return ChangePage(messages=messages, next_page=following, cursor=held["history_id"])
+        return ChangePage(
+            messages=messages,
+            removed=[Removal.model_validate(r) for r in held["removed"]],
+            next_page=held["next"],
+            cursor=held["history_id"],
+        )
+
+    @staticmethod
+    def _history_page(gmail: Any, account: Account, cursor: str, page_token: str | None) -> dict[str, Any]:
         from googleapiclient.errors import HttpError
 
-        gmail = gmail_service(self._token(account.account_id), self._base)
         try:
             page = (
                 gmail.users()
@@ -189,13 +211,13 @@ class GmailHistorySource:
         for record in page.get("history", []):
             for item in record.get("messagesAdded", []):
                 added[item["message"]["id"]] = None
-        messages = fetch_raw_batched(gmail, self._base, list(added))
-        return ChangePage(
-            messages=messages,
-            removed=removals(page.get("history", []), account.settings.labels_or_folders),
-            next_page=page.get("nextPageToken"),
-            cursor=str(page["historyId"]),
-        )
+        gone = removals(page.get("history", []), account.settings.labels_or_folders)
+        return {
+            "ids": list(added),
+            "removed": [r.model_dump(mode="json") for r in gone],
+            "next": page.get("nextPageToken"),
+            "history_id": str(page["historyId"]),
+        }
 
     def is_newer(self, candidate: str, current: str) -> bool:
         return int(candidate) > int(current)
