@@ -43,33 +43,10 @@ from crmsync.accounts.models import Account, TokenSet
 from crmsync.errors import PermanentError, TransientError, retry_after_seconds
 from crmsync.mail.models import ProviderMessage
 from crmsync.mail.sync import ChangePage, CursorExpired, CursorStore, Removal
+from crmsync.providers.graph_folders import WELL_KNOWN_FOLDERS, synced_folders
 
 logger = Logger()
 
-SENT_ITEMS = "sentitems"
-DEFAULT_FOLDERS = ("inbox",)
-# mailFolder's well-known names (resources/mailfolder.md); anything else is a display path
-WELL_KNOWN_FOLDERS = frozenset(
-    {
-        "archive",
-        "clutter",
-        "conflicts",
-        "conversationhistory",
-        "deleteditems",
-        "drafts",
-        "inbox",
-        "junkemail",
-        "localfailures",
-        "msgfolderroot",
-        "outbox",
-        "recoverableitemsdeletions",
-        "scheduled",
-        "searchfolders",
-        "sentitems",
-        "serverfailures",
-        "syncissues",
-    }
-)
 BATCH_MAX = 20
 CONCURRENT_PER_MAILBOX = 4
 PAGE_SIZE = 80  # four full $batch requests of 20 per delta page, one per slot
@@ -97,17 +74,6 @@ def _error_code(body: Any) -> str:
 
 def _is_expired_cursor(status: int, body: Any) -> bool:
     return status == 410 or _error_code(body).lower() == "syncstatenotfound"
-
-
-def synced_folders(account: Account) -> tuple[str, ...]:
-    """MAIL-8: the folders the settings name, Inbox when none is named, and Sent Items always
-    (sent mail of synced threads always syncs). Well-known names in lower case; each once."""
-    named = [f.strip().strip("/") for f in account.settings.labels_or_folders if f.strip().strip("/")]
-    folders: dict[str, str] = {}
-    for name in [*(named or DEFAULT_FOLDERS), SENT_ITEMS]:
-        folder = name.lower() if name.lower() in WELL_KNOWN_FOLDERS else name
-        folders.setdefault(folder.lower(), folder)
-    return tuple(folders.values())
 
 
 def _odata_string(value: str) -> str:

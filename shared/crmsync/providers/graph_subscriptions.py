@@ -36,7 +36,7 @@ from crmsync.accounts.models import Account, AccountSettings, TokenSet
 from crmsync.errors import Paused, PermanentError, TransientError
 from crmsync.jobs import Job
 from crmsync.mail.watch import SyncSchedule
-from crmsync.providers.graph import WELL_KNOWN_FOLDERS, synced_folders
+from crmsync.providers.graph_folders import WELL_KNOWN_FOLDERS, synced_folders
 from crmsync.schedule import JobQueue
 
 logger = Logger()
