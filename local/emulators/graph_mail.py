@@ -983,18 +983,25 @@ class GraphMail:
         tail = "?" + urlencode(query, quote_via=quote, safe="$'(),") if query else ""
         return f"{base}/v1.0/{path}{tail}"
 
+    def _select_and_filter(
+        self, request: Request
+    ) -> tuple[list[str] | None, list[tuple[str, str, str]]] | Response:
+        """A list request's `$select` (None: every field) and parsed `$filter` clauses."""
+        select = [s.strip() for s in request.args.get("$select", "").split(",") if s.strip()] or None
+        if not request.args.get("$filter"):
+            return select, []
+        parsed = self._filter(request.args["$filter"])
+        return parsed if isinstance(parsed, Response) else (select, parsed)
+
     # ------------------------------------------------------------------ folders
     def _folders_list(self, request: Request, box: Mailbox, folder: str) -> Response:
         """user-list-mailfolders (the root's children) and mailfolder-list-childfolders: 10 a page
         unless $top says otherwise, $skip in the nextLink; $select; $filter on displayName."""
         args = request.args
-        select = [s.strip() for s in args.get("$select", "").split(",") if s.strip()] or None
-        clauses: list[tuple[str, str, str]] = []
-        if args.get("$filter"):
-            parsed = self._filter(args["$filter"])
-            if isinstance(parsed, Response):
-                return parsed
-            clauses = parsed
+        asked = self._select_and_filter(request)
+        if isinstance(asked, Response):
+            return asked
+        select, clauses = asked
         unsupported = [name for name, op, _ in clauses if name != "displayname" or op not in ("eq", "ne")]
         if unsupported:
             return graph_error(
@@ -1114,13 +1121,10 @@ class GraphMail:
 
     def _messages_list(self, request: Request, box: Mailbox, folder: str | None) -> Response:
         args = request.args
-        select = [s.strip() for s in args.get("$select", "").split(",") if s.strip()] or None
-        clauses: list[tuple[str, str, str]] = []
-        if args.get("$filter"):
-            parsed = self._filter(args["$filter"])
-            if isinstance(parsed, Response):
-                return parsed
-            clauses = parsed
+        asked = self._select_and_filter(request)
+        if isinstance(asked, Response):
+            return asked
+        select, clauses = asked
         try:
             top = int(args.get("$top", "0")) or self._page_size(request) or DEFAULT_PAGE_SIZE
             skip = int(args.get("$skip", "0"))
