@@ -209,6 +209,7 @@ def test_removals_both_ways(stack: LocalStack, emulators: Emulators, api: Api, t
 
 @pytest.mark.rule("MAIL-8")
 @pytest.mark.rule("MAIL-10")
+@pytest.mark.rule("SYNC-3")
 def test_outlook_syncs_the_folders_the_user_chose(
     stack: LocalStack, emulators: Emulators, api: Api, tenant: str
 ) -> None:
@@ -257,6 +258,17 @@ def test_outlook_syncs_the_folders_the_user_chose(
     _sync(stack, tenant, account_id)
     wait_until(lambda: len(_threads(api, token)) == 3, timeout=30)
     assert "Left in the inbox" not in {t["subject"] for t in _threads(api, token)}
+
+    # SYNC-3 on a chosen folder: the resync reads the chosen folders again, nothing doubles
+    before = cursor_of(stack, account_id)
+    assert graph.expire_delta(address, "Clients") >= 1  # the delta link the cursor holds is refused
+    graph.arrive(address, mail(CONTACT, [address], "After the resync").as_bytes(), folder=clients)
+    _sync(stack, tenant, account_id)
+    wait_until(lambda: len(_threads(api, token)) == 4, timeout=60)
+    wait_until(lambda: cursor_of(stack, account_id) != before, timeout=30)
+    threads = _threads(api, token)
+    assert all(t["message_count"] == 1 for t in threads)
+    assert "Left in the inbox" not in {t["subject"] for t in threads}
 
 
 def _key(graph: GraphMail, address: str, folder: str) -> str:
