@@ -342,7 +342,7 @@ def _run_state(page_token: str | None, folders: tuple[str, ...], links: dict[str
 
 
 def _first_readable(
-    client: GraphClient, account: Account, state: dict[str, Any], start: Callable[[str], str]
+    client: GraphClient, account: Account, state: dict[str, Any], since: datetime | None
 ) -> str | None:
     """The URL to read next, moving `state` past folders the mailbox does not have; None when no
     folder is left. A folder named in the settings but missing is skipped with a warning and
@@ -354,7 +354,7 @@ def _first_readable(
             return str(url)
         where = client.folder(folder)
         if where is not None:
-            return start(where)
+            return _delta_start(where, since)
         logger.warning(
             "a folder chosen for sync is not in the mailbox; skipped",
             extra={"account_id": account.account_id, "folder": folder},
@@ -363,13 +363,13 @@ def _first_readable(
     return None
 
 
-def _advance(state: dict[str, Any], body: dict[str, Any]) -> dict[str, Any] | None:
-    """The state after one delta page: the same folder's next page, the next folder, or None."""
+def _advance(state: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """The state after one delta page: the same folder's next page, or the next folder with
+    this one's deltaLink kept. The run is done when no folder is left to read."""
     if "@odata.nextLink" in body:
         return {**state, "next": body["@odata.nextLink"]}
-    state["links"][state["todo"][0]] = body["@odata.deltaLink"]
-    rest = state["todo"][1:]
-    return {"todo": rest, "next": None, "links": state["links"]} if rest else None
+    links = {**state["links"], state["todo"][0]: body["@odata.deltaLink"]}
+    return {"todo": state["todo"][1:], "next": None, "links": links}
 
 
 class GraphDeltaSource:
@@ -382,7 +382,7 @@ class GraphDeltaSource:
         stored: dict[str, str] = json.loads(cursor) if cursor.startswith("{") else {}
         state = _run_state(page_token, folders, stored)
         client = self._mailbox.client(account)
-        url = _first_readable(client, account, state, lambda where: _delta_start(where, account.connected_at))
+        url = _first_readable(client, account, state, account.connected_at)
         if url is None:
             return ChangePage(messages=[], next_page=None, cursor=json.dumps(state["links"], sort_keys=True))
         folder = state["todo"][0]
@@ -395,8 +395,8 @@ class GraphDeltaSource:
         return ChangePage(
             messages=messages,
             removed=removed,
-            next_page=json.dumps(following) if following else None,
-            cursor=json.dumps(state["links"], sort_keys=True),
+            next_page=json.dumps(following) if following["todo"] else None,
+            cursor=json.dumps(following["links"], sort_keys=True),
         )
 
     @staticmethod
@@ -455,15 +455,8 @@ class GraphMailHooks:
             return
         client = self._mailbox.client(account, tokens.access_token)
         state = _run_state(None, synced_folders(account), {})
-        url = _first_readable(client, account, state, lambda where: _delta_start(where, account.connected_at))
-        while url is not None:
-            following = _advance(state, _page(client, url))
-            if following is None:
-                break
-            state = following
-            url = _first_readable(
-                client, account, state, lambda where: _delta_start(where, account.connected_at)
-            )
+        while (url := _first_readable(client, account, state, account.connected_at)) is not None:
+            state = _advance(state, _page(client, url))
         self._cursors.advance(
             account.account_id, "mail", json.dumps(state["links"], sort_keys=True), expected=None
         )
@@ -487,7 +480,7 @@ class GraphPages:
         since = job.since if job.kind == "mail_import" else None
         state = _run_state(job.page_token, synced_folders(account), {})
         client = self._mailbox.client(account)
-        url = _first_readable(client, account, state, lambda where: _delta_start(where, since))
+        url = _first_readable(client, account, state, since)
         if url is None:
             cursor = json.dumps(state["links"], sort_keys=True) if job.kind == "mail_resync" else None
             return Page(items=0, next_token=None, cursor=cursor)
@@ -500,12 +493,11 @@ class GraphPages:
         for message in self._mailbox.fetch(client, items, folder):
             self._ingest(account, message)
         following = _advance(state, body)
+        done = not following["todo"]
         cursor = (
-            json.dumps(state["links"], sort_keys=True)
-            if following is None and job.kind == "mail_resync"
-            else None
+            json.dumps(following["links"], sort_keys=True) if done and job.kind == "mail_resync" else None
         )
-        return Page(items=len(items), next_token=json.dumps(following) if following else None, cursor=cursor)
+        return Page(items=len(items), next_token=None if done else json.dumps(following), cursor=cursor)
 
 
 def _recipients(values: list[str]) -> list[dict[str, Any]]:
