@@ -36,7 +36,7 @@ from crmsync.accounts.models import Account, AccountSettings, TokenSet
 from crmsync.errors import Paused, PermanentError, TransientError
 from crmsync.jobs import Job
 from crmsync.mail.watch import SyncSchedule
-from crmsync.providers.graph_folders import WELL_KNOWN_FOLDERS, synced_folders
+from crmsync.providers.graph_folders import synced_folders
 from crmsync.schedule import JobQueue
 
 logger = Logger()
@@ -78,9 +78,6 @@ def resource_of(where: str) -> str:
     """The messages of a folder, by its well-known name or its id."""
     return f"/me/mailFolders('{where}')/messages"
 
-
-def _well_known_only(account: Account, token: str, folder: str) -> str | None:
-    return folder if folder in WELL_KNOWN_FOLDERS else None
 
 
 def parse_expiry(value: object) -> int:
@@ -208,8 +205,8 @@ class GraphWatcher:
         store: SubscriptionStore,
         access_token: Callable[[str], str],
         public_base: str | None,
+        locate: Callable[[Account, str, str], str | None],
         folders: Callable[[Account], Sequence[str]] = synced_folders,
-        locate: Callable[[Account, str, str], str | None] = _well_known_only,
         clock: Callable[[], float] = time.time,
         max_lifetime_s: int = MAX_LIFETIME_S,
     ) -> None:
