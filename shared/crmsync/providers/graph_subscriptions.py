@@ -79,7 +79,6 @@ def resource_of(where: str) -> str:
     return f"/me/mailFolders('{where}')/messages"
 
 
-
 def parse_expiry(value: object) -> int:
     if not isinstance(value, str):
         raise PermanentError("graph answered a subscription without expirationDateTime")
