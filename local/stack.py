@@ -45,6 +45,7 @@ ACCOUNT = str(PSEUDO_DEFAULTS["AWS::AccountId"])
 NOT_MODELLED = {
     "AWS::S3::BucketPolicy": "IAM-style policies are not enforced by moto",
     "AWS::SQS::QueueInlinePolicy": "IAM-style policies are not enforced by moto",
+    "AWS::SQS::QueuePolicy": "IAM-style policies are not enforced by moto",
     "AWS::SNS::Subscription": "no mail leaves this machine",
 }
 

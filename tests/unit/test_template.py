@@ -137,3 +137,82 @@ def test_state_machine_definition_is_substituted_from_the_template() -> None:
     for key in machine["DefinitionSubstitutions"]:
         assert "${" + key + "}" in text
     json.loads(text)
+
+
+# ---------------------------------------------------------------- issue 9, item 17
+
+
+def _statements(function: dict) -> list[dict]:
+    return [
+        statement
+        for policy in function["Properties"].get("Policies", []) or []
+        if isinstance(policy, dict) and "Statement" in policy
+        for statement in policy["Statement"]
+    ]
+
+
+def _s3_templates(function: dict) -> list[str]:
+    return [
+        name
+        for policy in function["Properties"].get("Policies", []) or []
+        if isinstance(policy, dict)
+        for name in policy
+        if name.startswith("S3")
+    ]
+
+
+def _subbed(resource: object) -> str:
+    """A Resource entry as text: `!Sub ${DataBucket.Arn}/staging/*` -> `${DataBucket.Arn}/staging/*`."""
+    if isinstance(resource, dict) and "Fn::Sub" in resource:
+        return str(resource["Fn::Sub"])
+    if isinstance(resource, dict) and "Fn::GetAtt" in resource:
+        return "${" + ".".join(resource["Fn::GetAtt"]) + "}"
+    return str(resource)
+
+
+def test_the_send_function_reads_staging_and_writes_raw_and_nothing_more() -> None:
+    """send_mail lists and reads staged files, signs presigned POSTs for staging/ (S3 checks the
+    upload against the signer's rights) and writes the raw MIME of what it sent to raw/."""
+    send = RESOURCES["SendMailFunction"]
+    assert _s3_templates(send) == []  # no SAM S3 policy template: those cover the whole bucket
+    s3 = [s for s in _statements(send) if any(str(a).startswith("s3:") for a in s["Action"])]
+    granted: dict[str, set[str]] = {}
+    for statement in s3:
+        assert statement["Effect"] == "Allow"
+        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        for resource in resources:
+            granted.setdefault(_subbed(resource), set()).update(statement["Action"])
+    assert granted == {
+        "${DataBucket.Arn}/staging/*": {"s3:GetObject", "s3:PutObject"},
+        "${DataBucket.Arn}/raw/*": {"s3:PutObject"},
+        "${DataBucket.Arn}": {"s3:ListBucket"},
+    }
+    (listing,) = [s for s in s3 if "s3:ListBucket" in s["Action"]]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["staging/*"]}}
+
+
+def test_raw_mail_expires_after_a_parameter_of_days_old_versions_too() -> None:
+    parameter = DOC["Parameters"]["RawMailRetentionDays"]
+    assert parameter["Type"] == "Number" and int(parameter["Default"]) >= 1
+    assert int(parameter["MinValue"]) >= 1
+    ((_, bucket),) = _of_type("AWS::S3::Bucket").items()
+    raw = [r for r in bucket["Properties"]["LifecycleConfiguration"]["Rules"] if r.get("Prefix") == "raw/"]
+    assert len(raw) == 1 and raw[0]["Status"] == "Enabled"
+    assert raw[0]["ExpirationInDays"] == {"Ref": "RawMailRetentionDays"}
+    assert raw[0]["NoncurrentVersionExpiration"]["NoncurrentDays"] >= 1
+    assert "RawMailRetentionDays" in (TEMPLATE.parent / "README.md").read_text()
+
+
+def test_the_sync_queue_and_its_dlq_take_tls_only() -> None:
+    covered: set[str] = set()
+    for policy in _of_type("AWS::SQS::QueuePolicy").values():
+        props = policy["Properties"]
+        (statement,) = [s for s in props["PolicyDocument"]["Statement"] if s["Effect"] == "Deny"]
+        assert statement["Principal"] == "*" and statement["Action"] == "sqs:*"
+        assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+        arns = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        queues = {q["Ref"] for q in props["Queues"]}
+        assert {a["Fn::GetAtt"][0] for a in arns} == queues
+        covered |= queues
+    assert covered == set(_of_type("AWS::SQS::Queue")) == {"SyncQueue", "SyncDeadLetterQueue"}
+    assert not _of_type("AWS::SQS::QueueInlinePolicy")  # one policy per queue: no second one to clash
