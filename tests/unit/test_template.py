@@ -179,7 +179,9 @@ def test_the_send_function_reads_staging_and_writes_raw_and_nothing_more() -> No
     granted: dict[str, set[str]] = {}
     for statement in s3:
         assert statement["Effect"] == "Allow"
-        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        resources = (
+            statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        )
         for resource in resources:
             granted.setdefault(_subbed(resource), set()).update(statement["Action"])
     assert granted == {
