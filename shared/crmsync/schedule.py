@@ -1,8 +1,9 @@
 """Scheduled work, fanned out: due items live in the cursors table's `due` index.
 
 A due item carries the job to enqueue and when it is due; it may repeat every N seconds.
-The scheduler reads what has come due, shard by shard, enqueues each job on the sync queue
-and moves the item on. It never walks all accounts, only what is due (SYNC-2, SYNC-7).
+The scheduler reads what has come due, a fair share from every shard (see DynamoDueStore.due),
+enqueues each job on the sync queue and moves the item on. It never walks all accounts, only
+what is due (SYNC-2, SYNC-7).
 """
 
 from __future__ import annotations

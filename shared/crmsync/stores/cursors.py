@@ -125,27 +125,58 @@ class DynamoDueStore:
         self._table.delete_item(Key={"pk": pk, "sk": sk})
 
     def due(self, now: int, limit: int) -> Iterator[DueItem]:
+        """At most `limit` items, fair to every shard (SYNC-7): each shard gets an equal share
+        of the limit, oldest first, so that a crowded shard cannot starve the others; what the
+        quieter shards leave is shared again among the shards that have more. The shard read
+        first moves on with the minute (with `limit` below the shard count, each is first in
+        turn)."""
+        start = (now // 60) % self._shards
+        pending: list[tuple[int, dict[str, Any] | None]] = [
+            ((start + n) % self._shards, None) for n in range(self._shards)
+        ]
         left = limit
-        for shard in range(self._shards):
-            kwargs: dict[str, Any] = {
-                "IndexName": "due",
-                "KeyConditionExpression": Key("due_shard").eq(f"due#{shard}") & Key("due_at").lte(now),
-            }
-            while left > 0:
-                page = self._table.query(Limit=min(left, 500), **kwargs)
-                for raw in page["Items"]:
-                    item = plain(raw)
-                    left -= 1
-                    yield DueItem(
+        while left > 0 and pending:
+            share = max(1, left // len(pending))
+            more: list[tuple[int, dict[str, Any] | None]] = []  # shards with more due, where to go on
+            for shard, last in pending:
+                if left <= 0:
+                    return
+                items, following = self._read(shard, now, min(share, left), last)
+                left -= len(items)
+                yield from items
+                if following is not None:
+                    more.append((shard, following))
+            pending = more
+
+    def _read(
+        self, shard: int, now: int, count: int, start: dict[str, Any] | None
+    ) -> tuple[list[DueItem], dict[str, Any] | None]:
+        """Up to `count` due items of a shard from `start`, and where the next read goes on
+        (None: nothing more is due there)."""
+        kwargs: dict[str, Any] = {
+            "IndexName": "due",
+            "KeyConditionExpression": Key("due_shard").eq(f"due#{shard}") & Key("due_at").lte(now),
+        }
+        if start is not None:
+            kwargs["ExclusiveStartKey"] = start
+        found: list[DueItem] = []
+        while len(found) < count:
+            page = self._table.query(Limit=min(count - len(found), 500), **kwargs)
+            for raw in page["Items"]:
+                item = plain(raw)
+                found.append(
+                    DueItem(
                         pk=item["pk"],
                         sk=item["sk"],
                         due_at=item["due_at"],
                         job=item["job"],
                         every_s=item.get("every_s"),
                     )
-                if "LastEvaluatedKey" not in page:
-                    break
-                kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+                )
+            if "LastEvaluatedKey" not in page:
+                return found, None
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return found, kwargs.get("ExclusiveStartKey")
 
     def advance(self, item: DueItem, next_due: int | None) -> bool:
         """Move the item to its next due time (or out of the index); False if someone else did."""
