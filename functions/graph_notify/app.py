@@ -25,7 +25,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 def _notifications(event: dict[str, Any]) -> dict[str, Any]:
     from crmsync import services
-    from crmsync.mail.graph_notify import BadNotification
+    from crmsync.mail.graph_notify import BadNotification, TooManyNotifications
 
     logger = _logger()
     body = event.get("body") or ""
@@ -36,7 +36,7 @@ def _notifications(event: dict[str, Any]) -> dict[str, Any]:
     except BadNotification as error:
         logger.warning("graph notification refused", extra={"reason": str(error)})
         return {
-            "statusCode": 400,
+            "statusCode": 413 if isinstance(error, TooManyNotifications) else 400,
             "headers": {"content-type": "application/json"},
             "body": '{"message":"not a Graph notification: ' + str(error).replace('"', "'") + '"}',
         }

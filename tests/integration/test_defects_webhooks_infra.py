@@ -4,18 +4,31 @@ limit checked before anything is sent."""
 
 from __future__ import annotations
 
+import json
 import uuid
 import zlib
 from collections import Counter
+from collections.abc import Iterator
+from typing import Any
 
 import boto3
 import pytest
+import requests
 
 from crmsync.jobs import Job
+from crmsync.mail.graph_notify import MAX_ITEMS, MAX_SUBSCRIPTIONS
 from crmsync.schedule import DueItem, Scheduler
+from crmsync.stores.aws import dynamodb
 from crmsync.stores.cursors import DynamoDueStore
 from local.cfn import load_template
+from local.emulators.graph_subscriptions import GraphSubscriptions
+from local.emulators.servers import Emulators
 from local.stack import TEMPLATE, LocalStack
+from tests.conftest import Api
+from tests.integration.helpers import wait_until
+from tests.integration.test_graph_notify import _connected, _jobs_of, handled, subs
+
+__all__ = ["handled", "subs"]  # the Graph tests' fixtures, used here too
 
 SHARDS = 16
 
@@ -100,3 +113,91 @@ def test_what_the_other_shards_leave_of_a_tick_goes_to_the_crowded_ones(stack: L
         assert scheduler.run(now + 600 + 300 * tick, limit=4) == 4
         firsts |= {_shard_of("ACC#" + job.account_id) for job, _ in sent.jobs[before:]}
     assert firsts == set(range(SHARDS))  # within 16 ticks every shard was served
+
+
+# ---------------------------------------------------------------------------- item 12 (a)
+
+
+class _SubscriptionReads:
+    """Counts the DynamoDB calls that read Graph subscriptions by id (GetItem or BatchGetItem
+    of `GRAPHSUB#…`), and the keys they asked for, on the layer's own DynamoDB client."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []  # operation, keys
+
+    def __call__(self, params: dict[str, Any], model: Any, **_: Any) -> None:
+        if "GRAPHSUB#" not in json.dumps(params, default=str):
+            return
+        if model.name == "GetItem":
+            self.calls.append(("GetItem", 1))
+        elif model.name == "BatchGetItem":
+            keys = [k for table in params["RequestItems"].values() for k in table["Keys"]]
+            self.calls.append(("BatchGetItem", len(keys)))
+
+    @property
+    def keys(self) -> int:
+        return sum(n for _, n in self.calls)
+
+
+@pytest.fixture
+def subscription_reads(stack: LocalStack) -> Iterator[_SubscriptionReads]:
+    events = dynamodb().meta.client.meta.events
+    reads = _SubscriptionReads()
+    for operation in ("GetItem", "BatchGetItem"):
+        events.register(f"before-parameter-build.dynamodb.{operation}", reads, unique_id=f"reads-{operation}")
+    yield reads
+    for operation in ("GetItem", "BatchGetItem"):
+        events.unregister(f"before-parameter-build.dynamodb.{operation}", unique_id=f"reads-{operation}")
+
+
+@pytest.mark.rule("SEC-5")
+@pytest.mark.rule("SEC-2")
+def test_a_graph_post_reads_each_subscription_once_and_at_most_a_bounded_number(
+    stack: LocalStack,
+    api: Api,
+    emulators: Emulators,
+    subs: GraphSubscriptions,
+    handled: list[Job],
+    tenant: str,
+    subscription_reads: _SubscriptionReads,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    address, account_id = _connected(api, emulators, tenant, "bounded")
+    genuine = subs.of(address)
+    url = genuine[0].notification_url
+
+    def item(subscription_id: str, client_state: str | None, n: int) -> dict[str, Any]:
+        return {
+            "id": f"n-{uuid.uuid4().hex}",
+            "subscriptionId": subscription_id,
+            "clientState": client_state,
+            "changeType": "created",
+            "resource": f"Users/x/Messages/m{n}",
+            "resourceData": {"id": f"m{n}"},
+        }
+
+    # 40 notifications of the mailbox's own subscriptions: each subscription is read once
+    many = [item(genuine[n % len(genuine)].id, genuine[n % len(genuine)].client_state, n) for n in range(40)]
+    assert requests.post(url, json={"value": many}, timeout=10).status_code == 202
+    assert subscription_reads.keys == len(genuine) and len(subscription_reads.calls) == 1
+    wait_until(lambda: _jobs_of(handled, account_id), timeout=20)
+
+    # the mailbox's items first, then a thousand made-up subscription ids: at most 100 are read,
+    # in one call; the genuine items still count, the others are dropped (one log line for them)
+    subscription_reads.calls.clear()
+    seen = len(_jobs_of(handled, account_id))
+    forged = [item(str(uuid.uuid4()), "x" * 64, n) for n in range(1000 - len(genuine))]
+    mixed = [item(s.id, s.client_state, 5000 + n) for n, s in enumerate(genuine)] + forged
+    caplog.clear()
+    assert requests.post(url, json={"value": mixed}, timeout=10).status_code == 202
+    assert subscription_reads.keys <= MAX_SUBSCRIPTIONS and len(subscription_reads.calls) == 1
+    wait_until(lambda: len(_jobs_of(handled, account_id)) > seen, timeout=20)
+    dropped = [r for r in caplog.records if r.getMessage() == "graph notification item dropped"]
+    assert len(dropped) <= MAX_SUBSCRIPTIONS + 1
+
+    # more items than any Graph delivery carries: refused whole, 413, nothing read
+    subscription_reads.calls.clear()
+    too_many = [item(genuine[0].id, genuine[0].client_state, n) for n in range(MAX_ITEMS + 1)]
+    answer = requests.post(url, json={"value": too_many}, timeout=10)
+    assert answer.status_code == 413 and str(MAX_ITEMS) in answer.json()["message"]
+    assert subscription_reads.calls == []

@@ -8,6 +8,13 @@ the stores) is imported when the first notification comes.
 Each item of `{"value": [...]}` is checked on its own: its subscription must be one we keep,
 and its clientState must match the stored SHA-256 (constant time). An item that fails is
 dropped and logged by subscription id (never its clientState); the others go on.
+
+What one request may cost is bounded, since anyone can POST here (SEC-5): at most MAX_ITEMS
+items (more: 413, nothing read), and the subscriptions they name are read together, each once,
+in one consistent BatchGetItem of at most MAX_SUBSCRIPTIONS ids (the first distinct ones, in
+order). Items naming further subscriptions are dropped with one log line; Graph's own
+deliveries stay far below both bounds, and a change whose notification is lost this way is
+caught up by the mailbox's poll (SYNC-2).
 - change notifications: one `mail.sync` job per account and request, deduplicated by the
   items' ids (Graph's notification `id`, else subscription, change and message), so a
   redelivered notification collapses on the FIFO queue;
@@ -20,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl
@@ -29,7 +37,8 @@ if TYPE_CHECKING:
     from crmsync.schedule import JobQueue
 
 MAX_TOKEN_CHARS = 1024
-MAX_ITEMS = 1000
+MAX_ITEMS = 1000  # notifications in one request
+MAX_SUBSCRIPTIONS = 100  # distinct subscriptions read for one request: one BatchGetItem
 LIFECYCLE_JOBS = {
     "reauthorizationRequired": "graph.reauthorize",
     "subscriptionRemoved": "graph.resubscribe",
@@ -69,8 +78,14 @@ class BadNotification(Exception):
     """Not a notification body at all (400)."""
 
 
+class TooManyNotifications(BadNotification):
+    """More items in one request than MAX_ITEMS (413)."""
+
+
 class SubscriptionLookup(Protocol):
-    def get(self, subscription_id: str) -> SubscriptionRecord | None: ...
+    def get_many(self, subscription_ids: Sequence[str]) -> dict[str, SubscriptionRecord]:
+        """The records of those that exist, by id."""
+        ...
 
 
 @dataclass
@@ -82,6 +97,14 @@ class NotifyOutcome:
 
 def _dedup(*parts: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def _subscription_of(item: object) -> str | None:
+    """The item's subscription id, if the item is well formed enough to have one."""
+    subscription_id = item.get("subscriptionId") if isinstance(item, dict) else None
+    if not isinstance(subscription_id, str) or not subscription_id or len(subscription_id) > 200:
+        return None
+    return subscription_id
 
 
 def _item_key(item: dict[str, Any]) -> str:
@@ -109,19 +132,23 @@ class GraphNotifications:
         if not isinstance(items, list):
             raise BadNotification('the body has no "value" list')
         if len(items) > MAX_ITEMS:
-            raise BadNotification(f"more than {MAX_ITEMS} notifications in one request")
+            raise TooManyNotifications(f"more than {MAX_ITEMS} notifications in one request")
+        named = [_subscription_of(item) for item in items]
+        wanted = list(dict.fromkeys(s for s in named if s is not None))[:MAX_SUBSCRIPTIONS]
+        records = self._subscriptions.get_many(wanted) if wanted else {}
+        read = set(wanted)
         outcome = NotifyOutcome()
-        records: dict[str, SubscriptionRecord | None] = {}
+        beyond = 0
         changes: dict[str, tuple[SubscriptionRecord, list[str]]] = {}
-        for item in items:
-            subscription_id = item.get("subscriptionId") if isinstance(item, dict) else None
-            if not isinstance(subscription_id, str) or not subscription_id or len(subscription_id) > 200:
+        for item, subscription_id in zip(items, named, strict=True):
+            if subscription_id is None:
                 outcome.dropped.append({"subscription_id": "", "reason": "malformed item"})
                 continue
+            if subscription_id not in read:
+                beyond += 1
+                continue
             assert isinstance(item, dict)
-            if subscription_id not in records:
-                records[subscription_id] = self._subscriptions.get(subscription_id)
-            record = records[subscription_id]
+            record = records.get(subscription_id)
             if record is None:
                 outcome.dropped.append({"subscription_id": subscription_id, "reason": "unknown subscription"})
                 continue
@@ -140,6 +167,14 @@ class GraphNotifications:
             else:
                 changes.setdefault(record.account_id, (record, []))[1].append(_item_key(item))
             outcome.accepted += 1
+        if beyond:
+            outcome.dropped.append(
+                {
+                    "subscription_id": "",
+                    "reason": f"{beyond} items of subscriptions beyond the first {MAX_SUBSCRIPTIONS} "
+                    "in one request",
+                }
+            )
         for account_id, (record, keys) in changes.items():
             self._send(
                 "mail.sync",

@@ -12,16 +12,21 @@ own expiry, so a subscription that lapsed for good leaves nothing behind.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from typing import Any
 
 from boto3.dynamodb.conditions import Key
 from botocore.exceptions import ClientError
 
+from crmsync.errors import TransientError
 from crmsync.providers.graph_subscriptions import SubscriptionRecord
 from crmsync.stores.aws import dynamodb
 from crmsync.stores.dynamo import is_condition_failure, plain
 
 TTL_GRACE_S = 86_400
+BATCH_GET_MAX = 100  # keys per BatchGetItem call (DynamoDB's limit)
+BATCH_GET_ATTEMPTS = 4
 
 
 def _keys(record: SubscriptionRecord) -> list[dict[str, str]]:
@@ -55,6 +60,28 @@ class DynamoGraphSubscriptionStore:
             Key={"pk": f"GRAPHSUB#{subscription_id}", "sk": "SUB"}, ConsistentRead=True
         ).get("Item")
         return SubscriptionRecord.model_validate(plain(item)["record"]) if item else None
+
+    def get_many(self, subscription_ids: Sequence[str]) -> dict[str, SubscriptionRecord]:
+        """The records of these subscriptions that exist, by id: one consistent BatchGetItem per
+        100 ids (DynamoDB's limit per call), whatever the count of notifications that named them."""
+        found: dict[str, SubscriptionRecord] = {}
+        unique = list(dict.fromkeys(subscription_ids))
+        client = self._table.meta.client
+        for start in range(0, len(unique), BATCH_GET_MAX):
+            keys = [{"pk": f"GRAPHSUB#{s}", "sk": "SUB"} for s in unique[start : start + BATCH_GET_MAX]]
+            request: dict[str, Any] = {self._name: {"Keys": keys, "ConsistentRead": True}}
+            for attempt in range(BATCH_GET_ATTEMPTS):
+                answer = client.batch_get_item(RequestItems=request)
+                for item in answer.get("Responses", {}).get(self._name, []):
+                    record = SubscriptionRecord.model_validate(plain(item)["record"])
+                    found[record.subscription_id] = record
+                request = answer.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+                time.sleep(0.05 * 2**attempt)  # throttled: DynamoDB hands back what it did not read
+            else:
+                raise TransientError("subscriptions could not be read now (throttled)")
+        return found
 
     def for_account(self, account_id: str) -> list[SubscriptionRecord]:
         kwargs: dict[str, Any] = {
