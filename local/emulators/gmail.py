@@ -28,6 +28,7 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request, Response
 
 from local.emulators.discovery import DiscoveryValidator, Violation, discovery_document
+from local.emulators.mime import read_mime
 
 SYSTEM_LABELS = ["INBOX", "SENT", "TRASH", "SPAM", "DRAFT", "UNREAD", "STARRED", "IMPORTANT"]
 BATCH_PATHS = ("/batch/gmail/v1", "/batch")  # Google's documented endpoint; the discovery batchPath
@@ -175,7 +176,7 @@ class GmailEmulator:
         notify(box.address, history_id)
 
     def _store(self, box: Mailbox, raw: bytes, labels: set[str], thread_id: str | None) -> Stored:
-        parsed = email.message_from_bytes(raw, policy=email.policy.default)
+        parsed, _ = read_mime(raw)
         message_id = str(parsed.get("Message-ID") or "") or None
         if thread_id is None:
             refs = re.findall(
@@ -364,7 +365,7 @@ class GmailEmulator:
         if fmt == "raw":
             result["raw"] = base64.urlsafe_b64encode(stored.raw).decode()
         elif fmt in ("metadata", "full"):
-            parsed = email.message_from_bytes(stored.raw, policy=email.policy.default)
+            parsed, _ = read_mime(stored.raw)
             headers = [{"name": k, "value": str(v)} for k, v in parsed.items()]
             result["payload"] = {"mimeType": parsed.get_content_type(), "headers": headers}
         return _json(result)

@@ -48,6 +48,8 @@ from urllib.parse import quote, unquote, urlencode, urlsplit
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request, Response
 
+from local.emulators.mime import read_mime
+
 WELL_KNOWN = {
     "inbox": "Inbox",
     "sentitems": "Sent Items",
@@ -609,13 +611,11 @@ class GraphMail:
     def _store_mime(
         self, box: Mailbox, raw: bytes, folder: str, received: datetime | None, read: bool
     ) -> Message:
-        parsed = email.message_from_bytes(raw, policy=email.policy.default)
+        parsed, whole = read_mime(raw)  # Exchange takes any message; a hostile one shows its headers
         message_id = str(parsed.get("Message-ID") or "").strip() or make_msgid(domain="emulator.graph.test")
         in_reply_to = str(parsed.get("In-Reply-To") or "").strip() or None
         references = str(parsed.get("References") or "").strip() or None
-        body_part = (
-            parsed.get_body(preferencelist=("html", "plain")) if isinstance(parsed, EmailMessage) else None
-        )
+        body_part = parsed.get_body(preferencelist=("html", "plain")) if whole else None
         content = ""
         kind = "text"
         if body_part is not None:
@@ -631,7 +631,7 @@ class GraphMail:
                 part.get_content_type(),
                 bytes(part.get_payload(decode=True) or b""),
             )
-            for part in parsed.walk()
+            for part in (parsed.walk() if whole else [])
             if part.get_content_disposition() == "attachment"
         ]
         sent_at = None

@@ -308,7 +308,8 @@ def test_converges_under_duplicates_reordering_and_crashes(stack: LocalStack, da
             pending.append(message)
     assert not pending
     messages = real._store.thread_messages(
-        world.tenant, real._store.find_message_id(world.tenant, first["Message-ID"]).crm_thread_id
+        world.tenant,
+        real._store.find_message_id(world.tenant, world.account.user_id, first["Message-ID"]).crm_thread_id,
     )  # type: ignore[attr-defined]
     assert sorted(m.message_id for m in messages) == sorted(
         m["Message-ID"] for m in chain

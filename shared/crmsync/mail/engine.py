@@ -13,11 +13,13 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
 from crmsync.accounts.models import Account
 from crmsync.directory import Blocklist, Directory, LookupResult
+from crmsync.errors import TransientError
 from crmsync.events import EventPublisher, MessageRemovedInMailbox, MessageSkipped, MessageSynced
 from crmsync.ids import is_address
 from crmsync.mail.inbound import apply_limits
@@ -47,7 +49,7 @@ class MailStore(Protocol):
 
     def find_provider_message(self, account_id: str, provider_message_id: str) -> MessageRef | None: ...
 
-    def find_message_id(self, tenant_id: str, message_id: str) -> MessageRef | None: ...
+    def find_message_id(self, tenant_id: str, user_id: str, message_id: str) -> MessageRef | None: ...
 
     def find_provider_thread(self, account_id: str, provider_thread_id: str) -> str | None: ...
 
@@ -81,6 +83,25 @@ class RawStore(Protocol):
     def put(self, key: str, data: bytes) -> None: ...
 
 
+@dataclass(frozen=True)
+class _NewMessage:
+    """What ingesting a new message will write."""
+
+    raw: bytes
+    record: MessageRecord
+    thread: ThreadRecord
+    previous_version: int
+
+
+def _transient_or_other(error: BaseException) -> str:
+    return "retry" if isinstance(error, TransientError) else "other"
+
+
+def _unprocessable(error: BaseException) -> str:
+    detail = " ".join(str(error).split())[:300]
+    return f"unprocessable: {type(error).__name__}" + (f": {detail}" if detail else "")
+
+
 class MailSync:
     def __init__(
         self,
@@ -90,8 +111,13 @@ class MailSync:
         publisher: EventPublisher,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         limits: Callable[[str], AttachmentLimits] = limits_for,
+        classify: Callable[[BaseException], str] = lambda e: (
+            "retry" if isinstance(e, TransientError) else "other"
+        ),
     ) -> None:
         self._limits = limits
+        # 'retry' | 'refused' | 'other' for a failure while ingesting (stores.aws.classify_failure)
+        self._classify = classify if classify is not None else _transient_or_other
         self._blocklists: dict[tuple[str, str], tuple[float, Blocklist]] = {}
         self._store = store
         self._raw = raw
@@ -101,6 +127,13 @@ class MailSync:
 
     # ------------------------------------------------------------------ inbound from a mailbox
     def ingest(self, account: Account, message: ProviderMessage) -> IngestOutcome:
+        """One mailbox message into the CRM: read what it needs, decide, then write.
+
+        A message is never allowed to stall its mailbox (SEC-5, SYNC-8): any failure while it is
+        read and decided (hostile MIME, a parser's recursion limit, a container the type check
+        cannot open, a bug of ours) is a recorded skip with its reason, and so is AWS refusing
+        what it would write (a key or item too large). Only failures of the infrastructure
+        (throttling, the network, a crash) propagate, and the job is retried."""
         known = self._store.find_provider_message(account.account_id, message.provider_message_id)
         if known is not None:  # MAIL-7: seen before (duplicate push, resync, redelivery)
             self._publish_if_pending(account.tenant_id, known)
@@ -108,40 +141,67 @@ class MailSync:
                 status="updated", crm_message_id=known.crm_message_id, crm_thread_id=known.crm_thread_id
             )
         try:
+            plan = self._plan(account, message)
+        except Exception as error:
+            if self._classify(error) == "retry":
+                raise
+            return self._skip(account, message, _unprocessable(error))
+        if isinstance(plan, str):
+            return self._skip(account, message, plan)
+        if isinstance(plan, MessageRef):  # MAIL-2/MAIL-7: this user's copy of a message the CRM has
+            self._store.attach_copy(account, message, plan)
+            self._publish_if_pending(account.tenant_id, plan)
+            return IngestOutcome(
+                status="updated", crm_message_id=plan.crm_message_id, crm_thread_id=plan.crm_thread_id
+            )
+        try:
+            return self._store_new(plan)
+        except Exception as error:
+            if self._classify(error) != "refused":
+                raise
+            return self._skip(account, message, _unprocessable(error))
+
+    def _plan(self, account: Account, message: ProviderMessage) -> _NewMessage | MessageRef | str:
+        """Reads and decisions only: a new message to store, this user's existing copy, or why
+        the message is skipped."""
+        try:
             parsed = parse(message.raw)
         except Malformed as error:
-            return self._skip(account, message, f"malformed_mime: {error}")
+            return f"malformed_mime: {error}"
         if parsed.message_id:
-            same = self._store.find_message_id(account.tenant_id, parsed.message_id)
-            if same is not None and same.user_id == account.user_id:
-                # MAIL-2/MAIL-7: the mailbox's copy of a message the CRM already has (its Sent copy)
-                self._store.attach_copy(account, message, same)
-                self._publish_if_pending(account.tenant_id, same)
-                return IngestOutcome(
-                    status="updated", crm_message_id=same.crm_message_id, crm_thread_id=same.crm_thread_id
-                )
+            same = self._store.find_message_id(account.tenant_id, account.user_id, parsed.message_id)
+            if same is not None:
+                return same
         blocked = self._blocklist(account).match(
             [a for a in [*parsed.participants, *parsed.bcc] if a != account.address]
         )
         if blocked:  # MAIL-6: from or to a blocked address or domain
-            return self._skip(account, message, f"blocked: {blocked} is on the user's blocklist")
+            return f"blocked: {blocked} is on the user's blocklist"
         thread = self._thread_of(account, message, parsed)
         lookups = self._lookups(account, parsed)
         direction = "outbound" if parsed.sender == account.address else "inbound"
         facts = self._facts(account, parsed, direction, thread is not None, lookups, message.labels)
         decision = decide(account.settings, facts)
         if not decision.sync:
-            return self._skip(account, message, decision.reason or "skipped")
+            return decision.reason or "skipped"
         left_out: list[str] = []
         if parsed.attachments:  # ATT-2, ATT-3: the provider's limits on what comes in
             verdict = apply_limits(message.raw, self._limits(account.provider))
             if verdict.refused:
-                return self._skip(account, message, f"attachment_limit: {verdict.refused}")
+                return f"attachment_limit: {verdict.refused}"
             if verdict.left_out:
                 message = message.model_copy(update={"raw": verdict.raw})
                 parsed = parse(verdict.raw)
                 left_out = verdict.left_out
-        return self._store_new(account, message, parsed, direction, thread, lookups, left_out)
+        raw_key = f"raw/{account.tenant_id}/{account.account_id}/{stable_id(message.provider_message_id)}.eml"
+        record = self._record(account, message, parsed, direction, thread, lookups, raw_key, message.labels)
+        record.attachments_left_out = left_out
+        return _NewMessage(
+            raw=message.raw,
+            record=record,
+            thread=self._thread_after(account, parsed, record, thread),
+            previous_version=thread.version if thread else 0,
+        )
 
     def settled(self, account: Account, provider_message_id: str) -> bool:
         """Whether this mailbox copy is in the CRM already, so that a source need not fetch it
@@ -185,14 +245,14 @@ class MailSync:
         parsed = parse(raw)
         if not parsed.message_id:
             raise Malformed("a message sent from the CRM needs a Message-ID")
-        existing = self._store.find_message_id(account.tenant_id, parsed.message_id)
-        if existing is not None and existing.user_id == account.user_id:
+        existing = self._store.find_message_id(account.tenant_id, account.user_id, parsed.message_id)
+        if existing is not None:
             found = self._store.get_message(account.tenant_id, existing.user_id, existing.crm_message_id)
             if found is not None:
                 return found
         thread = None
         if parent_message_id:
-            parent = self._store.find_message_id(account.tenant_id, parent_message_id)
+            parent = self._store.find_message_id(account.tenant_id, account.user_id, parent_message_id)
             thread = self._store.get_thread(account.tenant_id, parent.crm_thread_id) if parent else None
         raw_key = f"raw/{account.tenant_id}/{account.account_id}/{stable_id('mid', parsed.message_id)}.eml"
         self._raw.put(raw_key, raw)
@@ -209,8 +269,8 @@ class MailSync:
 
     def outgoing(self, account: Account, message_id: str) -> MessageRecord | None:
         """The user's message with this Message-ID, if the CRM holds it."""
-        ref = self._store.find_message_id(account.tenant_id, message_id)
-        if ref is None or ref.user_id != account.user_id:
+        ref = self._store.find_message_id(account.tenant_id, account.user_id, message_id)
+        if ref is None:
             return None
         return self._store.get_message(account.tenant_id, ref.user_id, ref.crm_message_id)
 
@@ -257,8 +317,8 @@ class MailSync:
             thread_id = self._store.find_provider_thread(account.account_id, message.provider_thread_id)
         if thread_id is None:  # the RFC 5322 chain: In-Reply-To, then References newest first
             for ref in [parsed.in_reply_to, *reversed(parsed.references)]:
-                found = self._store.find_message_id(account.tenant_id, ref) if ref else None
-                if found is not None and found.user_id == account.user_id:
+                found = self._store.find_message_id(account.tenant_id, account.user_id, ref) if ref else None
+                if found is not None:
                     thread_id = found.crm_thread_id
                     break
         return self._store.get_thread(account.tenant_id, thread_id) if thread_id else None
@@ -337,8 +397,8 @@ class MailSync:
         raw_key: str | None,
         labels: list[str],
     ) -> MessageRecord:
-        if parsed.message_id:
-            crm_message_id = stable_id(account.tenant_id, "mid", parsed.message_id)
+        if parsed.message_id:  # each user who has the message has a copy of their own
+            crm_message_id = stable_id(account.tenant_id, account.user_id, "mid", parsed.message_id)
         else:
             crm_message_id = stable_id(
                 account.account_id, "pmid", message.provider_message_id if message else ""
@@ -398,22 +458,11 @@ class MailSync:
             }
         )
 
-    def _store_new(
-        self,
-        account: Account,
-        message: ProviderMessage,
-        parsed: ParsedMessage,
-        direction: str,
-        thread: ThreadRecord | None,
-        lookups: dict[str, LookupResult],
-        left_out: list[str],
-    ) -> IngestOutcome:
-        raw_key = f"raw/{account.tenant_id}/{account.account_id}/{stable_id(message.provider_message_id)}.eml"
-        self._raw.put(raw_key, message.raw)
-        record = self._record(account, message, parsed, direction, thread, lookups, raw_key, message.labels)
-        record.attachments_left_out = left_out
-        new_thread = self._thread_after(account, parsed, record, thread)
-        if not self._store.record_message(record, new_thread, thread.version if thread else 0):
+    def _store_new(self, plan: _NewMessage) -> IngestOutcome:
+        """The writes, in the order that survives a crash between any two (module docstring)."""
+        record = plan.record
+        self._raw.put(record.raw_key or "", plan.raw)
+        if not self._store.record_message(record, plan.thread, plan.previous_version):
             return IngestOutcome(
                 status="updated", crm_message_id=record.crm_message_id, crm_thread_id=record.crm_thread_id
             )

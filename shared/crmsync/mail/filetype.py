@@ -80,7 +80,7 @@ class FileRefused(ValueError):
 def _zip_kind(head: bytes, data: bytes) -> str:
     try:
         names = set(zipfile.ZipFile(io.BytesIO(data)).namelist())
-    except (zipfile.BadZipFile, ValueError, OSError):
+    except Exception:  # any container zipfile cannot read (bad version byte: NotImplementedError)
         return "zip"
     if "[Content_Types].xml" in names:
         for prefix, kind in (("word/", "docx"), ("xl/", "xlsx"), ("ppt/", "pptx")):

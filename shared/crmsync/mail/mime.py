@@ -13,7 +13,16 @@ from pydantic import BaseModel, Field
 from crmsync.ids import is_address, normalize_address
 
 MAX_HEADER_BYTES = 256 * 1024
+# Bounds on what one message may put in the CRM's records (each becomes part of a DynamoDB item,
+# at most 400 KB, and the Message-IDs become keys): generous for real mail, closed to abuse.
+MAX_MULTIPARTS = 100  # multipart containers in one message; real mail has a handful
+MAX_ADDRESSES = 500  # per address header
+MAX_REFERENCES = 50  # the thread's root and the newest 49 ...
+MAX_REFERENCES_CHARS = 16 * 1024  # ... as far as they fit in this
+MAX_ATTACHMENTS = 200
+MAX_ID_CHARS = 4096  # longer than any real Message-ID; keys hold a digest of long ones
 _MESSAGE_ID = re.compile(r"<[^<>\s]+>")
+_MULTIPART = re.compile(rb"(?im)^content-type:[ \t]*(?:\r?\n[ \t]+)?multipart/")
 
 
 class Malformed(Exception):
@@ -51,7 +60,22 @@ def _addresses(values: list[str]) -> list[str]:
 
 
 def _ids(value: str | None) -> list[str]:
-    return _MESSAGE_ID.findall(value or "")
+    """Message-IDs in a header, each of a bounded length."""
+    return [i for i in _MESSAGE_ID.findall(value or "") if len(i) <= MAX_ID_CHARS]
+
+
+def _bounded_references(references: list[str]) -> list[str]:
+    """The thread's root and as many of the newest references as the bounds allow."""
+    if not references:
+        return references
+    root, size = references[0], len(references[0])
+    kept: list[str] = []
+    for ref in reversed(references[1:]):
+        if len(kept) + 1 >= MAX_REFERENCES or size + len(ref) > MAX_REFERENCES_CHARS:
+            break
+        kept.append(ref)
+        size += len(ref)
+    return [root, *reversed(kept)]
 
 
 def parse(raw: bytes) -> ParsedMessage:
@@ -59,6 +83,8 @@ def parse(raw: bytes) -> ParsedMessage:
     head_size = min(ends) if ends else len(raw)  # bare LF line ends are common in stored mail
     if head_size > MAX_HEADER_BYTES:
         raise Malformed("headers larger than 256 KiB")
+    if len(_MULTIPART.findall(raw)) > MAX_MULTIPARTS:  # the parser recurses once per level
+        raise Malformed(f"more than {MAX_MULTIPARTS} multipart containers")
     try:
         message = email.message_from_bytes(raw, policy=email.policy.default)
         sender = _addresses([str(message.get("From", ""))])
@@ -77,20 +103,26 @@ def parse(raw: bytes) -> ParsedMessage:
                 size=len(part.get_payload(decode=True) or b""),
             )
             for part in message.iter_attachments()
-        ]
-    except (ValueError, TypeError, LookupError, email.errors.MessageError) as error:
+        ][:MAX_ATTACHMENTS]
+        message_ids = _ids(str(message.get("Message-ID", "")))
+        in_reply_to = _ids(str(message.get("In-Reply-To", "")))
+        references = _ids(str(message.get("References", "")))
+        to = _addresses([str(v) for v in message.get_all("To", [])])
+        cc = _addresses([str(v) for v in message.get_all("Cc", [])])
+        bcc = _addresses([str(v) for v in message.get_all("Bcc", [])])
+        subject = str(message.get("Subject", ""))[:998]
+    except (ValueError, TypeError, LookupError, email.errors.MessageError, RecursionError) as error:
         raise Malformed(f"unreadable message: {type(error).__name__}") from error
-    message_ids = _ids(str(message.get("Message-ID", "")))
-    in_reply_to = _ids(str(message.get("In-Reply-To", "")))
+    references = _bounded_references(references)
     return ParsedMessage(
         message_id=message_ids[0] if message_ids else None,
         in_reply_to=in_reply_to[0] if in_reply_to else None,
-        references=_ids(str(message.get("References", ""))),
-        subject=str(message.get("Subject", ""))[:998],
+        references=references,
+        subject=subject,
         sender=sender[0] if sender else None,
-        to=_addresses([str(v) for v in message.get_all("To", [])]),
-        cc=_addresses([str(v) for v in message.get_all("Cc", [])]),
-        bcc=_addresses([str(v) for v in message.get_all("Bcc", [])]),
+        to=to[:MAX_ADDRESSES],
+        cc=cc[:MAX_ADDRESSES],
+        bcc=bcc[:MAX_ADDRESSES],
         date=date,
         preview=preview,
         attachments=attachments,

@@ -4,7 +4,9 @@ THREADS_TABLE items (see docs/architecture.md, "Threads"):
 - provider message map: pk=ACC#{account}            sk=PMSG#{provider message id}
 - provider thread map:  pk=ACC#{account}            sk=PTHR#{provider thread id}
 - skipped message:      pk=ACC#{account}            sk=SKIP#{provider message id}
-- Message-ID index:     pk=T#{tenant}#MID#{id}      sk=MID
+- Message-ID index:     pk=T#{tenant}#MID#{id key}  sk=U#{user}  (one entry per user: each user who
+                        has the message has their own copy; an entry from before per-user entries
+                        has sk=MID and is still read)
 - thread:               pk=T#{tenant}#THR#{thread}  sk=THREAD    (version for optimistic locking)
 MESSAGES_TABLE items:
 - message:              pk=T#{tenant}#U#{user}      sk=MSG#{crm id}
@@ -14,6 +16,7 @@ MESSAGES_TABLE items:
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from datetime import datetime
 from typing import Any
@@ -38,6 +41,22 @@ def _ref_item(ref: MessageRef) -> dict[str, Any]:
 
 def _ref(item: dict[str, Any] | None) -> MessageRef | None:
     return MessageRef.model_validate(item) if item else None
+
+
+MAX_ID_KEY_BYTES = 400
+
+
+def id_key(value: str) -> str:
+    """A header value (Message-ID) or provider id as a key part, bounded: DynamoDB refuses a
+    partition key over 2 KB, and anyone who can mail the user chooses the Message-ID. Long
+    values are keyed by their SHA-256 (the full value stays in the item)."""
+    if len(value.encode()) <= MAX_ID_KEY_BYTES:
+        return value
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
+
+
+def _mid_pk(tenant_id: str, message_id: str) -> str:
+    return f"T#{tenant_id}#MID#{id_key(message_id)}"
 
 
 # Fields that change after a message is created live as attributes of their own beside the
@@ -71,19 +90,22 @@ class DynamoMailStore:
         return plain(item) if item else None
 
     def find_provider_message(self, account_id: str, provider_message_id: str) -> MessageRef | None:
-        item = self._get({"pk": f"ACC#{account_id}", "sk": f"PMSG#{provider_message_id}"})
+        item = self._get({"pk": f"ACC#{account_id}", "sk": f"PMSG#{id_key(provider_message_id)}"})
         if item is None:
             return None
         return MessageRef.model_validate(item)
 
-    def find_message_id(self, tenant_id: str, message_id: str) -> MessageRef | None:
-        item = self._get({"pk": f"T#{tenant_id}#MID#{message_id}", "sk": "MID"})
-        if item is None:
-            return None
-        return MessageRef.model_validate(item)
+    def find_message_id(self, tenant_id: str, user_id: str, message_id: str) -> MessageRef | None:
+        """This user's copy of the message with this Message-ID. One Query reads every user's
+        entry of the id (a handful at most), entries from before per-user keys included."""
+        items = self._threads.query(
+            KeyConditionExpression=Key("pk").eq(_mid_pk(tenant_id, message_id)), ConsistentRead=True
+        )["Items"]
+        mine = [plain(i) for i in items if i.get("user_id") == user_id]
+        return MessageRef.model_validate(mine[0]) if mine else None
 
     def find_provider_thread(self, account_id: str, provider_thread_id: str) -> str | None:
-        item = self._get({"pk": f"ACC#{account_id}", "sk": f"PTHR#{provider_thread_id}"})
+        item = self._get({"pk": f"ACC#{account_id}", "sk": f"PTHR#{id_key(provider_thread_id)}"})
         return str(item["crm_thread_id"]) if item else None
 
     def get_thread(self, tenant_id: str, crm_thread_id: str) -> ThreadRecord | None:
@@ -103,12 +125,16 @@ class DynamoMailStore:
         if record.provider_thread_id:
             item = {
                 "pk": f"ACC#{record.account_id}",
-                "sk": f"PTHR#{record.provider_thread_id}",
+                "sk": f"PTHR#{id_key(record.provider_thread_id)}",
                 "crm_thread_id": record.crm_thread_id,
             }
             actions.append({"Put": {"TableName": self._threads_name, "Item": item}})
         if record.message_id:
-            item = {"pk": f"T#{record.tenant_id}#MID#{record.message_id}", "sk": "MID", **_ref_item(ref)}
+            item = {
+                "pk": _mid_pk(record.tenant_id, record.message_id),
+                "sk": f"U#{record.user_id}",
+                **_ref_item(ref),
+            }
             actions.append(
                 {
                     "Put": {
@@ -170,7 +196,7 @@ class DynamoMailStore:
     ) -> dict[str, Any]:
         item = {
             "pk": f"ACC#{account_id}",
-            "sk": f"PMSG#{record.provider_message_id}",
+            "sk": f"PMSG#{id_key(record.provider_message_id or '')}",
             "message_pk": message_pk,
             **_ref_item(ref),
         }
@@ -185,7 +211,7 @@ class DynamoMailStore:
     def attach_copy(self, account: Account, message: ProviderMessage, ref: MessageRef) -> None:
         item = {
             "pk": f"ACC#{account.account_id}",
-            "sk": f"PMSG#{message.provider_message_id}",
+            "sk": f"PMSG#{id_key(message.provider_message_id)}",
             "message_pk": f"T#{account.tenant_id}#U#{ref.user_id}",
             **_ref_item(ref),
         }
@@ -194,7 +220,7 @@ class DynamoMailStore:
             self._threads.put_item(
                 Item={
                     "pk": f"ACC#{account.account_id}",
-                    "sk": f"PTHR#{message.provider_thread_id}",
+                    "sk": f"PTHR#{id_key(message.provider_thread_id)}",
                     "crm_thread_id": ref.crm_thread_id,
                 }
             )
@@ -246,7 +272,11 @@ class DynamoMailStore:
     def record_skip(self, account_id: str, provider_message_id: str, reason: str) -> bool:
         try:
             self._threads.put_item(
-                Item={"pk": f"ACC#{account_id}", "sk": f"SKIP#{provider_message_id}", "reason": reason},
+                Item={
+                    "pk": f"ACC#{account_id}",
+                    "sk": f"SKIP#{id_key(provider_message_id)}",
+                    "reason": reason[:2000],
+                },
                 ConditionExpression="attribute_not_exists(pk)",
             )
         except ClientError as error:
@@ -256,15 +286,21 @@ class DynamoMailStore:
         return True
 
     def thread_messages(self, tenant_id: str, crm_thread_id: str) -> list[MessageRecord]:
-        items = self._messages.query(
-            IndexName="gsi1", KeyConditionExpression=Key("gsi1pk").eq(f"THR#{crm_thread_id}")
-        )["Items"]
+        """Every message of the thread: a Query returns at most 1 MB, so its pages are followed."""
+        kwargs: dict[str, Any] = {
+            "IndexName": "gsi1",
+            "KeyConditionExpression": Key("gsi1pk").eq(f"THR#{crm_thread_id}"),
+        }
         records = []
-        for item in items:
-            record = _message(plain(item))
-            if record.tenant_id == tenant_id:
-                records.append(record)
-        return records
+        while True:
+            page = self._messages.query(**kwargs)
+            for item in page["Items"]:
+                record = _message(plain(item))
+                if record.tenant_id == tenant_id:
+                    records.append(record)
+            if not page.get("LastEvaluatedKey"):
+                return records
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def list_threads(
         self, tenant_id: str, user_id: str, limit: int, after: str | None, account_id: str | None
