@@ -73,6 +73,8 @@ class GoogleEmulator:
         # Pub/Sub push subscription: None delivers nothing (tests push by hand with deliver_push)
         self.pubsub_endpoint: str | None = None
         self.push_log: list[dict[str, Any]] = []  # every push: address, historyId, messageId, fate
+        self.certs_requests = 0  # GETs of the signing keys (oauth2/v3/certs)
+        self.certs_status = 200  # set another status to make the keys endpoint fail
         self._faults: dict[str, PushFaults] = {}
         self._push_lock = threading.Lock()
         self._outbox: queue.Queue[tuple[str, str, int, str] | None] = queue.Queue()
@@ -286,6 +288,9 @@ class GoogleEmulator:
         return _json({"error": f"no emulator control {action!r}"}, 404)
 
     def certs(self, request: Request) -> Response:
+        self.certs_requests += 1
+        if self.certs_status != 200:
+            return _json({"error": "unavailable"}, self.certs_status)
         numbers = self._push_key.public_key().public_numbers()
 
         def b64(n: int) -> str:

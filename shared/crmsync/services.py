@@ -138,14 +138,12 @@ CHANGE_SOURCES: dict[str, ChangeSource] = _ChangeSources()
 
 @cache
 def gmail_push(default_audience: str) -> GmailPush:
-    import jwt
-
-    from crmsync.mail.push import GmailPush
+    from crmsync.mail.push import GmailPush, GoogleSigningKeys
     from crmsync.stores.queue import SqsJobQueue
 
     settings = get_settings()
     return GmailPush(
-        jwt.PyJWKClient(settings.google_push_certs_url, cache_keys=True, lifespan=3600),
+        GoogleSigningKeys(settings.google_push_certs_url),
         settings.gmail_push_audience or default_audience,
         settings.gmail_push_service_account,
         account_store(),

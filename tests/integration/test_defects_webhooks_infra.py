@@ -12,10 +12,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import boto3
+import jwt
 import pytest
 import requests
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from crmsync import services
 from crmsync.jobs import Job
+from crmsync.mail import push
 from crmsync.mail.graph_notify import MAX_ITEMS, MAX_SUBSCRIPTIONS
 from crmsync.schedule import DueItem, Scheduler
 from crmsync.stores.aws import dynamodb
@@ -201,3 +205,64 @@ def test_a_graph_post_reads_each_subscription_once_and_at_most_a_bounded_number(
     answer = requests.post(url, json={"value": too_many}, timeout=10)
     assert answer.status_code == 413 and str(MAX_ITEMS) in answer.json()["message"]
     assert subscription_reads.calls == []
+
+
+# ---------------------------------------------------------------------------- item 12 (b)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def push_clock(stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> Iterator[_Clock]:
+    """The Gmail webhook with a fresh key cache, on a clock the test moves."""
+    clock = _Clock()
+    monkeypatch.setattr(push, "_monotonic", clock, raising=False)
+    services.gmail_push.cache_clear()
+    yield clock
+    services.gmail_push.cache_clear()
+
+
+@pytest.mark.rule("SEC-5")
+@pytest.mark.rule("SEC-1")
+def test_google_keys_are_fetched_at_most_once_a_minute_whatever_the_pushes_say(
+    api: Api, emulators: Emulators, push_clock: _Clock
+) -> None:
+    google = emulators.google
+    webhook = f"{api.base}/webhooks/gmail"
+    nobody = f"nobody-{uuid.uuid4().hex[:8]}@gmail.test"  # a genuine push for no account: 204
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def unknown_kid() -> str:
+        genuine = jwt.decode(google.push_token(webhook), options={"verify_signature": False})
+        return jwt.encode(genuine, stranger, algorithm="RS256", headers={"kid": uuid.uuid4().hex})
+
+    def fetches_during(pushes: int, token: Any, expected: int) -> int:
+        before = google.certs_requests
+        for _ in range(pushes):
+            assert google.deliver_push(webhook, nobody, 1, token=token() if token else None) == expected
+        return google.certs_requests - before
+
+    try:
+        google.certs_status = 503  # Google's keys cannot be had: one try, not one per push
+        assert fetches_during(10, None, 401) == 1
+        google.certs_status = 200
+        push_clock.now += 30
+        assert fetches_during(3, None, 401) == 0  # within the minute: no second try
+        push_clock.now += 31
+        assert fetches_during(5, None, 204) == 1  # a minute on: fetched once, then cached
+        # made-up key ids: refused without a fetch within the minute of the last one ...
+        assert fetches_during(10, unknown_kid, 401) == 0
+        push_clock.now += 61
+        # ... and after it, one fetch for all of them (a rotated key would be found by it)
+        assert fetches_during(10, unknown_kid, 401) == 1
+        assert fetches_during(3, None, 204) == 0  # the genuine key is still cached
+        push_clock.now += 3600
+        assert fetches_during(2, None, 204) == 1  # keys older than an hour are fetched again
+    finally:
+        google.certs_status = 200

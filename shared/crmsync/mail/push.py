@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import threading
+import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -16,6 +18,46 @@ from crmsync.jobs import Job
 from crmsync.schedule import JobQueue
 
 GOOGLE_ISSUERS = ("https://accounts.google.com", "accounts.google.com")
+KEYS_REFETCH_S = 60  # a key id not in the cache fetches Google's keys again at most this often
+KEYS_MAX_AGE_S = 3600  # cached keys are fetched again after this, whatever the tokens say
+KEYS_TIMEOUT_S = 5
+
+
+def _monotonic() -> float:
+    return time.monotonic()
+
+
+class GoogleSigningKeys:
+    """Google's token-signing keys (the JWKS at oauth2/v3/certs), cached per process.
+
+    The webhook is public, and a token's key id is the sender's to choose: a key id not in the
+    cache fetches the keys again only if the last fetch, successful or not, was a minute ago or
+    more. Within that minute the token is refused without a request, so made-up key ids (or an
+    endpoint that fails) cost one fetch a minute, not one per push. A key Google rotates in is
+    found by the first push that names it a minute after the last fetch; Pub/Sub delivers a
+    refused push again, with backoff."""
+
+    def __init__(self, url: str) -> None:
+        self._client = jwt.PyJWKClient(url, cache_jwk_set=False, timeout=KEYS_TIMEOUT_S)
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at: float | None = None  # the last try, failed or not
+        self._lock = threading.Lock()
+
+    def get_signing_key_from_jwt(self, token: str) -> jwt.PyJWK:
+        kid = jwt.get_unverified_header(token).get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise jwt.InvalidTokenError("the token names no signing key")
+        with self._lock:
+            now = _monotonic()
+            age = None if self._fetched_at is None else now - self._fetched_at
+            if age is None or age >= KEYS_MAX_AGE_S or (kid not in self._keys and age >= KEYS_REFETCH_S):
+                self._fetched_at = now
+                fetched = self._client.get_signing_keys()  # PyJWKClientError when it fails
+                self._keys = {key.key_id: key for key in fetched if key.key_id}
+            key = self._keys.get(kid)
+        if key is None:
+            raise jwt.PyJWKClientError("no Google signing key has the token's key id")
+        return key
 
 
 class PushRefused(Exception):
@@ -55,7 +97,7 @@ class GmailPush:
     def __init__(
         self, jwks: Any, audience: str, service_account: str, accounts: AccountLookup, queue: JobQueue
     ) -> None:
-        self._jwks = jwks  # a jwt.PyJWKClient on Google's certs (or the emulator's)
+        self._jwks = jwks  # GoogleSigningKeys on Google's certs (or the emulator's)
         self._audience = audience
         self._service_account = service_account
         self._accounts = accounts
