@@ -9,14 +9,26 @@ to the same DLQ.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from crmsync.errors import Paused, PermanentError
 from crmsync.resync import ResyncJob
+
+_DEADLINE: ContextVar[float | None] = ContextVar("job_deadline", default=None)
+
+
+def current_deadline() -> float | None:
+    """When the job being run should stop taking on more work (time.monotonic()), if the
+    worker gave it a share of its invocation's time; None: no limit."""
+    return _DEADLINE.get()
+
+
+def set_deadline(deadline: float | None) -> None:
+    _DEADLINE.set(deadline)
 
 
 class Job(BaseModel):
@@ -28,8 +40,8 @@ class Job(BaseModel):
     payload: dict[str, Any] = Field(default_factory=dict)
 
 
-class ResyncStarter(Protocol):
-    def start(self, name: str, job: ResyncJob) -> None: ...
+class ResyncRequester(Protocol):
+    def request(self, job: ResyncJob, request_id: str) -> bool: ...
 
 
 class DeadLetters(Protocol):
@@ -40,7 +52,7 @@ JobHandler = Callable[[Job, str], None]
 
 
 class JobRunner:
-    def __init__(self, resyncs: ResyncStarter, dead_letters: DeadLetters) -> None:
+    def __init__(self, resyncs: ResyncRequester, dead_letters: DeadLetters) -> None:
         self._resyncs = resyncs
         self._dead = dead_letters
         self._handlers: dict[str, JobHandler] = {"resync.start": self._start_resync}
@@ -82,7 +94,6 @@ class JobRunner:
             )
         except ValidationError as error:
             raise PermanentError(f"bad resync payload: {error.errors()[0]['msg']}") from error
-        # The name makes a redelivered job start nothing new: Step Functions refuses a second
-        # execution of the same name.
-        digest = hashlib.sha256(f"{job.account_id}|{message_id}".encode()).hexdigest()[:32]
-        self._resyncs.start(f"{resync.kind}-{digest}", resync)
+        # One run per account and kind at a time: while one is going or backing off after a
+        # failure, the request is absorbed (SYNC-3); a redelivered request starts nothing new.
+        self._resyncs.request(resync, message_id)

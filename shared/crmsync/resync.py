@@ -8,17 +8,29 @@ PageSource per resync kind; a kind with no source has nothing to import.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from crmsync.errors import PermanentError
+from crmsync.errors import PermanentError, TransientError
 from crmsync.events import EventPublisher, ResyncFinished
 
 ResyncKind = Literal["mail_import", "mail_resync", "calendar_resync"]
 Step = Literal["begin", "page", "finish", "fail"]
+
+# A running resync that has written no progress for this long is taken as dead (an execution
+# stopped from outside, a lost start): a new request may take over.
+RUNNING_STALE_S = 3600
+# After a failed resync the next one waits 5 min, doubling with each failure in a row, up to a day.
+FAILED_BACKOFF_S = 300
+FAILED_BACKOFF_MAX_S = 86400
+
+
+def failure_backoff(failures: int) -> timedelta:
+    return timedelta(seconds=min(FAILED_BACKOFF_MAX_S, FAILED_BACKOFF_S * 2 ** max(0, failures - 1)))
 
 
 class ResyncJob(BaseModel):
@@ -37,6 +49,9 @@ class ResyncJob(BaseModel):
     items: int = 0
     done: bool = False
     error: dict[str, Any] | None = None
+    request_id: str | None = Field(
+        default=None, description="The request that started this run; a run taken over by a newer one stops."
+    )
 
 
 class Page(BaseModel):
@@ -54,6 +69,12 @@ class ResyncProgress(BaseModel):
     started_at: datetime
     updated_at: datetime
     error: str | None = None
+    failures: int = Field(default=0, description="Failed runs in a row; reset by a run that succeeds")
+    retry_at: datetime | None = Field(
+        default=None, description="After a failure: no new run starts before this (backoff)"
+    )
+    request_id: str | None = Field(default=None, description="The request the current run answers")
+    version: int = Field(default=0, description="Optimistic lock: each write names the version it read")
 
 
 class PageSource(Protocol):
@@ -65,7 +86,76 @@ class PageSource(Protocol):
 class SyncStateStore(Protocol):
     def get_progress(self, account_id: str, kind: str) -> ResyncProgress | None: ...
 
-    def put_progress(self, progress: ResyncProgress) -> None: ...
+    def put_progress(self, progress: ResyncProgress, expected_version: int | None) -> bool:
+        """Writes version expected_version + 1 if the stored one is still expected_version
+        (None: none stored); False when another write came first."""
+        ...
+
+
+class ResyncStarter(Protocol):
+    def start(self, name: str, job: ResyncJob) -> None: ...
+
+
+class ResyncRequests:
+    """Starting resyncs, one per account and kind at a time (SYNC-3, SYNC-6).
+
+    A request claims the account's progress record with a conditional write: while a run is
+    going (and still writing progress) or a failed one is backing off, further requests are
+    absorbed, whoever sends them (every push and catch-up that meets an expired cursor). The
+    same request delivered again restarts nothing: the execution's name comes from it, and
+    Step Functions keeps one execution per name."""
+
+    def __init__(
+        self,
+        store: SyncStateStore,
+        starter: ResyncStarter,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._store = store
+        self._starter = starter
+        self._now = now
+
+    def wanted(self, account_id: str, kind: ResyncKind) -> bool:
+        """Whether a request now would start a run (a cheap check before queueing one)."""
+        return self._blocked_by(self._store.get_progress(account_id, kind), None) is None
+
+    def request(self, job: ResyncJob, request_id: str) -> bool:
+        """Start a run for this request, unless one is going or backing off. True if started."""
+        previous = self._store.get_progress(job.account_id, job.kind)
+        if self._blocked_by(previous, request_id) is not None:
+            return False
+        now = self._now()
+        job = job.model_copy(update={"request_id": request_id})
+        if previous is None or previous.request_id != request_id or previous.status != "running":
+            claim = ResyncProgress(
+                account_id=job.account_id,
+                kind=job.kind,
+                status="running",
+                pages=0,
+                items=0,
+                started_at=now,
+                updated_at=now,
+                failures=previous.failures if previous else 0,
+                request_id=request_id,
+            )
+            if not self._store.put_progress(claim, previous.version if previous else None):
+                return False  # another request claimed it first
+        digest = hashlib.sha256(f"{job.account_id}|{job.kind}|{request_id}".encode()).hexdigest()[:32]
+        self._starter.start(f"{job.kind}-{digest}", job)
+        return True
+
+    def _blocked_by(self, progress: ResyncProgress | None, request_id: str | None) -> str | None:
+        if progress is None:
+            return None
+        now = self._now()
+        if progress.status == "running":
+            if request_id is not None and progress.request_id == request_id:
+                return None  # this very request, delivered again: make sure its run exists
+            if now - progress.updated_at < timedelta(seconds=RUNNING_STALE_S):
+                return "running"
+        if progress.status == "failed" and progress.retry_at is not None and progress.retry_at > now:
+            return "backing off"
+        return None
 
 
 class _NothingToImport:
@@ -113,29 +203,48 @@ class Resync:
         return [p for p in found if p is not None]
 
     def _save(
-        self, job: ResyncJob, status: Literal["running", "succeeded", "failed"], error: str | None = None
-    ) -> None:
+        self,
+        job: ResyncJob,
+        status: Literal["running", "succeeded", "failed"],
+        error: str | None = None,
+        begin: bool = False,
+    ) -> bool:
+        """Writes the run's progress; False when a newer request has taken the account over
+        (this run then stops without writing anything else)."""
         now = datetime.now(UTC)
         previous = self._store.get_progress(job.account_id, job.kind)
-        started = previous.started_at if previous and job.pages else now
-        self._store.put_progress(
-            ResyncProgress(
-                account_id=job.account_id,
-                kind=job.kind,
-                status=status,
-                pages=job.pages,
-                items=job.items,
-                started_at=started,
-                updated_at=now,
-                error=error,
-            )
+        if previous is not None and job.request_id and previous.request_id not in (None, job.request_id):
+            return False
+        failures = previous.failures if previous else 0
+        retry_at = previous.retry_at if previous else None
+        if status == "failed":
+            failures += 1
+            retry_at = now + failure_backoff(failures)
+        elif status == "succeeded":
+            failures, retry_at = 0, None
+        progress = ResyncProgress(
+            account_id=job.account_id,
+            kind=job.kind,
+            status=status,
+            pages=job.pages,
+            items=job.items,
+            started_at=previous.started_at if previous and not begin else now,
+            updated_at=now,
+            error=error,
+            failures=failures,
+            retry_at=retry_at,
+            request_id=job.request_id or (previous.request_id if previous else None),
         )
+        if not self._store.put_progress(progress, previous.version if previous else None):
+            raise TransientError("the resync's progress changed meanwhile; the step is retried")
+        return True
 
     def _begin(self, job: ResyncJob) -> ResyncJob:
         job = job.model_copy(
             update={"pages": 0, "items": 0, "done": False, "page_token": None, "error": None}
         )
-        self._save(job, "running")
+        if not self._save(job, "running", begin=True):
+            raise PermanentError("a newer resync of this account took over")
         return job
 
     def _page(self, job: ResyncJob) -> ResyncJob:
@@ -149,10 +258,14 @@ class Resync:
                 "done": page.next_token is None,
             }
         )
-        self._save(job, "running")
+        if not self._save(job, "running"):
+            raise PermanentError("a newer resync of this account took over")
         return job
 
     def _finish(self, job: ResyncJob) -> ResyncJob:
+        previous = self._store.get_progress(job.account_id, job.kind)
+        if previous is not None and job.request_id and previous.request_id not in (None, job.request_id):
+            return job  # taken over: the newer run stores the cursor
         if job.cursor and self._cursor_sink is not None:
             self._cursor_sink(job)
         self._save(job, "succeeded")
@@ -161,8 +274,8 @@ class Resync:
 
     def _fail(self, job: ResyncJob) -> ResyncJob:
         reason = _reason(job.error)
-        self._save(job, "failed", reason)
-        self._publisher.publish([self._event(job, "failed", reason)])
+        if self._save(job, "failed", reason):
+            self._publisher.publish([self._event(job, "failed", reason)])
         return job
 
     def _event(

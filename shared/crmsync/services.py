@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from crmsync.directory import Directory
 from crmsync.jobs import JobRunner
-from crmsync.resync import Resync
+from crmsync.resync import Resync, ResyncRequests
 from crmsync.schedule import Scheduler
 from crmsync.settings import get_settings
 
@@ -63,7 +63,10 @@ def resync() -> Resync:
         from crmsync.providers.gmail import GmailPages
 
         return GmailPages(
-            lambda a: credentials().access_token(a), settings.gmail_api_base, mail_sync().ingest
+            lambda a: credentials().access_token(a),
+            settings.gmail_api_base,
+            mail_sync().ingest,
+            refused=lambda a, token: credentials().refused(a, token),  # a 401: new token, or ACC-9
         )
 
     def graph_pages() -> object:
@@ -83,15 +86,11 @@ def resync() -> Resync:
 @cache
 def job_runner() -> JobRunner:
     from crmsync.stores.queue import SqsDeadLetters
-    from crmsync.stores.stepfunctions import StepFunctionsResyncStarter
 
     settings = get_settings()
     if not settings.resync_state_machine_arn or not settings.sync_dlq_url:
         raise RuntimeError("RESYNC_STATE_MACHINE_ARN and SYNC_DLQ_URL must be set for the sync worker")
-    runner = JobRunner(
-        StepFunctionsResyncStarter(settings.resync_state_machine_arn),
-        SqsDeadLetters(settings.sync_dlq_url),
-    )
+    runner = JobRunner(resync_requests(), SqsDeadLetters(settings.sync_dlq_url))
     runner.register("mail.sync", mail_sync_job())
     runner.register("mail.watch", mail_watch_job(settings.gmail_push_topic or None))  # SYNC-7
     from crmsync.mail.actions import MailboxActions, PropagateJob
@@ -102,6 +101,22 @@ def job_runner() -> JobRunner:
     runner.register("graph.reauthorize", lifecycle.reauthorize)
     runner.register("graph.resubscribe", lifecycle.resubscribe)
     return runner
+
+
+@cache
+def resync_requests() -> ResyncRequests:
+    """Starting resync executions, one per account and kind at a time (SYNC-3)."""
+    from crmsync.resync import ResyncRequests
+    from crmsync.stores.cursors import DynamoSyncStateStore
+    from crmsync.stores.stepfunctions import StepFunctionsResyncStarter
+
+    settings = get_settings()
+    if not settings.resync_state_machine_arn:
+        raise RuntimeError("RESYNC_STATE_MACHINE_ARN must be set to start resyncs")
+    return ResyncRequests(
+        DynamoSyncStateStore(settings.cursors_table),
+        StepFunctionsResyncStarter(settings.resync_state_machine_arn),
+    )
 
 
 @cache
@@ -121,7 +136,9 @@ class _ChangeSources(dict[str, "ChangeSource"]):
             from crmsync.providers.gmail import GmailHistorySource
 
             source = GmailHistorySource(
-                lambda account_id: credentials().access_token(account_id), get_settings().gmail_api_base
+                lambda account_id: credentials().access_token(account_id),
+                get_settings().gmail_api_base,
+                refused=lambda a, token: credentials().refused(a, token),  # a 401: new token, or ACC-9
             )
         elif provider == "microsoft":
             from crmsync.providers.graph import GraphDeltaSource
@@ -175,14 +192,26 @@ def sync_schedule() -> SyncSchedule:
 @cache
 def mail_sync_job() -> MailSyncJob:
     from crmsync.mail.jobs import MailSyncJob
+    from crmsync.stores.queue import SqsJobQueue
 
-    return MailSyncJob(account_store(), mailbox_sync(), CHANGE_SOURCES, synced=sync_schedule().synced)
+    return MailSyncJob(
+        account_store(),
+        mailbox_sync(),
+        CHANGE_SOURCES,
+        synced=sync_schedule().synced,
+        continuation=SqsJobQueue(get_settings().sync_queue_url),
+    )
 
 
 def gmail_watcher(topic: str | None) -> GmailWatcher:
     from crmsync.providers.gmail_watch import GmailWatcher
 
-    return GmailWatcher(lambda a: credentials().access_token(a), get_settings().gmail_api_base, topic)
+    return GmailWatcher(
+        lambda a: credentials().access_token(a),
+        get_settings().gmail_api_base,
+        topic,
+        refused=lambda a, token: credentials().refused(a, token),  # a 401: new token, or ACC-9
+    )
 
 
 def mail_watch_job(topic: str | None) -> MailWatchJob:
@@ -351,6 +380,7 @@ def oauth_client(provider: str) -> OAuthClient:
 def mail_sync() -> MailSync:
     from crmsync.mail.engine import MailSync
     from crmsync.mail.limits import limits_for
+    from crmsync.stores.aws import classify_failure
     from crmsync.stores.mail import DynamoMailStore, S3RawStore
 
     settings = get_settings()
@@ -360,6 +390,7 @@ def mail_sync() -> MailSync:
         directory(),
         publisher(),
         limits=lambda provider: limits_for(provider, settings.attachment_limits),
+        classify=classify_failure,
     )
 
 
@@ -383,7 +414,10 @@ def mailbox_sync() -> MailboxSync:
     queue = SqsJobQueue(settings.sync_queue_url)
 
     def start_resync(account: Account, reason: str) -> None:
-        """SYNC-3: a full resync through the state machine, as a queued job of the account."""
+        """SYNC-3: a full resync through the state machine, as a queued job of the account;
+        nothing is queued while one runs or backs off after a failure."""
+        if not resync_requests().wanted(account.account_id, "mail_resync"):
+            return
         job = Job(
             type="resync.start",
             tenant_id=account.tenant_id,
@@ -419,7 +453,9 @@ def gmail_actions() -> GmailActions:
     from crmsync.providers.gmail_actions import GmailActions
 
     return GmailActions(
-        lambda account_id: credentials().access_token(account_id), get_settings().gmail_api_base
+        lambda account_id: credentials().access_token(account_id),
+        get_settings().gmail_api_base,
+        refused=lambda a, token: credentials().refused(a, token),  # a 401: new token, or ACC-9
     )
 
 
@@ -460,7 +496,17 @@ def reset() -> None:
     """Forget built services (tests rebuild them against a fresh moto)."""
     from crmsync.stores import aws, secrets
 
-    factories = [publisher, directory, resync, job_runner, scheduler, accounts, account_store, secret_box]
+    factories = [
+        publisher,
+        directory,
+        resync,
+        resync_requests,
+        job_runner,
+        scheduler,
+        accounts,
+        account_store,
+        secret_box,
+    ]
     mail = [mail_sync, mailbox_sync, mailbox, gmail_push, gmail_actions, outbox, mail_actions, sync_batch]
     mail += [graph_mailbox, graph_actions]
     for factory in [*factories, credentials, oauth_client, *mail]:

@@ -32,14 +32,34 @@ class DynamoSyncStateStore:
         found = item.get("Item")
         return ResyncProgress.model_validate(plain(found["progress"])) if found else None
 
-    def put_progress(self, progress: ResyncProgress) -> None:
-        self._table.put_item(
-            Item={
+    def put_progress(self, progress: ResyncProgress, expected_version: int | None) -> bool:
+        stored = progress.model_copy(update={"version": (expected_version or 0) + 1})
+        condition = "attribute_not_exists(pk)"
+        values: dict[str, Any] = {}
+        if expected_version is not None:
+            # a record from before versions has none: version 0
+            condition = (
+                "version = :v" if expected_version else "attribute_not_exists(version) OR version = :v"
+            )
+            values[":v"] = expected_version
+        request: dict[str, Any] = {
+            "Item": {
                 "pk": f"ACC#{progress.account_id}",
                 "sk": f"RESYNC#{progress.kind}",
-                "progress": progress.model_dump(mode="json"),
-            }
-        )
+                "progress": stored.model_dump(mode="json"),
+                "version": stored.version,
+            },
+            "ConditionExpression": condition,
+        }
+        if values:
+            request["ExpressionAttributeValues"] = values
+        try:
+            self._table.put_item(**request)
+        except ClientError as error:
+            if is_condition_failure(error):
+                return False
+            raise
+        return True
 
 
 class DynamoCursorStore:
