@@ -5,10 +5,16 @@ its own account's later records in the batch (they are reported failed too) and 
 else (SYNC-5). Every record reported failed is then made visible again after a delay of our
 choosing rather than the queue's visibility timeout: the provider's Retry-After when it gave
 one, otherwise an exponential backoff on the receive count (SYNC-4). The whole group gets the
-same delay, since SQS holds a FIFO group back while any of its messages is in flight."""
+same delay, since SQS holds a FIFO group back while any of its messages is in flight.
+
+One slow mailbox cannot hold back the others in a batch, nor run the invocation past its
+timeout (which would fail every record of the batch): each record gets a share of the time
+left, split evenly over the records not yet run, as the job's deadline. A sync past its
+deadline stops between two pages and queues the rest as a job of its own (mail/sync.py)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any, Protocol
 
 from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor, process_partial_response
@@ -16,11 +22,15 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from crmsync.errors import TransientError
-from crmsync.jobs import JobRunner
+from crmsync.jobs import JobRunner, set_deadline
 
 MIN_DELAY_S = 1
 MAX_DELAY_S = 900  # past this, SQS's own redrive (maxReceiveCount) decides
 BASE_BACKOFF_S = 15
+# Time kept back at the end of an invocation (reporting the batch, setting delays): a fifth
+# of what is left, at most this.
+RESERVE_S = 10.0
+MIN_SHARE_S = 1.0
 
 
 class Visibility(Protocol):
@@ -43,6 +53,8 @@ class SyncBatch:
         self._processor.raise_on_entire_batch_failure = False
         self._retry_after: dict[str, float] = {}
         self.outcomes: list[tuple[str, str]] = []
+        self._context: Any = None
+        self._left = 0
 
     @property
     def runner(self) -> JobRunner:
@@ -50,18 +62,33 @@ class SyncBatch:
 
     def _record(self, record: SQSRecord) -> str:
         group = record.attributes.message_group_id or ""
+        self._left -= 1
+        set_deadline(self._share(self._left + 1))
         try:
             outcome = self._runner.handle(record.body, record.message_id, group)
         except TransientError as error:
             if error.retry_after is not None:
                 self._retry_after[group] = max(self._retry_after.get(group, 0.0), error.retry_after)
             raise
+        finally:
+            set_deadline(None)
         self.outcomes.append((record.message_id, outcome))
         return outcome
+
+    def _share(self, records: int) -> float | None:
+        """This record's deadline: an even share of the time left over the records to run."""
+        remaining_ms = getattr(self._context, "get_remaining_time_in_millis", None)
+        if remaining_ms is None:
+            return None
+        remaining = float(remaining_ms()) / 1000
+        usable = remaining - min(RESERVE_S, remaining / 5)
+        return time.monotonic() + max(MIN_SHARE_S, usable / max(1, records))
 
     def process(self, event: dict[str, Any], context: Any) -> PartialItemFailureResponse:
         self._retry_after.clear()
         self.outcomes = []
+        self._context = context
+        self._left = len(event.get("Records", []))
         response = process_partial_response(
             event=event, record_handler=self._record, processor=self._processor, context=context
         )

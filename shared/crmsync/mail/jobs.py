@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
+from pydantic import ValidationError
+
 from crmsync.accounts.models import Account
 from crmsync.errors import Paused, PermanentError
-from crmsync.jobs import Job
-from crmsync.mail.sync import ChangeSource, MailboxSync
+from crmsync.jobs import Job, current_deadline
+from crmsync.mail.sync import ChangeSource, MailboxSync, Resume
 
 
 class AccountById(Protocol):
     def get_by_id(self, account_id: str) -> Account | None: ...
+
+
+class JobQueue(Protocol):
+    def send(self, job: Job, dedup_id: str) -> None: ...
 
 
 class MailSyncJob:
@@ -22,14 +29,22 @@ class MailSyncJob:
         mailbox_sync: MailboxSync,
         sources: Mapping[str, ChangeSource],
         synced: Callable[[Account], object] | None = None,
+        continuation: JobQueue | None = None,
     ) -> None:
         self._accounts = accounts
         self._sync = mailbox_sync
         self._sources = sources  # provider → ChangeSource; the Gmail, Graph and IMAP adapters register
         self._synced = synced  # e.g. SyncSchedule.synced: the catch-up poll moves on (SYNC-2)
+        self._continuation = continuation  # where a run that ran out of time queues the rest
 
     def __call__(self, job: Job, message_id: str) -> None:
-        self.sync(self.account_of(job))
+        resume = None
+        if "resume" in job.payload:
+            try:
+                resume = Resume.model_validate(job.payload["resume"])
+            except ValidationError:
+                resume = None  # unreadable: the run starts from the stored cursor, nothing lost
+        self.sync(self.account_of(job), resume)
 
     def account_of(self, job: Job) -> Account:
         account = self._accounts.get_by_id(job.account_id)
@@ -39,11 +54,23 @@ class MailSyncJob:
             raise Paused(f"account {account.account_id} is {account.status}")
         return account
 
-    def sync(self, account: Account) -> None:
+    def sync(self, account: Account, resume: Resume | None = None) -> None:
         try:
             source = self._sources[account.provider]
         except KeyError:
             raise PermanentError(f"no change source for {account.provider} mailboxes in this build") from None
-        self._sync.run(account, source)
+        deadline = current_deadline() if self._continuation is not None else None
+        result = self._sync.run(account, source, deadline=deadline, resume=resume)
+        if result.resume is not None and self._continuation is not None:
+            # out of time: the rest is a job of its own, behind whatever else the account has queued
+            go_on = Job(
+                type="mail.sync",
+                tenant_id=account.tenant_id,
+                account_id=account.account_id,
+                payload={"resume": result.resume.model_dump()},
+            )
+            digest = hashlib.sha256(result.resume.model_dump_json().encode()).hexdigest()[:40]
+            self._continuation.send(go_on, f"continue-{digest}")
+            return
         if self._synced is not None:
             self._synced(account)

@@ -5,10 +5,17 @@ through what changed since a cursor. Every message of every page goes through th
 first; the cursor moves only after that, with a conditional write on the value it was read
 as, and only forwards. Throttling and 5xx raise TransientError before anything moves; a cursor
 the provider no longer accepts starts a resync instead of an error loop.
+
+A run may be given a deadline (the worker's share of its invocation's time): past it, the run
+stops between two pages and says where to go on (`Resume`: the cursor it started from and the
+next page). The cursor does not move until a later run, started from that point, reaches the
+last page, so a backlog of any size is worked through in bounded steps without ever moving
+the cursor past something not stored (SYNC-1).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Literal, Protocol
 
@@ -51,14 +58,23 @@ class CursorStore(Protocol):
     def advance(self, account_id: str, name: str, new: str, expected: str | None) -> bool: ...
 
 
+class Resume(BaseModel):
+    """Where a run that ran out of time goes on: valid while the stored cursor is `cursor`."""
+
+    cursor: str
+    page_token: str
+    newest: str
+
+
 class SyncResult(BaseModel):
-    status: Literal["synced", "resync_started", "no_cursor"]
+    status: Literal["synced", "resync_started", "no_cursor", "continued"]
     pages: int = 0
     synced: int = 0
     skipped: int = 0
     updated: int = 0
     removed: int = 0
     cursor: str | None = None
+    resume: Resume | None = None
 
 
 class MailboxSync:
@@ -69,7 +85,16 @@ class MailboxSync:
         self._cursors = cursors
         self._start_resync = start_resync
 
-    def run(self, account: Account, source: ChangeSource, name: str = "mail") -> SyncResult:
+    def run(
+        self,
+        account: Account,
+        source: ChangeSource,
+        name: str = "mail",
+        deadline: float | None = None,
+        resume: Resume | None = None,
+    ) -> SyncResult:
+        """Sync from the stored cursor (or from `resume`, where an earlier run stopped). With a
+        `deadline` (time.monotonic()), the run stops between pages once it has passed."""
         cursor = self._cursors.get(account.account_id, name)
         if cursor is None:  # never synced: a full sync establishes the cursor
             self._start_resync(account, "no stored cursor")
@@ -77,6 +102,8 @@ class MailboxSync:
         result = SyncResult(status="synced", cursor=cursor)
         page_token: str | None = None
         newest = cursor
+        if resume is not None and resume.cursor == cursor:  # else the cursor moved since: start over
+            page_token, newest = resume.page_token, resume.newest
         while True:
             try:
                 page = source.changes(account, cursor, page_token)
@@ -96,6 +123,9 @@ class MailboxSync:
             if page.next_page is None:
                 break
             page_token = page.next_page
+            if deadline is not None and time.monotonic() >= deadline:
+                go_on = Resume(cursor=cursor, page_token=page_token, newest=newest)
+                return result.model_copy(update={"status": "continued", "resume": go_on})
         # everything the new cursor covers is stored: only now may it move, and only forwards
         if newest != cursor and self._cursors.advance(account.account_id, name, newest, expected=cursor):
             result.cursor = newest
