@@ -1,0 +1,478 @@
+"""Defects found by review in the sync path (issue 9, items 1-4 and 15): a mail to two users of
+one tenant, hostile mail, resync storms, one slow account in a worker's batch, long threads.
+Everything runs over the real stores on moto and the real emulators."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+import uuid
+import zipfile
+from email.message import EmailMessage
+from typing import Any
+
+import boto3
+import pytest
+import requests
+
+from crmsync import services
+from crmsync.accounts.models import Account
+from crmsync.auth import Principal
+from crmsync.errors import PermanentError
+from crmsync.jobs import Job
+from crmsync.mail.engine import MailSync
+from crmsync.mail.models import ProviderMessage
+from crmsync.mail.sync import ChangePage
+from crmsync.resync import Page, ResyncJob
+from crmsync.worker import SyncBatch
+from local.emulators.servers import Emulators
+from local.stack import LocalStack
+from tests.integration.helpers import executions, wait_for_execution, wait_until
+from tests.integration.test_mail_engine import OWNER, World, delivered, mail
+from tests.integration.test_mailbox_sync import ScriptedHistory, contact_mail, cursor_of
+
+COLLEAGUE = "colleague@corp.test"
+
+
+@pytest.fixture
+def engine(stack: LocalStack) -> MailSync:
+    return services.mail_sync()
+
+
+def colleague_account(world: World) -> Account:
+    """The colleague (user u2 of the same tenant) with a mailbox of their own."""
+    return world.account.model_copy(
+        update={"account_id": f"acc-{uuid.uuid4().hex[:8]}", "user_id": "u2", "address": COLLEAGUE}
+    )
+
+
+# ---------------------------------------------------------------- item 1: one mail, two users
+
+
+@pytest.mark.rule("MAIL-7")
+@pytest.mark.rule("LINK-1")
+def test_a_contact_writing_to_two_users_lands_in_both_mailboxes(stack: LocalStack, engine: MailSync) -> None:
+    world = World()
+    other = colleague_account(world)
+    message = mail("carla@client.test", [OWNER, COLLEAGUE], "Question for the team")
+    first = engine.ingest(world.account, delivered(message))
+    second = engine.ingest(other, delivered(message))  # the same Message-ID, the other user's mailbox
+    assert (first.status, second.status) == ("synced", "synced")
+    assert first.crm_message_id != second.crm_message_id
+    assert first.crm_thread_id != second.crm_thread_id
+    for account, outcome in ((world.account, first), (other, second)):
+        stored = engine._store.get_message(world.tenant, account.user_id, outcome.crm_message_id)  # type: ignore[attr-defined]
+        assert stored is not None and stored.user_id == account.user_id and stored.contact_ids == ["c1"]
+    # the same message seen again in either mailbox is still the one record (MAIL-7)
+    again = engine.ingest(other, delivered(message))
+    assert (again.status, again.crm_message_id) == ("updated", second.crm_message_id)
+    # and a reply to the colleague joins the colleague's thread, not the owner's
+    reply = mail(COLLEAGUE, ["carla@client.test"], "Re: Question for the team", reply_to=message)
+    answered = engine.ingest(other, delivered(reply, ["SENT"]))
+    assert (answered.status, answered.crm_thread_id) == ("synced", second.crm_thread_id)
+
+
+@pytest.mark.rule("MAIL-2")
+@pytest.mark.rule("MAIL-7")
+def test_crm_sent_mail_to_a_colleague_is_still_recognised_in_the_senders_sent_folder(
+    stack: LocalStack, engine: MailSync
+) -> None:
+    world = World()
+    other = colleague_account(world)
+    first = mail(OWNER, ["carla@client.test", COLLEAGUE], "Proposal")
+    sent = engine.record_outgoing(world.account, first.as_bytes())
+    copy = engine.ingest(world.account, delivered(first, ["SENT"]))
+    assert (copy.status, copy.crm_message_id) == ("updated", sent.crm_message_id)
+    colleague = engine.ingest(other, delivered(first))  # from a colleague: MAIL-5 skips it, nothing stalls
+    assert colleague.status == "skipped" and (colleague.reason or "").startswith("internal_mail")
+
+
+@pytest.mark.rule("SYNC-1")
+@pytest.mark.rule("MAIL-7")
+def test_the_second_mailbox_cursor_moves_past_a_shared_message(stack: LocalStack) -> None:
+    world = World()
+    other = colleague_account(world)
+    cursors = services.mailbox_sync()._cursors
+    assert cursors.advance(other.account_id, "mail", "100", expected=None)
+    shared = mail("carla@client.test", [OWNER, COLLEAGUE], "For both of you")
+    services.mail_sync().ingest(world.account, delivered(shared))
+    result = services.mailbox_sync().run(other, ScriptedHistory([[delivered(shared), contact_mail(7)]]))
+    assert (result.status, result.synced) == ("synced", 2)
+    assert cursor_of(stack, other.account_id) == "110"
+
+
+# ---------------------------------------------------------------- item 2: hostile mail
+
+
+def nested_multiparts(depth: int = 1000) -> bytes:
+    head = (
+        "From: carla@client.test\r\nTo: {to}\r\nSubject: deep\r\n"
+        "Message-ID: <deep-{n}@client.test>\r\nMIME-Version: 1.0\r\n"
+    )
+    body = b"".join(
+        b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (i, i) for i in range(depth)
+    )
+    body += b"Content-Type: text/plain\r\n\r\nhello\r\n"
+    body += b"".join(b"--b%d--\r\n" % i for i in reversed(range(depth)))
+    return head.format(to=OWNER, n=uuid.uuid4().hex).encode() + body
+
+
+def bad_version_docx() -> bytes:
+    """A .docx whose zip directory says it needs zip version 25.5 (zipfile: NotImplementedError)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("[Content_Types].xml", "<Types/>")
+        archive.writestr("word/document.xml", "<document/>")
+    data = bytearray(buffer.getvalue())
+    at = data.find(b"PK\x01\x02")
+    while at >= 0:
+        data[at + 6] = 0xFF
+        at = data.find(b"PK\x01\x02", at + 4)
+    return bytes(data)
+
+
+def with_attachment(name: str, data: bytes) -> EmailMessage:
+    message = mail("carla@client.test", [OWNER], f"File {name}")
+    message.add_attachment(data, maintype="application", subtype="octet-stream", filename=name)
+    return message
+
+
+@pytest.mark.rule("SEC-5")
+@pytest.mark.rule("SYNC-8")
+def test_hostile_mail_is_a_recorded_skip_and_the_mail_after_it_syncs(
+    stack: LocalStack, engine: MailSync
+) -> None:
+    world = World()
+    deep = engine.ingest(world.account, ProviderMessage(provider_message_id="deep", raw=nested_multiparts()))
+    assert deep.status == "skipped" and (deep.reason or "").startswith("malformed_mime")
+    docx = bad_version_docx()
+    microsoft = world.account.model_copy(
+        update={"provider": "microsoft", "account_id": "acc-ms-" + world.tenant}
+    )
+    refused = engine.ingest(microsoft, delivered(with_attachment("contract.docx", docx)))
+    assert refused.status == "skipped" and "contract.docx" in (refused.reason or "")
+    # Gmail takes any type (ATT-2 bounds only the size): the message syncs, the file is no crash
+    kept = engine.ingest(world.account, delivered(with_attachment("contract.docx", docx)))
+    assert kept.status == "synced"
+    event = stack.wait_for_event(
+        lambda e: e["detail-type"] == "MessageSkipped" and e["detail"]["provider_message_id"] == "deep"
+    )
+    assert event["detail"]["reason"] == "malformed_mime"
+
+
+@pytest.mark.rule("SEC-5")
+@pytest.mark.rule("MAIL-3")
+def test_a_message_id_over_2kb_syncs_and_its_replies_thread(stack: LocalStack, engine: MailSync) -> None:
+    world = World()
+    first = mail("carla@client.test", [OWNER], "Long id")
+    del first["Message-ID"]
+    first["Message-ID"] = f"<{'x' * 3000}@client.test>"
+    outcome = engine.ingest(world.account, delivered(first))
+    assert outcome.status == "synced"
+    assert engine.ingest(world.account, delivered(first)).status == "updated"  # found again by its id
+    reply = engine.ingest(
+        world.account, delivered(mail(OWNER, ["carla@client.test"], "Re", reply_to=first), ["SENT"])
+    )
+    assert (reply.status, reply.crm_thread_id) == ("synced", outcome.crm_thread_id)
+
+
+@pytest.mark.rule("SEC-5")
+def test_any_failure_reading_one_message_is_a_skip_with_its_reason(stack: LocalStack) -> None:
+    real = services.mail_sync()
+
+    def broken_limits(provider: str) -> Any:
+        raise RuntimeError("limits table unreadable")
+
+    engine = MailSync(real._store, real._raw, real._directory, real._publisher, limits=broken_limits)  # type: ignore[attr-defined]
+    world = World()
+    outcome = engine.ingest(world.account, delivered(with_attachment("a.txt", b"plain words")))
+    assert outcome.status == "skipped"
+    assert outcome.reason == "unprocessable: RuntimeError: limits table unreadable"
+    # the next message is not held back by it
+    after = engine.ingest(world.account, delivered(mail("carla@client.test", [OWNER], "Next")))
+    assert after.status == "synced"
+
+
+@pytest.mark.rule("SEC-5")
+@pytest.mark.rule("SYNC-8")
+def test_gmail_takes_hostile_mail_and_the_sync_skips_it(
+    stack: LocalStack, emulators: Emulators, api: Any, tenant: str
+) -> None:
+    from tests.integration.test_gmail_batch import all_threads, connected_mailbox
+
+    address, account_id = connected_mailbox(api, emulators, tenant)
+    start = cursor_of(stack, account_id)
+    gmail = emulators.google.gmail
+    deep = gmail.arrive(address, nested_multiparts().replace(OWNER.encode(), address.encode()))
+    gmail.arrive(address, mail("carla@client.test", [address], "After the deep one").as_bytes())
+    # the emulator answers like Gmail: a full get of the deep message is a 200, not a 500
+    got = requests.get(
+        f"{emulators.google_url}/gmail/v1/users/me/messages/{deep.id}",
+        headers={"Authorization": f"Bearer {emulators.google.issue_access_token(address)}"},
+        verify=str(emulators.ca_bundle),
+        timeout=10,
+    )
+    assert got.status_code == 200 and got.json()["payload"]["mimeType"] == "multipart/mixed"
+    account = services.account_store().get_by_id(account_id)
+    assert account is not None
+    services.mail_sync_job().sync(account)
+    assert cursor_of(stack, account_id) != start
+    assert [t["subject"] for t in all_threads(api, tenant)] == ["After the deep one"]
+    skip = stack.wait_for_event(
+        lambda e: e["detail-type"] == "MessageSkipped" and e["detail"]["provider_message_id"] == deep.id
+    )
+    assert skip["detail"]["reason"] == "malformed_mime"
+
+
+def test_the_graph_emulator_takes_hostile_mail(emulators: Emulators) -> None:
+    graph = emulators.microsoft.graph
+    address = f"deep-{uuid.uuid4().hex[:6]}@outlook.test"
+    stored = graph.arrive(address, nested_multiparts())
+    assert stored.raw.startswith(b"From: carla@client.test")
+    assert stored.subject == "deep"
+
+
+# ---------------------------------------------------------------- item 3: one resync at a time
+
+
+class BlockingPages:
+    """A provider's resync pages that wait until released (a long resync), or fail."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.release = threading.Event()
+        self.fail = fail
+        self.calls = 0
+
+    def fetch_page(self, job: ResyncJob) -> Page:
+        self.calls += 1
+        if self.fail:
+            raise PermanentError("the provider refused the account")
+        self.release.wait(30)
+        return Page(items=0, cursor="500")
+
+
+@pytest.fixture
+def resync_pages(stack: LocalStack) -> Any:
+    function = stack.functions["ResyncFunction"]
+    function.load()
+    resync = function.module.resync
+    before = dict(resync._sources)
+
+    def plug(source: BlockingPages) -> BlockingPages:
+        resync.register("mail_resync", source)
+        return source
+
+    yield plug
+    resync._sources.clear()
+    resync._sources.update(before)
+
+
+def account_executions(stack: LocalStack, account_id: str) -> list[dict[str, Any]]:
+    sfn = boto3.client("stepfunctions")
+    found = []
+    for execution in executions(stack.state_machines["ResyncStateMachine"]):
+        described = sfn.describe_execution(executionArn=execution["executionArn"])
+        if json.loads(described["input"])["account_id"] == account_id:
+            found.append(described)
+    return found
+
+
+def request_resync(world: World, request_id: str) -> str:
+    job = Job(
+        type="resync.start",
+        tenant_id=world.tenant,
+        account_id=world.account.account_id,
+        payload={"user_id": world.account.user_id, "kind": "mail_resync"},
+    )
+    return services.job_runner().handle(job.model_dump_json(), request_id, world.account.account_id)
+
+
+@pytest.mark.rule("SYNC-3")
+@pytest.mark.rule("SYNC-6")
+def test_one_resync_per_account_runs_at_a_time_and_requests_meanwhile_are_absorbed(
+    stack: LocalStack, resync_pages: Any
+) -> None:
+    world = World()
+    pages = resync_pages(BlockingPages())
+    assert request_resync(world, "m-1") == "done"
+    wait_until(lambda: pages.calls >= 1)
+    # every push and catch-up meanwhile finds the cursor expired and asks again
+    history = ScriptedHistory([[]])
+    history.expired = True
+    assert services.mailbox_sync()._cursors.advance(world.account.account_id, "mail", "100", expected=None)
+    for n in range(3):
+        assert services.mailbox_sync().run(world.account, history).status == "resync_started"
+        assert request_resync(world, f"m-{n + 2}") == "done"
+    assert request_resync(world, "m-1") == "done"  # a redelivered request starts nothing new either
+    assert len(account_executions(stack, world.account.account_id)) == 1
+    progress = services.resync().progress(world.account.account_id, "mail_resync")
+    assert progress is not None and progress.status == "running"
+    pages.release.set()
+    [running] = account_executions(stack, world.account.account_id)
+    assert wait_for_execution(running["executionArn"])["status"] == "SUCCEEDED"
+    # once it is done, a new request starts a new resync
+    assert request_resync(world, "m-9") == "done"
+    wait_until(lambda: len(account_executions(stack, world.account.account_id)) == 2)
+
+
+@pytest.mark.rule("SYNC-3")
+@pytest.mark.rule("SYNC-9")
+def test_a_failed_resync_backs_off_and_says_so(stack: LocalStack, resync_pages: Any) -> None:
+    world = World()
+    resync_pages(BlockingPages(fail=True))
+    assert request_resync(world, "f-1") == "done"
+    [first] = wait_until(lambda: account_executions(stack, world.account.account_id))
+    assert wait_for_execution(first["executionArn"])["status"] == "FAILED"
+    progress = services.resync().progress(world.account.account_id, "mail_resync")
+    assert progress is not None and progress.status == "failed" and progress.failures == 1
+    assert progress.retry_at is not None and progress.retry_at.timestamp() > time.time() + 240
+    assert "refused the account" in (progress.error or "")
+    for n in range(3):  # asked again during the backoff: absorbed
+        assert request_resync(world, f"f-{n + 2}") == "done"
+    assert len(account_executions(stack, world.account.account_id)) == 1
+    # once the backoff has passed, the next request tries again, and a second failure waits longer
+    services.resync()._store.put_progress(  # type: ignore[attr-defined]
+        progress.model_copy(update={"retry_at": progress.updated_at}), expected_version=progress.version
+    )
+    assert request_resync(world, "f-9") == "done"
+    second = wait_until(lambda: len(account_executions(stack, world.account.account_id)) == 2)
+    assert second
+    wait_until(
+        lambda: (p := services.resync().progress(world.account.account_id, "mail_resync")) and p.failures == 2
+    )
+    later = services.resync().progress(world.account.account_id, "mail_resync")
+    assert later is not None and later.retry_at is not None
+    assert (
+        later.retry_at.timestamp() - later.updated_at.timestamp()
+        >= 2 * (progress.retry_at.timestamp() - progress.updated_at.timestamp()) - 1
+    )
+
+
+# ---------------------------------------------------------------- item 4: a slow account in a batch
+
+
+class SlowHistory(ScriptedHistory):
+    """A long backlog whose pages take a while each."""
+
+    def __init__(self, pages: int, seconds: float) -> None:
+        super().__init__([[contact_mail(n)] for n in range(pages)])
+        self.seconds = seconds
+
+    def changes(self, account: Account, cursor: str, page_token: str | None) -> ChangePage:
+        time.sleep(self.seconds)
+        return super().changes(account, cursor, page_token)
+
+
+class Context:
+    """What the worker reads of Lambda's context: the time left."""
+
+    def __init__(self, seconds: float) -> None:
+        self._end = time.monotonic() + seconds
+
+    def get_remaining_time_in_millis(self) -> int:
+        return int((self._end - time.monotonic()) * 1000)
+
+
+def sqs_record(job: Job, n: int) -> dict[str, Any]:
+    return {
+        "messageId": f"msg-{uuid.uuid4().hex}",
+        "receiptHandle": f"rh-{n}",
+        "body": job.model_dump_json(),
+        "attributes": {"MessageGroupId": job.account_id, "ApproximateReceiveCount": "1"},
+        "messageAttributes": {},
+        "md5OfBody": "",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:sync.fifo",
+        "awsRegion": "us-east-1",
+    }
+
+
+class NoVisibility:
+    def __init__(self) -> None:
+        self.delays: list[tuple[list[str], int]] = []
+
+    def delay(self, receipt_handles: list[str], seconds: int) -> None:
+        self.delays.append((receipt_handles, seconds))
+
+
+@pytest.mark.rule("SYNC-5")
+@pytest.mark.rule("SYNC-1")
+def test_a_slow_mailbox_takes_its_share_of_the_time_and_the_others_still_sync(stack: LocalStack) -> None:
+    from crmsync.jobs import JobRunner
+    from crmsync.mail.jobs import MailSyncJob
+    from crmsync.stores.queue import SqsJobQueue
+
+    slow, quick = World(), World()
+    for world in (slow, quick):
+        services.account_store().create(world.account, None)
+        assert services.mailbox_sync()._cursors.advance(
+            world.account.account_id, "mail", "100", expected=None
+        )
+    histories = {
+        slow.account.account_id: SlowHistory(pages=40, seconds=0.25),
+        quick.account.account_id: SlowHistory(pages=2, seconds=0),
+    }
+
+    class ByAccount:  # the provider: each mailbox with its own history
+        def changes(self, account: Account, cursor: str, page_token: str | None) -> ChangePage:
+            return histories[account.account_id].changes(account, cursor, page_token)
+
+        def is_newer(self, candidate: str, current: str) -> bool:
+            return int(candidate) > int(current)
+
+    # continuations go to a queue of their own here, so that the stack's worker leaves them to the test
+    sqs = boto3.client("sqs")
+    url = sqs.create_queue(
+        QueueName=f"slow-{uuid.uuid4().hex[:8]}.fifo",
+        Attributes={"FifoQueue": "true", "ContentBasedDeduplication": "false"},
+    )["QueueUrl"]
+    real = services.job_runner()
+    runner = JobRunner(real._resyncs, real._dead)  # type: ignore[attr-defined]
+    sync_job = MailSyncJob(
+        services.account_store(),
+        services.mailbox_sync(),
+        {"google": ByAccount()},
+        continuation=SqsJobQueue(url),
+    )
+    runner.register("mail.sync", sync_job)
+    jobs = [Job(type="mail.sync", tenant_id=w.tenant, account_id=w.account.account_id) for w in (slow, quick)]
+    batch = SyncBatch(runner, NoVisibility())
+    started = time.monotonic()
+    response = batch.process({"Records": [sqs_record(j, n) for n, j in enumerate(jobs)]}, Context(seconds=8))
+    assert time.monotonic() - started < 8  # the invocation ends inside Lambda's time
+    assert response["batchItemFailures"] == []
+    assert cursor_of(stack, quick.account.account_id) == "120"  # the quick mailbox synced whole
+    # the slow one stopped at its share of the time, moved nothing yet, and queued where to go on
+    assert cursor_of(stack, slow.account.account_id) == "100"
+    messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    [follow] = [Job.model_validate_json(m["Body"]) for m in messages]
+    assert follow.account_id == slow.account.account_id
+    done_pages = int(follow.payload["resume"]["page_token"])
+    assert 0 < done_pages < 40
+    # the continuation picks up from there and ends the run: the cursor moves once, past everything
+    histories[slow.account.account_id].seconds = 0
+    batch.process({"Records": [sqs_record(follow, 9)]}, Context(seconds=60))
+    assert cursor_of(stack, slow.account.account_id) == str(100 + 10 * 40)
+    owner = Principal(tenant_id=slow.tenant, user_id="u1", role="member")
+    assert len(services.mailbox().threads(owner, limit=100).threads) == 40
+
+
+# ---------------------------------------------------------------- item 15: long threads
+
+
+@pytest.mark.rule("LINK-4")
+def test_a_thread_over_one_megabyte_is_read_whole(stack: LocalStack, engine: MailSync) -> None:
+    world = World()
+    first = mail("carla@client.test", [OWNER], "Long thread")
+    opened = engine.ingest(world.account, delivered(first, thread="long"))
+    many = [f"person{n:04d}-with-a-rather-long-mailbox-name@client.test" for n in range(900)]
+    previous = first
+    for n in range(30):  # each message's record is ~60 KB (a big To list): 30 of them pass 1 MB
+        reply = mail("carla@client.test", [OWNER, *many], f"Re: Long thread {n}", reply_to=previous)
+        assert engine.ingest(world.account, delivered(reply, thread="long")).status == "synced"
+        previous = reply
+    owner = Principal(tenant_id=world.tenant, user_id="u1", role="member")
+    view = services.mailbox().thread(owner, opened.crm_thread_id or "")
+    assert len(view.messages) == 31
