@@ -124,7 +124,7 @@ class Demo:
     def run(self) -> int:
         say = print
         say(f"tenant {self.tenant}: a contact and an open deal")
-        self.call("PUT", "/v1/directory/settings", "admin", "admin", json={"plan": "advanced"})
+        self.call("PUT", "/v1/directory/settings", "service", "crm", json={"plan": "advanced"})
         contact = {"name": "Carla Client", "emails": [self.contact]}
         self.call("PUT", "/v1/directory/contacts/carla", "admin", "admin", json=contact)
         deal = {"name": "Carla's renewal", "status": "open", "contact_ids": ["carla"]}
@@ -133,9 +133,13 @@ class Demo:
         say(f"connecting {self.label} {self.mailbox} (the emulator's consent page) ...")
         started = self.call("POST", "/v1/accounts/connect", json={"provider": self.provider})
         result, _ = ConsentBrowser(self.verify).consent(started["authorization_url"], self.mailbox)
-        if result.get("status") != "connected":
+        if result.get("status") != "confirm_required":
             raise DemoFailed(f"the connect ended {result}")
-        account_id = result["account_id"]
+        # the CRM's return page confirms in the session of the user who started the connect
+        confirmed = self.call(
+            "POST", "/v1/accounts/connect/confirm", json={"confirmation": result["confirmation"]}
+        )
+        account_id = confirmed["account_id"]
         say(f"  account {account_id} connected")
 
         say("1. the CRM writes to Carla")

@@ -242,11 +242,21 @@ class LocalHttpApi:
 
 def connected_page(args: Any) -> str:
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in args.items())
-    ok = args.get("status") == "connected"
-    title = "Account connected" if ok else "Account not connected"
+    status = args.get("status")
+    title = {"connected": "Account connected", "confirm_required": "Confirm the connect"}.get(
+        status, "Account not connected"
+    )
+    confirm = ""
+    if status == "confirm_required":  # the CRM's page would call this itself, in the user's session
+        code = html.escape(args.get("confirmation", ""))
+        confirm = (
+            "<p>A CRM page confirms here with the user's own session; from a shell:</p><pre>"
+            'curl -s -X POST localhost:3000/v1/accounts/connect/confirm -H "Authorization: Bearer $TOKEN"'
+            f" -H 'content-type: application/json' -d '{{\"confirmation\": \"{code}\"}}'</pre>"
+        )
     return (
         f"<!doctype html><meta charset=utf-8><title>{title}</title><h1>{title}</h1>"
-        f"<p>(the CRM's return page, stood in for by the local stack)</p><table>{rows}</table>"
+        f"<p>(the CRM's return page, stood in for by the local stack)</p><table>{rows}</table>{confirm}"
         '<p><a href="/_local/events">events</a></p>'
     )
 

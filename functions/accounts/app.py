@@ -15,6 +15,7 @@ from crmsync.accounts.models import (
     Account,
     AccountSettingsPatch,
     AdminAccounts,
+    ConfirmConnect,
     ConnectRequest,
     ConnectStarted,
     ImapConnectRequest,
@@ -43,6 +44,15 @@ class SyncProgress(BaseModel):
 @app.post("/v1/accounts/connect", summary="Start connecting a Google or Microsoft account", tags=TAGS)
 def connect(body: Annotated[ConnectRequest, Body()]) -> ConnectStarted:
     return accounts.start_connect(current_principal(app), body, public_base_url(app))
+
+
+@app.post(
+    "/v1/accounts/connect/confirm",
+    summary="Finish a Google or Microsoft connect (from the CRM's return page, in your session)",
+    tags=TAGS,
+)
+def confirm_connect(body: Annotated[ConfirmConnect, Body()]) -> Account:
+    return accounts.confirm_connect(current_principal(app), body)
 
 
 @app.post("/v1/accounts/imap", summary="Connect an IMAP/SMTP account (the login is tried first)", tags=TAGS)

@@ -1,6 +1,7 @@
 """Google's OAuth 2.0 server, OpenID userinfo and Gmail's users.getProfile, as documented:
 authorization code flow with PKCE, `access_type=offline` refresh tokens, `invalid_grant`
-("Token has been expired or revoked.") once a grant is revoked.
+("Token has been expired or revoked.") once a grant is revoked; the grant's access tokens die
+with it, so Gmail answers 401 to them at once, as Google does.
 
 Also a Pub/Sub push subscription on Gmail's watch topic: when `pubsub_endpoint` is set, every
 history change of a watched mailbox is POSTed there, OIDC-signed, from a background thread,
@@ -63,7 +64,7 @@ class PushFaults:
 
 class GoogleEmulator:
     def __init__(self, client_id: str = "google-local-client", client_secret: str | None = None) -> None:
-        self.state = OAuthState()
+        self.state = OAuthState(revoke_access_tokens=True)
         self.client = Client(client_id, client_secret or secrets.token_urlsafe(24))
         self.state.clients[client_id] = self.client
         self.gmail = GmailEmulator(self.state.owner_of)

@@ -43,6 +43,9 @@ class OAuthState:
     access_tokens: dict[str, tuple[str, float]] = field(default_factory=dict)
     token_requests: list[dict[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Google revokes the access tokens of a revoked grant with it (the API answers 401 at once);
+    # Microsoft's access tokens live on until they expire
+    revoke_access_tokens: bool = False
 
     def revoke(self, email: str) -> int:
         """The user revoked access (or changed the password): every grant of theirs dies."""
@@ -50,6 +53,9 @@ class OAuthState:
             grants = [g for g in self.refresh_tokens.values() if g.email == email.lower()]
             for grant in grants:
                 grant.revoked = True
+            if self.revoke_access_tokens:
+                for token in [t for t, (owner, _) in self.access_tokens.items() if owner == email.lower()]:
+                    del self.access_tokens[token]
             return len(grants)
 
     def expire(self, email: str) -> int:

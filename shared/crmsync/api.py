@@ -79,9 +79,17 @@ def public_base_url_of(event: dict[str, Any]) -> str:
 
 
 def connect_result_page(outcome: Any) -> str:
-    """A bare page for when no CRM return URL is configured."""
-    title = "Connected" if outcome.status == "connected" else "Not connected"
+    """A bare page for when no CRM return URL is configured. It shows only our own texts
+    (the outcome's message is ours, never the provider's)."""
+    title = {"connected": "Connected", "confirm_required": "Almost connected"}.get(
+        outcome.status, "Not connected"
+    )
     detail = outcome.address if outcome.status == "connected" else outcome.message
+    if outcome.status == "confirm_required":  # the CRM user who started it confirms (ACC-1)
+        detail = (
+            f"To finish connecting {outcome.address}, confirm in the CRM, signed in as the user who"
+            f" started this connect, with the code {outcome.confirmation}"
+        )
     return (
         f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title>"
         f"<h1>{html.escape(title)}</h1><p>{html.escape(str(detail or ''))}</p>"

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Protocol
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from crmsync.auth import Principal
-from crmsync.errors import Conflict, NotFound, Unprocessable
+from crmsync.errors import Conflict, Forbidden, NotFound, Unprocessable
 from crmsync.events import (
     DirectoryEntryDeleted,
     DirectoryEntryUpserted,
@@ -322,8 +322,19 @@ class Directory:
         return self._store.get_settings(tenant_id) or TenantSettings()
 
     def put_settings(self, principal: Principal, settings: TenantSettings) -> TenantSettings:
+        """Replace the settings. The plan is billing data (ACC-4): only the CRM backend (role
+        `service`) changes it. An admin may send it unchanged, or leave it out (it is kept)."""
         principal.require_directory_writer()
-        if self._store.get_settings(principal.tenant_id) == settings:
+        stored = self._store.get_settings(principal.tenant_id)
+        current = stored or TenantSettings()
+        if "plan" not in settings.model_fields_set:
+            settings = settings.model_copy(update={"plan": current.plan})
+        if settings.plan != current.plan and principal.role != "service":
+            raise Forbidden(
+                f"the plan is billing data: only the CRM backend (a service token) may change it;"
+                f" it stays {current.plan}. Send the other settings with the plan unchanged or left out"
+            )
+        if stored == settings:
             return settings
         self._store.put_settings(principal.tenant_id, settings)
         self._publisher.publish(

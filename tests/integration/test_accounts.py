@@ -43,17 +43,43 @@ def browser(emulators: Emulators) -> Browser:
 
 
 def set_plan(api: Api, tenant: str, plan: str) -> None:
+    """The CRM backend sets the plan (billing data: a service token, ACC-4)."""
     response = api.call(
-        "PUT", "/v1/directory/settings", api.token(tenant, "admin", "admin"), json={"plan": plan}
+        "PUT", "/v1/directory/settings", api.token(tenant, "crm", "service"), json={"plan": plan}
     )
     assert response.status_code == 200, response.text
+
+
+def confirmed(api: Api, token: str, result: dict[str, str]) -> dict[str, str]:
+    """What the CRM's return page does in the user's session: confirm the consent the
+    callback holds (ACC-1). Gives the result as the return URL would have said it."""
+    if result.get("status") != "confirm_required":
+        return result
+    answer = api.call(
+        "POST", "/v1/accounts/connect/confirm", token, json={"confirmation": result["confirmation"]}
+    )
+    if answer.status_code != 200:
+        error = answer.json()["error"]
+        return {
+            "status": "error",
+            "provider": result["provider"],
+            "reason": error["code"],
+            "message": error["message"],
+        }
+    account = answer.json()
+    return {
+        "status": "connected",
+        "account_id": account["account_id"],
+        "provider": account["provider"],
+        "address": account["address"],
+    }
 
 
 def connect(api: Api, browser: Browser, token: str, provider: str, email: str, **body: Any) -> dict[str, str]:
     started = api.call("POST", "/v1/accounts/connect", token, json={"provider": provider, **body})
     assert started.status_code == 200, started.text
     result, _ = browser.consent(started.json()["authorization_url"], email)
-    return result
+    return confirmed(api, token, result)
 
 
 def accounts_of(api: Api, token: str) -> list[dict[str, Any]]:
@@ -205,7 +231,7 @@ def test_forged_expired_and_reused_states_are_refused(
     assert Browser.follow(_callback_with_state(callback, expired))["reason"] == "expired_state"
     assert accounts_of(api, alice) == []
 
-    first = Browser.follow(callback)  # none of that used the state up: the real one completes, once
+    first = confirmed(api, alice, Browser.follow(callback))  # none of that used the state up
     assert first["status"] == "connected"
     replay = Browser.follow(callback)
     assert replay["status"] == "error" and replay["reason"] == "invalid_state"
@@ -262,7 +288,9 @@ def test_the_limit_is_checked_again_at_the_callback(api: Api, browser: Browser, 
     user = api.token(tenant, "u1")
     first = api.call("POST", "/v1/accounts/connect", user, json={"provider": "google"}).json()
     second = api.call("POST", "/v1/accounts/connect", user, json={"provider": "microsoft"}).json()
-    assert browser.consent(first["authorization_url"], mail_address())[0]["status"] == "connected"
+    assert confirmed(api, user, browser.consent(first["authorization_url"], mail_address())[0])["status"] == (
+        "connected"
+    )
     late, _ = browser.consent(second["authorization_url"], mail_address())
     assert late["status"] == "error" and late["reason"] == "plan_limit"
     assert "advanced plan allows 1" in late["message"]
@@ -403,7 +431,7 @@ def test_replace_moves_sending_to_the_new_account_and_stops_the_old(
     started = api.call("POST", f"/v1/accounts/{old}/replace", user, json={"provider": "google"})
     assert started.status_code == 200, started.text
     new_address = mail_address()
-    result, _ = browser.consent(started.json()["authorization_url"], new_address)
+    result = confirmed(api, user, browser.consent(started.json()["authorization_url"], new_address)[0])
     assert result["status"] == "connected", result
     new = result["account_id"]
     by_id = {a["account_id"]: a for a in accounts_of(api, user)}
@@ -721,6 +749,7 @@ def test_no_token_or_password_in_tables_logs_or_responses(
         responses.append(started.text)
         result, _ = browser.consent(started.json()["authorization_url"], mail_address())
         responses.append(json.dumps(result))
+        responses.append(json.dumps(confirmed(api, user, result)))
     dovecot, smtp = mail_servers
     address, password = f"sec-{uuid.uuid4().hex[:6]}@example.test", f"imap-{uuid.uuid4().hex}"
     dovecot.add_user(address, password)

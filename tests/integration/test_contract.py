@@ -43,7 +43,7 @@ def test_published_events_validate_against_their_models(api: Api, stack: LocalSt
     admin = api.token(tenant, "u1", "admin")
     api.call("PUT", "/v1/directory/contacts/c1", admin, json={"name": "C", "emails": ["c@x.io"]})
     api.call("DELETE", "/v1/directory/contacts/c1", admin)
-    api.call("PUT", "/v1/directory/settings", admin, json={"plan": "advanced"})
+    api.call("PUT", "/v1/directory/settings", api.token(tenant, "crm", "service"), json={"plan": "advanced"})
     models = {m.detail_type(): m for m in EVENT_TYPES}
     for detail_type in ("DirectoryEntryUpserted", "DirectoryEntryDeleted", "TenantSettingsChanged"):
         event = stack.wait_for_event(

@@ -144,7 +144,8 @@ def test_tenant_settings_round_trip_with_event(api: Api, stack: LocalStack, tena
         "apply_gap_changes": False,
     }
     new = {"plan": "professional", "automation_sender": "default_account", "apply_gap_changes": True}
-    assert api.call("PUT", "/v1/directory/settings", admin, json=new).json() == new
+    crm = api.token(tenant, "crm", "service")  # the plan is billing data: the CRM backend sets it
+    assert api.call("PUT", "/v1/directory/settings", crm, json=new).json() == new
     assert api.call("GET", "/v1/directory/settings", api.token(tenant, "u2")).json() == new
     assert _event(stack, "TenantSettingsChanged", tenant)["detail"]["plan"] == "professional"
 
@@ -155,7 +156,7 @@ def test_tenant_b_neither_reads_nor_writes_tenant_a(api: Api, tenant: str) -> No
     other = f"{tenant}-b"
     b_admin = api.token(other, "u1", "admin")
     api.call("PUT", "/v1/directory/contacts/c1", a_admin, json={"name": "A's", "emails": ["shared@x.io"]})
-    api.call("PUT", "/v1/directory/settings", a_admin, json={"plan": "power"})
+    api.call("PUT", "/v1/directory/settings", api.token(tenant, "crm", "service"), json={"plan": "power"})
 
     assert (
         api.call("GET", "/v1/directory/lookup", b_admin, params={"address": "shared@x.io"}).json()["contacts"]

@@ -14,7 +14,13 @@ from collections.abc import Callable
 
 from crmsync.accounts.models import Account, TokenSet
 from crmsync.accounts.oauth import InvalidGrant, OAuthClient
-from crmsync.accounts.service import AccountStore, ConcurrentSecretUpdate, secret_context, status_changed
+from crmsync.accounts.service import (
+    AccountStore,
+    ConcurrentSecretUpdate,
+    secret_context,
+    status_changed,
+    update_account,
+)
 from crmsync.crypto import SecretBox
 from crmsync.errors import Paused
 from crmsync.events import EventPublisher
@@ -49,14 +55,25 @@ class Credentials:
         return TokenSet.model_validate_json(self._box.open(sealed, secret_context(account))), version
 
     def access_token(self, account_id: str) -> str:
+        return self._token(account_id, refused=None)
+
+    def refused(self, account_id: str, token: str | None = None) -> str:
+        """The provider answered 401 to `token` (revoked with its grant, or expired early): a
+        new one now, whatever its stored expiry says; or, when the grant itself is refused,
+        the account pauses for re-authorisation (AccountPaused)."""
+        return self._token(account_id, refused=token or "")
+
+    def _token(self, account_id: str, refused: str | None) -> str:
         account = self._store.get_by_id(account_id)
         if account is None:
             raise AccountPaused(f"account {account_id} does not exist")
         if not account.can_sync:
             raise AccountPaused(f"account {account_id} is {account.status}")
         tokens, version = self._read(account)
-        if tokens.access_token and (tokens.expires_at or 0) > self._clock() + REFRESH_MARGIN_S:
-            return tokens.access_token
+        still_good = tokens.access_token and (tokens.expires_at or 0) > self._clock() + REFRESH_MARGIN_S
+        if still_good and (refused is None or (refused and tokens.access_token != refused)):
+            # not refused, or another worker has stored a new token since the refused one
+            return str(tokens.access_token)
         try:
             fresh = self._oauth(account.provider).refresh(tokens)
         except InvalidGrant as error:
@@ -84,10 +101,18 @@ class Credentials:
         return tokens.password
 
     def _pause(self, account: Account, reason: str) -> None:
-        previous = account.status
-        if previous == "reauth_required":
-            return
-        account.status = "reauth_required"
-        account.status_reason = reason
-        self._store.save(account)
-        self._publisher.publish([status_changed(account, previous)])
+        """reauth_required, only over an account that may still sync: a disconnect or a
+        replace that came meanwhile stays (the write is conditional on the version read)."""
+        seen: list[str] = []
+
+        def paused(current: Account) -> bool:
+            if not current.can_sync:
+                return False
+            seen.append(current.status)
+            current.status = "reauth_required"
+            current.status_reason = reason
+            return True
+
+        saved = update_account(self._store, account, paused)
+        if saved is not None:
+            self._publisher.publish([status_changed(saved, seen[-1])])  # type: ignore[arg-type]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints
 
 Provider = Literal["google", "microsoft", "imap"]
 OAuthProvider = Literal["google", "microsoft"]
@@ -81,6 +81,13 @@ class Account(BaseModel):
     status_reason: str | None = None
     replaces: str | None = None
     replaced_by: str | None = None
+    # the stored item's version when this was read (0: never stored); every write of the
+    # account is conditional on it, so no writer overwrites a change it has not seen
+    _version: int = PrivateAttr(default=0)
+
+    @property
+    def version(self) -> int:
+        return self._version
 
     @property
     def is_mailbox(self) -> bool:
@@ -152,6 +159,25 @@ class PendingConnect(BaseModel):
     flow: dict[str, object] = Field(default_factory=dict, description="PKCE verifier, nonce, msal's flow")
     replaces: str | None = None
     expires_at: int
+
+
+class PendingConfirmation(BaseModel):
+    """A consent the provider granted, waiting for the CRM user who started the connect to
+    confirm it from their own session (the connect is bound to that session, ACC-1). The
+    tokens are sealed; the key is a hash of the confirmation code, which only the browser
+    that came back from the provider holds."""
+
+    confirmation_id: str
+    pending: PendingConnect
+    address: str
+    sealed: dict[str, str]
+    expires_at: int
+
+
+class ConfirmConnect(_Strict):
+    confirmation: Annotated[
+        str, StringConstraints(min_length=16, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")
+    ] = Field(description="The `confirmation` the OAuth callback put on the CRM's return URL.")
 
 
 class PlanUsage(BaseModel):

@@ -3,6 +3,8 @@ and the plan limit (ACC-1 … ACC-10, SEC-3, SEC-4)."""
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -18,10 +20,12 @@ from crmsync.accounts.models import (
     AccountSettings,
     AccountSettingsPatch,
     AdminAccounts,
+    ConfirmConnect,
     ConnectRequest,
     ConnectStarted,
     ImapConnectRequest,
     OAuthProvider,
+    PendingConfirmation,
     PendingConnect,
     PlanUsage,
     Status,
@@ -32,7 +36,16 @@ from crmsync.accounts.state import StateError, StateSigner
 from crmsync.auth import Principal
 from crmsync.crypto import SecretBox
 from crmsync.directory import Directory
-from crmsync.errors import Conflict, Forbidden, NotFound, TransientError, Unprocessable
+from crmsync.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    ProviderUnavailable,
+    ServiceError,
+    TransientError,
+    Unprocessable,
+)
+from crmsync.errors import ProviderRefused as ProviderRefusedError
 from crmsync.events import AccountSettingsChanged, AccountStatusChanged, DefaultAccountChanged, EventPublisher
 from crmsync.ids import is_address, normalize_address
 from crmsync.jobs import Job
@@ -41,10 +54,31 @@ from crmsync.schedule import JobQueue
 logger = Logger()
 
 IMPORT_MONTHS = {"1m": 1, "3m": 3, "6m": 6, "12m": 12}
+CONFIRM_TTL_S = 600  # a consent waits this long for the CRM user's confirmation
+_ATTEMPTS = 8  # writes retried after losing a race, before giving up with a 409
+
+# ACC-2, SEC-5: the CRM's return page says why a connect failed in our words, never the
+# provider's (its error_description, or any other text, could be planted in the callback URL)
+PROVIDER_ERRORS = {
+    "access_denied": ("consent_denied", "you declined the access the CRM asked for; nothing was connected"),
+    "consent_required": ("consent_denied", "the provider needs your consent; connect again and allow access"),
+    "interaction_required": ("consent_denied", "the provider needs you to sign in again; connect again"),
+    "login_required": ("consent_denied", "the provider needs you to sign in again; connect again"),
+    "temporarily_unavailable": (
+        "provider_unavailable",
+        "the provider is unavailable right now; try again later",
+    ),
+    "server_error": ("provider_unavailable", "the provider is unavailable right now; try again later"),
+}
+PROVIDER_ERROR = ("provider_error", "the provider did not grant access; try again or ask your administrator")
 
 
 class ConcurrentSecretUpdate(Exception):
     """Another writer changed the sealed secret first (optimistic locking)."""
+
+
+class ConcurrentAccountUpdate(Exception):
+    """Another writer changed the account (or the user's default) since it was read."""
 
 
 class AccountStore(Protocol):
@@ -60,11 +94,18 @@ class AccountStore(Protocol):
 
     def create(self, account: Account, sealed: Mapping[str, str] | None) -> None: ...
 
-    def save(self, account: Account) -> None: ...
+    def save(self, account: Account) -> None:
+        """Only over the version that was read (else ConcurrentAccountUpdate)."""
+        ...
 
     def delete(self, account: Account) -> None: ...
 
-    def set_default(self, account: Account, previous: Account | None) -> None: ...
+    def default_marker(self, tenant_id: str, user_id: str) -> int: ...
+
+    def set_default(self, account: Account, previous: Account | None, marker: int) -> None:
+        """Both accounts at the versions read, the user's default marker still `marker`
+        (else ConcurrentAccountUpdate)."""
+        ...
 
     def get_secret(self, account_id: str) -> tuple[dict[str, str], int] | None: ...
 
@@ -75,6 +116,10 @@ class AccountStore(Protocol):
     def put_pending(self, pending: PendingConnect) -> None: ...
 
     def take_pending(self, state_id: str) -> PendingConnect | None: ...
+
+    def put_confirmation(self, confirmation: PendingConfirmation) -> None: ...
+
+    def take_confirmation(self, confirmation_id: str) -> PendingConfirmation | None: ...
 
 
 class ProviderHooks(Protocol):
@@ -103,6 +148,7 @@ class ConnectOutcome(BaseModel):
     address: str | None = None
     reason: str | None = None
     message: str | None = None
+    confirmation: str | None = None
 
     def query(self) -> str:
         return urlencode({k: v for k, v in self.model_dump().items() if v is not None})
@@ -110,6 +156,33 @@ class ConnectOutcome(BaseModel):
 
 def secret_context(account: Account) -> dict[str, str]:
     return {"tenant_id": account.tenant_id, "account_id": account.account_id}
+
+
+def _confirmation_context(pending: PendingConnect) -> dict[str, str]:
+    return {"tenant_id": pending.tenant_id, "connect_id": pending.state_id}
+
+
+def confirmation_id(code: str) -> str:
+    """What a confirmation is stored under: a hash, so the table never holds the code."""
+    return hashlib.sha256(code.encode()).hexdigest()
+
+
+def update_account(
+    store: AccountStore, account: Account, change: Callable[[Account], bool], attempts: int = _ATTEMPTS
+) -> Account | None:
+    """Apply `change` and write, over the version read; after a lost race read the account
+    again and apply `change` to what is there now. `change` returns False when there is
+    nothing (more) to do: then nothing is written and None is returned."""
+    current: Account | None = account
+    for _ in range(attempts):
+        if current is None or not change(current):
+            return None
+        try:
+            store.save(current)
+            return current
+        except ConcurrentAccountUpdate:
+            current = store.get(account.tenant_id, account.user_id, account.account_id)
+    raise Conflict(f"account {account.account_id} kept changing meanwhile; try again")
 
 
 class Accounts:
@@ -251,27 +324,83 @@ class Accounts:
         ):
             return _failed(provider, "invalid_state", "this connect link belongs to another user")
         if "error" in params:
-            reason = "consent_denied" if params["error"] == "access_denied" else "provider_error"
-            return _failed(
-                provider, reason, f"the provider said: {params.get('error_description') or params['error']}"
-            )
+            reason, message = PROVIDER_ERRORS.get(params["error"], PROVIDER_ERROR)
+            return _failed(provider, reason, message)
         try:
             client = self._oauth(provider)
             tokens = client.exchange(dict(pending.flow), dict(params), pending.redirect_uri)
             address = client.address(tokens, pending.purpose)
-            account = self._finish_connect(pending, address, tokens)
+            self._check_plan_for(pending, address)  # said now; checked again when confirmed
+            code = self._hold_for_confirmation(pending, address, tokens)
         except ProviderRefused as error:
             return _failed(provider, error.reason, error.message)
         except Forbidden as error:
             return _failed(provider, "plan_limit", error.message)
-        except TransientError as error:
-            return _failed(provider, "provider_unavailable", f"the provider could not be reached ({error})")
+        except TransientError:
+            return _failed(provider, "provider_unavailable", "the provider could not be reached; try again")
         except Exception:  # the user still gets a readable answer; the details go to the log
             logger.exception("connect failed", extra={"provider": provider})
             return _failed(provider, "internal_error", "the connect failed on our side; try again")
         return ConnectOutcome(
-            status="connected", account_id=account.account_id, provider=provider, address=address
+            status="confirm_required", provider=provider, address=address, confirmation=code
         )
+
+    def _check_plan_for(self, pending: PendingConnect, address: str) -> None:
+        """The plan check of a connect about to bring `address` (ACC-4); the same address
+        again is a reconnect and takes no further place."""
+        if pending.purpose == "calendar":
+            return
+        mine = self._store.list_for_user(pending.tenant_id, pending.user_id)
+        again = next((a for a in mine if a.provider == pending.provider and a.address == address), None)
+        if again is not None and again.status != "replaced":
+            if again.status == "disconnected":
+                self._check_plan(pending.tenant_id, pending.user_id, ignoring=[again.account_id])
+            return
+        self._check_plan(
+            pending.tenant_id, pending.user_id, ignoring=[pending.replaces] if pending.replaces else []
+        )
+
+    def _hold_for_confirmation(self, pending: PendingConnect, address: str, tokens: TokenSet) -> str:
+        """ACC-1: the consent waits, sealed, for the CRM user who started the connect to
+        confirm it from their own session. The code goes to the browser only."""
+        code = secrets.token_urlsafe(32)
+        sealed = self._box.seal(tokens.model_dump_json().encode(), _confirmation_context(pending))
+        self._store.put_confirmation(
+            PendingConfirmation(
+                confirmation_id=confirmation_id(code),
+                pending=pending,
+                address=address,
+                sealed=sealed,
+                expires_at=int(self._now().timestamp()) + CONFIRM_TTL_S,
+            )
+        )
+        return code
+
+    def confirm_connect(self, principal: Principal, request: ConfirmConnect) -> Account:
+        """The CRM's return page, in the session of the user who came back from the provider,
+        finishes the connect. Only the user who started it can: a connect link sent to someone
+        else and consented to there connects nothing (the consent is thrown away)."""
+        held = self._store.take_confirmation(confirmation_id(request.confirmation))  # single use
+        if held is None or held.expires_at < self._now().timestamp():
+            raise NotFound(
+                "no connect waits for this confirmation (it was used, has expired, or never existed)"
+            )
+        pending = held.pending
+        if (pending.tenant_id, pending.user_id) != (principal.tenant_id, principal.user_id):
+            logger.warning("a connect was confirmed by another CRM user than the one who started it")
+            raise Forbidden(
+                "this connect was started by another CRM user; nothing was connected. If you did not"
+                " start it, someone may have sent you their connect link: tell your administrator"
+            )
+        tokens = TokenSet.model_validate_json(self._box.open(held.sealed, _confirmation_context(pending)))
+        try:
+            return self._finish_connect(pending, held.address, tokens)
+        except ProviderRefused as error:  # the same reason codes the callback gives
+            raise _coded(ProviderRefusedError(error.message), error.reason) from error
+        except Forbidden as error:
+            raise _coded(Forbidden(error.message), "plan_limit") from error
+        except TransientError as error:
+            raise ProviderUnavailable("the provider could not be reached; connect again") from error
 
     def _finish_connect(self, pending: PendingConnect, address: str, tokens: TokenSet) -> Account:
         mine = self._store.list_for_user(pending.tenant_id, pending.user_id)
@@ -299,12 +428,10 @@ class Accounts:
         return self._activate(account, tokens, mine)
 
     def _activate(self, account: Account, tokens: TokenSet, mine: Sequence[Account]) -> Account:
-        """Store a new account with its sealed secret, start its provider, then publish."""
-        old = next((a for a in mine if a.account_id == account.replaces), None) if account.replaces else None
-        if account.is_mailbox and (
-            not any(a.is_default and a.can_sync for a in mine) or (old is not None and old.is_default)
-        ):
-            account.is_default = True
+        """Store a new account with its sealed secret, start its provider, then publish. The
+        replacement of a default account is the default; so is the first mailbox that can sync."""
+        old_was_default = any(a.account_id == account.replaces and a.is_default for a in mine)
+        account.is_default = False  # the default changes only through _make_default (ACC-6)
         sealed = self._box.seal(tokens.model_dump_json().encode(), secret_context(account))
         self._store.create(account, sealed)
         try:
@@ -315,16 +442,49 @@ class Accounts:
             raise ProviderRefused(
                 "provider_start_failed", f"{account.provider} could not start syncing this mailbox; try again"
             ) from error
-        previous_default = next((a for a in mine if a.is_default), None)
-        if account.is_default:
-            self._store.set_default(account, previous_default)
-        if old is not None:
+        previous_default: Account | None = None
+        if account.is_mailbox:
+            made = self._make_default(account, only_if_none=not old_was_default)
+            if made is not None:
+                account, previous_default = made
+        old = (
+            self._store.get(account.tenant_id, account.user_id, account.replaces)
+            if account.replaces
+            else None
+        )
+        if old is not None and old.status not in ("replaced", "disconnected"):
             self._retire(old, "replaced", f"replaced by {account.address}", replaced_by=account.account_id)
         self._publish(account, None)
         if account.is_default:
             self._publish_default(account, previous_default)
         self._start_import(account)
         return account
+
+    def _make_default(
+        self, account: Account, only_if_none: bool = False
+    ) -> tuple[Account, Account | None] | None:
+        """ACC-6: make `account` the user's one default, unsetting the old one, in a write that
+        fails if either account or the user's default changed since they were read (then read
+        again and decide again). With `only_if_none`, only when no account that can sync is the
+        default. Returns the account and the previous default, or None when nothing changed."""
+        for _ in range(_ATTEMPTS):
+            marker = self._store.default_marker(account.tenant_id, account.user_id)
+            mine = self._store.list_for_user(account.tenant_id, account.user_id)
+            current = next((a for a in mine if a.account_id == account.account_id), None)
+            if current is None or not current.can_sync:
+                raise Conflict(f"account {account.account_id} cannot be the default now")
+            if current.is_default:
+                return None
+            previous = next((a for a in mine if a.is_default and a.account_id != account.account_id), None)
+            if only_if_none and previous is not None and previous.can_sync:
+                return None
+            current.updated_at = self._now()
+            try:
+                self._store.set_default(current, previous, marker)
+            except ConcurrentAccountUpdate:
+                continue
+            return current, previous
+        raise Conflict("the default account kept changing meanwhile; try again")
 
     def _reconnect(self, account: Account, pending: PendingConnect, tokens: TokenSet) -> Account:
         """The same address again: fresh tokens, the same account and cursors (ACC-9 resume)."""
@@ -334,16 +494,26 @@ class Accounts:
         sealed = self._box.seal(tokens.model_dump_json().encode(), secret_context(account))
         existing = self._store.get_secret(account.account_id)
         self._store.put_secret(account.account_id, sealed, existing[1] if existing else None)
-        account.status = "connected"
-        account.status_reason = None
-        account.updated_at = self._now()
         if previous == "disconnected":
             account.settings = pending.settings
             self._start_provider(account, tokens)
-        self._store.save(account)
-        if previous != "connected":
-            self._publish(account, previous)
-        return account
+        seen: list[Status] = []
+
+        def reconnected(current: Account) -> bool:
+            if current.status == "replaced":
+                raise Conflict(f"account {current.account_id} was replaced meanwhile; connect again")
+            seen.append(current.status)
+            current.status = "connected"
+            current.status_reason = None
+            current.updated_at = self._now()
+            if previous == "disconnected":
+                current.settings = pending.settings
+            return True
+
+        saved = update_account(self._store, account, reconnected) or account
+        if seen and seen[-1] != "connected":
+            self._publish(saved, seen[-1])
+        return saved
 
     def _start_provider(self, account: Account, tokens: TokenSet) -> None:
         hooks = self._hooks.get(account.provider)
@@ -414,9 +584,21 @@ class Accounts:
         if updated == account.settings:
             return account
         before = account.settings
-        account.settings = updated
-        account.updated_at = self._now()
-        self._store.save(account)
+
+        def changed(current: Account) -> bool:
+            nonlocal before, updated
+            before = current.settings
+            updated = current.settings.model_copy(update=changes)
+            if updated == before:
+                return False
+            current.settings = updated
+            current.updated_at = self._now()
+            return True
+
+        saved = update_account(self._store, account, changed)
+        if saved is None:
+            return self.get(principal, account_id)
+        account = saved
         self._publisher.publish(
             [
                 AccountSettingsChanged(
@@ -439,16 +621,12 @@ class Accounts:
             raise Unprocessable("only a mailbox account can be the default sender")
         if not account.can_sync:
             raise Conflict(f"account {account_id} is {account.status} and cannot be the default")
-        if account.is_default:
-            return account
-        previous = next(
-            (a for a in self.list(principal) if a.is_default and a.account_id != account_id), None
-        )
-        account.is_default = True
-        account.updated_at = self._now()
-        self._store.set_default(account, previous)
-        self._publish_default(account, previous)
-        return account
+        made = self._make_default(account)
+        if made is None:
+            return self.get(principal, account_id)
+        chosen, previous = made
+        self._publish_default(chosen, previous)
+        return chosen
 
     def _publish_default(self, account: Account, previous: Account | None) -> None:
         self._publisher.publish(
@@ -472,20 +650,65 @@ class Accounts:
     def _retire(
         self, account: Account, status: Status, reason: str, replaced_by: str | None = None
     ) -> Account:
-        tokens = self.tokens(account)
+        """ACC-7, ACC-8: the account stops at once (its status first, so that no worker takes
+        it up again), the provider's watch or subscriptions are removed as far as the
+        provider lets us, and the tokens are deleted whatever the provider said."""
+        tokens = self._tokens_quietly(account)
+        seen: list[Status] = []
+
+        def retired(current: Account) -> bool:
+            if current.status in ("replaced", "disconnected"):
+                return False  # someone else retired it meanwhile
+            seen.append(current.status)
+            current.status = status
+            current.status_reason = reason
+            current.is_default = False
+            current.replaced_by = replaced_by or current.replaced_by
+            current.updated_at = self._now()
+            return True
+
+        saved = update_account(self._store, account, retired)
+        try:
+            self._stop_provider(account, self._fresh(account, tokens))
+        finally:
+            self._store.delete_secret(account.account_id)
+        if saved is None:
+            return self._store.get(account.tenant_id, account.user_id, account.account_id) or account
+        self._publish(saved, seen[-1])
+        return saved
+
+    def _tokens_quietly(self, account: Account) -> TokenSet | None:
+        try:
+            return self.tokens(account)
+        except Exception as error:  # a secret that no longer opens is deleted all the same
+            logger.warning("stored tokens unreadable", extra={"error_type": type(error).__name__})
+            return None
+
+    def _fresh(self, account: Account, tokens: TokenSet | None) -> TokenSet | None:
+        """Best effort: a freshly refreshed token for the provider calls of a disconnect (the
+        stored one may have expired); the stored one when the provider refuses."""
+        if tokens is None or account.provider == "imap":
+            return tokens
+        try:
+            return self._oauth(account.provider).refresh(tokens)
+        except Exception as error:  # revoked, unreachable: the stop is best effort
+            logger.warning(
+                "no fresh token to stop the provider with",
+                extra={"provider": account.provider, "error_type": type(error).__name__},
+            )
+            return tokens
+
+    def _stop_provider(self, account: Account, tokens: TokenSet | None) -> None:
         hooks = self._hooks.get(account.provider)
-        if hooks is not None:
+        if hooks is None:
+            return
+        try:
             hooks.on_disconnected(account, tokens)
-        self._store.delete_secret(account.account_id)
-        previous = account.status
-        account.status = status
-        account.status_reason = reason
-        account.is_default = False
-        account.replaced_by = replaced_by or account.replaced_by
-        account.updated_at = self._now()
-        self._store.save(account)
-        self._publish(account, previous)
-        return account
+        except Exception as error:  # the provider's side lapses on its own (a watch in 7 days)
+            logger.warning(
+                "the provider's watch could not be stopped; it lapses on its own",
+                extra={"provider": account.provider, "error_type": type(error).__name__},
+            )
 
     # ------------------------------------------------------------------ secrets
     def tokens(self, account: Account) -> TokenSet | None:
@@ -510,6 +733,11 @@ def status_changed(account: Account, previous: Status | None) -> AccountStatusCh
         previous_status=previous,
         reason=account.status_reason,
     )
+
+
+def _coded(error: ServiceError, code: str) -> ServiceError:
+    error.code = code
+    return error
 
 
 def _failed(provider: str, reason: str, message: str) -> ConnectOutcome:

@@ -14,10 +14,14 @@ from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
+from aws_lambda_powertools import Logger
+
 from crmsync.accounts.models import Account, TokenSet
-from crmsync.errors import TransientError, retry_after_seconds
+from crmsync.errors import PermanentError, TransientError, retry_after_seconds
 from crmsync.mail.models import ProviderMessage, RemovalKind
 from crmsync.mail.sync import ChangePage, CursorExpired, CursorStore, Removal
+
+logger = Logger()
 
 HISTORY_TYPES = ["messageAdded", "labelAdded", "labelRemoved", "messageDeleted"]
 _HELD = "held:"  # a page token of ours: the rest of a history page's messages, still to fetch
@@ -32,18 +36,50 @@ def _discovery() -> Any:
     return get_static_doc("gmail", "v1")
 
 
-def gmail_service(access_token: str, api_base: str) -> Any:
-    """A gmail.v1 client on `api_base`; imported and built only where Gmail is called."""
+class AccessTokenRefused(PermanentError):
+    """Gmail answered 401 to the access token, and no new one could be had: a reason for the
+    dead-letter record, never google-auth's RefreshError retried until the token expires."""
+
+
+def _bearer(access_token: str, refresh: Callable[[str], str] | None) -> Any:
+    """google-auth credentials holding our token. On a 401, google-auth asks them to refresh:
+    they get a new token from `refresh` (Credentials.refused: a forced refresh, or the account
+    paused for re-authorisation, ACC-9) once; a second 401, or no `refresh`, is a PermanentError."""
+    from google.oauth2.credentials import Credentials
+
+    class Bearer(Credentials):
+        refreshed = False
+
+        def refresh(self, request: Any) -> None:
+            if refresh is None or self.refreshed:
+                raise AccessTokenRefused("gmail refused the access token (401)")
+            self.refreshed = True
+            self.token = refresh(str(self.token))
+
+    return Bearer(token=access_token)  # type: ignore[no-untyped-call]
+
+
+def gmail_service(access_token: str, api_base: str, refresh: Callable[[str], str] | None = None) -> Any:
+    """A gmail.v1 client on `api_base`; imported and built only where Gmail is called.
+    `refresh(refused token)` gives a new token after a 401 (see _bearer)."""
     import google_auth_httplib2
     import httplib2
-    from google.oauth2.credentials import Credentials
     from googleapiclient.discovery import build_from_document
 
-    credentials = Credentials(token=access_token)  # type: ignore[no-untyped-call]
+    credentials = _bearer(access_token, refresh)
     http = google_auth_httplib2.AuthorizedHttp(credentials, http=httplib2.Http(timeout=_TIMEOUT))
     return build_from_document(
         _discovery(), http=http, client_options={"api_endpoint": api_base.rstrip("/") + "/"}
     )
+
+
+def account_gmail(
+    account_id: str, token: Callable[[str], str], api_base: str, refused: Callable[[str, str], str] | None
+) -> Any:
+    """A gmail.v1 client with the account's token (`token`: Credentials.access_token); after
+    a 401, `refused` (Credentials.refused) gives a new token or pauses the account."""
+    refresh = (lambda old: refused(account_id, old)) if refused is not None else None
+    return gmail_service(token(account_id), api_base, refresh)
 
 
 def _status(error: Any) -> int:
@@ -160,15 +196,21 @@ def removals(history: list[dict[str, Any]], selected: list[str]) -> list[Removal
 
 
 class GmailHistorySource:
-    def __init__(self, access_token: Callable[[str], str], api_base: str) -> None:
+    def __init__(
+        self,
+        access_token: Callable[[str], str],
+        api_base: str,
+        refused: Callable[[str, str], str] | None = None,
+    ) -> None:
         self._token = access_token  # Credentials.access_token: refreshes, or raises AccountPaused
         self._base = api_base
+        self._refused = refused  # Credentials.refused: after a 401
 
     def changes(self, account: Account, cursor: str, page_token: str | None) -> ChangePage:
         """One batch of messages at a time: a history page (up to 500 records) is read once, and
         its added messages are fetched and handed over BATCH_SIZE at a time, so a worker holds at
         most one batch of raw messages in memory; the page's removals come after its last batch."""
-        gmail = gmail_service(self._token(account.account_id), self._base)
+        gmail = account_gmail(account.account_id, self._token, self._base, self._refused)
         if page_token is not None and page_token.startswith(_HELD):
             held = json.loads(page_token[len(_HELD) :])
         else:
@@ -242,8 +284,20 @@ class GmailHooks:
         self._cursors.advance(account.account_id, "mail", str(started["historyId"]), expected=None)
 
     def on_disconnected(self, account: Account, tokens: TokenSet | None) -> None:
-        if self._topic and tokens and tokens.access_token:
+        """users.stop, best effort (ACC-8): with a token Gmail refuses the watch lapses on its
+        own within 7 days, and its pushes find no account that syncs."""
+        if not (self._topic and tokens and tokens.access_token):
+            return
+        try:
             gmail_service(tokens.access_token, self._base).users().stop(userId="me").execute()
+        except Exception as error:
+            logger.warning(
+                "gmail watch not stopped; it lapses on its own",
+                extra={
+                    "status": _status(getattr(error, "__cause__", None) or error),
+                    "error_type": type(error).__name__,
+                },
+            )
 
 
 class GmailPages:
@@ -257,17 +311,19 @@ class GmailPages:
         access_token: Callable[[str], str],
         api_base: str,
         ingest: Callable[[Account, ProviderMessage], object],
+        refused: Callable[[str, str], str] | None = None,
     ) -> None:
         self._token = access_token
         self._base = api_base
         self._ingest = ingest
+        self._refused = refused
 
     def fetch_page(self, account: Account, job: Any) -> Any:
         from googleapiclient.errors import HttpError
 
         from crmsync.resync import Page
 
-        gmail = gmail_service(self._token(account.account_id), self._base)
+        gmail = account_gmail(account.account_id, self._token, self._base, self._refused)
         try:
             cursor = job.cursor
             if job.page_token is None and job.kind == "mail_resync":

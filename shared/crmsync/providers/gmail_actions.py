@@ -12,7 +12,7 @@ from typing import Any
 
 from crmsync.accounts.models import Account
 from crmsync.errors import PermanentError
-from crmsync.providers.gmail import _raise_transient, _status, gmail_service
+from crmsync.providers.gmail import _raise_transient, _status, account_gmail
 
 
 def _call(request: Any, what: str) -> Any:
@@ -28,12 +28,18 @@ def _call(request: Any, what: str) -> Any:
 
 
 class GmailActions:
-    def __init__(self, access_token: Callable[[str], str], api_base: str) -> None:
+    def __init__(
+        self,
+        access_token: Callable[[str], str],
+        api_base: str,
+        refused: Callable[[str, str], str] | None = None,
+    ) -> None:
         self._token = access_token  # Credentials.access_token: refreshes, or raises AccountPaused
         self._base = api_base
+        self._refused = refused  # Credentials.refused: a new token after a 401, or AccountPaused
 
     def _gmail(self, account: Account) -> Any:
-        return gmail_service(self._token(account.account_id), self._base)
+        return account_gmail(account.account_id, self._token, self._base, self._refused)
 
     def send(
         self, account: Account, raw: bytes, reply_to: tuple[str, str | None] | None

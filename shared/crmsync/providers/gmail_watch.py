@@ -26,23 +26,30 @@ class WatchStarted(BaseModel):
 class GmailWatcher:
     """A Watcher (mail/watch.py) for Gmail mailboxes."""
 
-    def __init__(self, access_token: Callable[[str], str], api_base: str, topic: str | None) -> None:
+    def __init__(
+        self,
+        access_token: Callable[[str], str],
+        api_base: str,
+        topic: str | None,
+        refused: Callable[[str, str], str] | None = None,
+    ) -> None:
         self._token = access_token  # Credentials.access_token: refreshes, or raises AccountPaused
         self._base = api_base
         self._topic = topic or None
+        self._refused = refused  # Credentials.refused: a new token after a 401, or AccountPaused
 
     @property
     def watches(self) -> bool:
         return self._topic is not None
 
-    def start(self, access_token: str) -> WatchStarted:
+    def start(self, access_token: str, refresh: Callable[[str], str] | None = None) -> WatchStarted:
         """users.watch (a new watch, or the renewal of the current one: Gmail keeps one per
         mailbox and topic). Only called when a topic is configured."""
         from googleapiclient.errors import HttpError
 
         if self._topic is None:
             raise PermanentError("no Pub/Sub topic is configured for Gmail watches")
-        gmail = gmail_service(access_token, self._base)
+        gmail = gmail_service(access_token, self._base, refresh)
         body = {"topicName": self._topic, "labelFilterBehavior": "include"}
         try:
             answer: dict[str, Any] = gmail.users().watch(userId="me", body=body).execute()
@@ -57,7 +64,9 @@ class GmailWatcher:
     def renew(self, account: Account) -> int | None:
         if self._topic is None:
             return None
-        return self.start(self._token(account.account_id)).expires_at
+        refused = self._refused
+        refresh = (lambda old: refused(account.account_id, old)) if refused is not None else None
+        return self.start(self._token(account.account_id), refresh).expires_at
 
 
 class GmailWatchHooks:
