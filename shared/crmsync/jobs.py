@@ -83,6 +83,10 @@ class JobRunner:
             return self._dead_letter(body, message_id, group_id, f"{job.type}: {error}")
         return "done"
 
+    def dead_letter(self, body: str, message_id: str, group_id: str, reason: str) -> str:
+        """Send a job to the dead-letter queue with its reason (SYNC-8)."""
+        return self._dead_letter(body, message_id, group_id, reason)
+
     def _dead_letter(self, body: str, message_id: str, group_id: str, reason: str) -> str:
         self._dead.send(body, group_id or "unknown", message_id, reason)
         return "dead-lettered"

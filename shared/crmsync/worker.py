@@ -31,10 +31,17 @@ BASE_BACKOFF_S = 15
 # of what is left, at most this.
 RESERVE_S = 10.0
 MIN_SHARE_S = 1.0
+# The sync queue's maxReceiveCount (template.yaml): a job failing on its last receive is
+# dead-lettered by the worker itself, with the error as its reason, not redriven bare by SQS.
+MAX_RECEIVES = 5
 
 
 class Visibility(Protocol):
     def delay(self, receipt_handles: list[str], seconds: int) -> None: ...
+
+
+def _reason(error: BaseException) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"[:1000]
 
 
 def backoff(receive_count: int, retry_after: float | None) -> int:
@@ -55,6 +62,7 @@ class SyncBatch:
         self.outcomes: list[tuple[str, str]] = []
         self._context: Any = None
         self._left = 0
+        self._errors: dict[str, str] = {}
 
     @property
     def runner(self) -> JobRunner:
@@ -69,6 +77,10 @@ class SyncBatch:
         except TransientError as error:
             if error.retry_after is not None:
                 self._retry_after[group] = max(self._retry_after.get(group, 0.0), error.retry_after)
+            self._errors[record.message_id] = _reason(error)
+            raise
+        except Exception as error:
+            self._errors[record.message_id] = _reason(error)
             raise
         finally:
             set_deadline(None)
@@ -89,6 +101,7 @@ class SyncBatch:
         self.outcomes = []
         self._context = context
         self._left = len(event.get("Records", []))
+        self._errors = {}
         response = process_partial_response(
             event=event, record_handler=self._record, processor=self._processor, context=context
         )
@@ -100,8 +113,20 @@ class SyncBatch:
             attributes = raw.get("attributes", {})
             group = attributes.get("MessageGroupId", "")
             count = int(attributes.get("ApproximateReceiveCount", "1") or 1)
+            reason = self._errors.get(raw["messageId"])
+            if reason is not None and count >= MAX_RECEIVES:
+                # its last receive: to the dead-letter queue with why, and off the source queue
+                self._runner.dead_letter(
+                    raw["body"], raw["messageId"], group, f"after {count} tries: {reason}"
+                )
+                self.outcomes.append((raw["messageId"], "dead-lettered"))
+                failed.discard(raw["messageId"])
+                continue
             delay = backoff(count, self._retry_after.get(group))
             by_delay.setdefault(delay, []).append(raw["receiptHandle"])
         for delay, handles in by_delay.items():
             self._visibility.delay(handles, delay)
+        response["batchItemFailures"] = [
+            item for item in response.get("batchItemFailures", []) if item["itemIdentifier"] in failed
+        ]
         return response

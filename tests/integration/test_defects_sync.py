@@ -476,3 +476,38 @@ def test_a_thread_over_one_megabyte_is_read_whole(stack: LocalStack, engine: Mai
     owner = Principal(tenant_id=world.tenant, user_id="u1", role="member")
     view = services.mailbox().thread(owner, opened.crm_thread_id or "")
     assert len(view.messages) == 31
+
+
+@pytest.mark.rule("SYNC-8")
+def test_a_job_failing_on_its_last_receive_is_dead_lettered_with_its_reason(stack: LocalStack) -> None:
+    from crmsync.jobs import JobRunner
+
+    real = services.job_runner()
+    runner = JobRunner(real._resyncs, real._dead)  # type: ignore[attr-defined]
+
+    def broken(job: Job, message_id: str) -> None:
+        raise RuntimeError(f"cannot sync {job.account_id}")
+
+    runner.register("mail.sync", broken)
+    account = f"acc-{uuid.uuid4().hex[:8]}"
+    job = Job(type="mail.sync", tenant_id="t-dlq", account_id=account)
+    early, last = sqs_record(job, 1), sqs_record(job, 2)
+    last["attributes"]["ApproximateReceiveCount"] = "5"
+    batch = SyncBatch(runner, NoVisibility())
+    assert batch.process({"Records": [early]}, Context(30))["batchItemFailures"] == [
+        {"itemIdentifier": early["messageId"]}
+    ]  # an early receive is retried
+    assert batch.process({"Records": [last]}, Context(30))["batchItemFailures"] == []
+    sqs = boto3.client("sqs")
+
+    def dead_lettered() -> dict[str, Any] | None:
+        found = sqs.receive_message(
+            QueueUrl=stack.queues["SyncDeadLetterQueue"],
+            MaxNumberOfMessages=10,
+            MessageAttributeNames=["All"],
+        ).get("Messages", [])
+        return next((m for m in found if account in m["Body"]), None)
+
+    message = wait_until(dead_lettered)
+    reason = message["MessageAttributes"]["reason"]["StringValue"]
+    assert reason == f"after 5 tries: RuntimeError: cannot sync {account}"
