@@ -4,6 +4,8 @@ limit checked before anything is sent."""
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 import uuid
 import zlib
@@ -21,6 +23,7 @@ from crmsync import services
 from crmsync.jobs import Job
 from crmsync.mail import push
 from crmsync.mail.graph_notify import MAX_ITEMS, MAX_SUBSCRIPTIONS
+from crmsync.mail.limits import MB, limits_for
 from crmsync.schedule import DueItem, Scheduler
 from crmsync.stores.aws import dynamodb
 from crmsync.stores.cursors import DynamoDueStore
@@ -30,7 +33,9 @@ from local.emulators.servers import Emulators
 from local.stack import TEMPLATE, LocalStack
 from tests.conftest import Api
 from tests.integration.helpers import wait_until
+from tests.integration.test_gmail_send import _pdf, _stage
 from tests.integration.test_graph_notify import _connected, _jobs_of, handled, subs
+from tests.integration.test_graph_sync import _setup as graph_setup
 
 __all__ = ["handled", "subs"]  # the Graph tests' fixtures, used here too
 
@@ -266,3 +271,38 @@ def test_google_keys_are_fetched_at_most_once_a_minute_whatever_the_pushes_say(
         assert fetches_during(2, None, 204) == 1  # keys older than an hour are fetched again
     finally:
         google.certs_status = 200
+
+
+# ---------------------------------------------------------------------------- item 16
+
+
+@pytest.mark.rule("ATT-5")
+@pytest.mark.rule("ATT-3")
+def test_an_outlook_send_has_a_total_size_limit_checked_before_anything_is_sent(
+    stack: LocalStack, emulators: Emulators, api: Api, tenant: str
+) -> None:
+    limits = limits_for("microsoft")
+    total = limits.send_total_bytes
+    assert total == 35 * MB and limits.per_file_bytes == 3 * MB  # what the send function can hold
+    address, _, token = graph_setup(api, emulators, tenant, notifications=False)
+    box = emulators.microsoft.graph.mailbox(address)
+    three_mb = 3 * MB
+    files = total // three_mb + 1  # every file within Microsoft's 3 MB, the whole over the total
+    ids = [_stage(api, token, f"part-{n}.pdf", _pdf(three_mb)) for n in range(files)]
+    body = {"to": [{"address": "carla@client.test"}], "subject": "Everything", "text": "attached"}
+    before = list(box.requests)
+    refused = api.call("POST", "/v1/messages", token, json={**body, "attachment_ids": ids})
+    assert refused.status_code == 413, refused.text[:300]
+    message = refused.json()["error"]["message"]
+    assert str(total) in message and "Microsoft 365" in message and str(files * three_mb) in message
+    assert box.requests == before  # no draft, no attachment, nothing sent
+    threads = api.call("GET", "/v1/threads", token).json()["threads"]
+    assert "Everything" not in {t["subject"] for t in threads}  # nor recorded in the CRM
+
+    # within the total it goes out whole, each file through an upload session
+    fits = ids[:2]
+    sent = api.call("POST", "/v1/messages", token, json={**body, "attachment_ids": fits})
+    assert sent.status_code == 201, sent.text[:300]
+    raw = emulators.microsoft.graph.raw_of(address, sent.json()["provider_message_id"])
+    copy = email.message_from_bytes(raw, policy=email.policy.default)
+    assert [len(p.get_payload(decode=True)) for p in copy.iter_attachments()] == [three_mb] * len(fits)

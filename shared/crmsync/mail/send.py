@@ -174,10 +174,10 @@ class Outbox:
                     f"{limits.per_file_bytes} bytes per file"
                 )
         total = sum(size for _, _, size in found)
-        if limits.total_bytes is not None and total > limits.total_bytes:
+        if total > limits.send_max_total:
             raise TooLarge(
-                f"the attachments come to {total} bytes; {limits.provider_label} takes at most "
-                f"{limits.total_bytes} bytes per message"
+                f"the attachments come to {total} bytes; {limits.provider_label} accounts send at most "
+                f"{limits.send_max_total} bytes of attachments per message"
             )
         files = []
         for attachment_id, key, _ in found:
@@ -227,6 +227,7 @@ class Outbox:
             )
         except ValueError as error:  # the standard library's own header-injection guard
             raise Unprocessable(f"the message cannot be built: {error}") from error
+        files.clear()  # the files are in `raw` now: one copy of them is held from here on, not two
         earlier = self._engine.outgoing(account, message_id)  # a retried request finds its record
         if earlier is not None and earlier.delivery == "sent":
             return _sent(earlier, account)  # sent already: not again

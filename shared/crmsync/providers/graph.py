@@ -539,7 +539,9 @@ class GraphActions:
         else:
             draft = client.json("POST", "/me/messages", fields, "a new draft")
         draft_id = quote(draft["id"], safe="")
-        for part in parsed.iter_attachments():
+        # one file decoded at a time, and its encoded text let go once it is attached, so the
+        # parsed copy of the message shrinks as the files go up
+        for part in list(parsed.iter_attachments()):
             data = part.get_payload(decode=True)
             self._attach(
                 client,
@@ -548,6 +550,8 @@ class GraphActions:
                 part.get_content_type(),
                 data if isinstance(data, bytes) else b"",
             )
+            del data
+            part.set_payload("")
         client.json("POST", f"/me/messages/{draft_id}/send", None, "send")
         sent = client.json(
             "GET", f"/me/messages/{draft_id}?$select=id,conversationId", None, "the sent message"
