@@ -27,6 +27,8 @@ ssl_cert = <{cert}
 ssl_key = <{key}
 disable_plaintext_auth = yes
 auth_mechanisms = plain login
+# any character in user names (Dovecot's default set is ASCII): UTF-8 names log in by AUTH PLAIN
+auth_username_chars =
 default_login_user = dovenull
 default_internal_user = dovecot
 first_valid_uid = 0

@@ -397,10 +397,14 @@ def mail_sync() -> MailSync:
 @cache
 def mailbox() -> Mailbox:
     from crmsync.mail.read import Mailbox
+    from crmsync.pagetoken import PageTokens
     from crmsync.stores.mail import DynamoMailStore
+    from crmsync.stores.secrets import secret_text
 
     settings = get_settings()
-    return Mailbox(DynamoMailStore(settings.threads_table, settings.messages_table))
+    # page tokens are signed with a key derived from the state signing secret (its own purpose)
+    tokens = PageTokens(lambda: secret_text(settings.state_signing_secret_arn).encode())
+    return Mailbox(DynamoMailStore(settings.threads_table, settings.messages_table), tokens)
 
 
 @cache

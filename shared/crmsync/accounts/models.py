@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    WithJsonSchema,
+)
 
 Provider = Literal["google", "microsoft", "imap"]
 OAuthProvider = Literal["google", "microsoft"]
@@ -52,13 +61,36 @@ class AccountSettingsPatch(_Strict):
     archive_propagation: bool | None = None
 
 
+# A mail server's DNS name (labels of 1-63 letters, digits and hyphens, no hyphen at either
+# end, an optional final dot) or an IPv4 address: what a resolver takes, checked before it does.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_PATTERN = rf"^(?:{_LABEL}\.)*{_LABEL}\.?$"
+
+
+def _host_name(value: str) -> str:
+    if not re.fullmatch(_HOST_PATTERN, value):
+        raise ValueError(
+            "not a host name: labels of 1 to 63 letters, digits or hyphens (no hyphen at either end),"
+            " separated by single dots"
+        )
+    return value
+
+
+HostName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=253),
+    AfterValidator(_host_name),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 253, "pattern": _HOST_PATTERN}),
+]
+
+
 class ImapServer(_Strict):
     """Where an IMAP/SMTP account lives. TLS only: implicit TLS or STARTTLS (ACC-3)."""
 
-    imap_host: Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.-]+$")]
+    imap_host: HostName
     imap_port: int = Field(default=993, ge=1, le=65535)
     imap_security: Literal["tls", "starttls"] = "tls"
-    smtp_host: Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.-]+$")]
+    smtp_host: HostName
     smtp_port: int = Field(default=465, ge=1, le=65535)
     smtp_security: Literal["tls", "starttls"] = "tls"
     username: Annotated[str, StringConstraints(min_length=1, max_length=254, pattern=r"^[^\r\n\x00]+$")]

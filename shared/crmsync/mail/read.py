@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import binascii
-import json
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
@@ -12,6 +10,7 @@ from crmsync.auth import Principal
 from crmsync.errors import NotFound, Unprocessable
 from crmsync.ids import check_id
 from crmsync.mail.models import MessageRecord, ThreadRecord
+from crmsync.pagetoken import PageTokens
 
 
 class ThreadReader(Protocol):
@@ -20,8 +19,8 @@ class ThreadReader(Protocol):
     def thread_messages(self, tenant_id: str, crm_thread_id: str) -> list[MessageRecord]: ...
 
     def list_threads(
-        self, tenant_id: str, user_id: str, limit: int, after: str | None, account_id: str | None
-    ) -> tuple[list[ThreadRecord], str | None]: ...
+        self, tenant_id: str, user_id: str, limit: int, after: dict[str, Any] | None, account_id: str | None
+    ) -> tuple[list[ThreadRecord], dict[str, Any] | None]: ...
 
 
 class ThreadPage(BaseModel):
@@ -35,8 +34,9 @@ class ThreadView(BaseModel):
 
 
 class Mailbox:
-    def __init__(self, store: ThreadReader) -> None:
+    def __init__(self, store: ThreadReader, tokens: PageTokens) -> None:
         self._store = store
+        self._tokens = tokens
 
     def threads(
         self, principal: Principal, limit: int = 25, after: str | None = None, account_id: str | None = None
@@ -45,12 +45,12 @@ class Mailbox:
             raise Unprocessable("limit must be between 1 and 100")
         if account_id:
             check_id(account_id, "account_id")
-        try:
-            found, following = self._store.list_threads(
-                principal.tenant_id, principal.user_id, limit, after, account_id
-            )
-        except (ValueError, binascii.Error, json.JSONDecodeError) as error:
-            raise Unprocessable("next: not a page token this API gave out") from error
+        # a page token is good for the caller's own listing only, with the same filter (SEC-4)
+        scope = (principal.tenant_id, principal.user_id, account_id or "")
+        start = self._tokens.read("threads", scope, after) if after else None
+        tenant, user = principal.tenant_id, principal.user_id
+        found, last = self._store.list_threads(tenant, user, limit, start, account_id)
+        following = self._tokens.issue("threads", scope, last) if last else None
         return ThreadPage(threads=found, next=following)
 
     def thread(self, principal: Principal, thread_id: str) -> ThreadView:

@@ -15,9 +15,7 @@ MESSAGES_TABLE items:
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 from datetime import datetime
 from typing import Any
 
@@ -27,6 +25,7 @@ from botocore.exceptions import ClientError
 from crmsync.accounts.models import Account
 from crmsync.errors import TransientError
 from crmsync.mail.models import MessageRecord, MessageRef, ProviderMessage, ThreadRecord
+from crmsync.pagetoken import InvalidPageToken
 from crmsync.stores.aws import client, dynamodb
 from crmsync.stores.dynamo import is_condition_failure, plain
 
@@ -303,19 +302,24 @@ class DynamoMailStore:
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def list_threads(
-        self, tenant_id: str, user_id: str, limit: int, after: str | None, account_id: str | None
-    ) -> tuple[list[ThreadRecord], str | None]:
-        """A user's threads, newest first; `after` is the opaque token of the previous page."""
+        self, tenant_id: str, user_id: str, limit: int, after: dict[str, Any] | None, account_id: str | None
+    ) -> tuple[list[ThreadRecord], dict[str, Any] | None]:
+        """A user's threads, newest first, from `after` (the position the previous page ended
+        at); with where this page ends, if more may follow. The caller signs positions into
+        page tokens: a position outside the user's partition is refused here all the same."""
+        partition = f"T#{tenant_id}#U#{user_id}"
         kwargs: dict[str, Any] = {
             "IndexName": "gsi1",
-            "KeyConditionExpression": Key("gsi1pk").eq(f"T#{tenant_id}#U#{user_id}"),
+            "KeyConditionExpression": Key("gsi1pk").eq(partition),
             "ScanIndexForward": False,
             "Limit": limit,
         }
         if account_id:
             kwargs["FilterExpression"] = Attr("account_ids").contains(account_id)
-        if after:
-            kwargs["ExclusiveStartKey"] = json.loads(base64.urlsafe_b64decode(after.encode()))
+        if after is not None:
+            if after.get("gsi1pk") != partition:
+                raise InvalidPageToken("next: not a page token this API gave you for this listing")
+            kwargs["ExclusiveStartKey"] = after
         threads: list[ThreadRecord] = []
         last: dict[str, Any] | None = None
         while True:
@@ -326,8 +330,7 @@ class DynamoMailStore:
             if last is None or len(threads) >= limit:
                 break
             kwargs["ExclusiveStartKey"] = last
-        token = base64.urlsafe_b64encode(json.dumps(plain(last)).encode()).decode() if last else None
-        return threads, token
+        return threads, plain(last) if last else None
 
 
 class S3RawStore:
