@@ -135,6 +135,21 @@ def test_a_gmail_401_after_revocation_pauses_the_account_instead_of_retrying(
     last_status_event(stack, account_id, "reauth_required")
 
 
+@pytest.mark.rule("ACC-9")
+def test_a_gmail_401_with_no_way_to_refresh_is_a_permanent_error_with_its_reason(
+    emulators: Emulators,
+) -> None:
+    from crmsync.errors import PermanentError
+    from crmsync.providers.gmail import gmail_service
+
+    address = mail_address()
+    token = emulators.google.issue_access_token(address)
+    emulators.google.gmail.mailbox(address)
+    emulators.google.state.revoke(address)  # the grant and its access tokens
+    with pytest.raises(PermanentError, match="401"):  # dead-lettered with this reason, not retried
+        gmail_service(token, emulators.google_url).users().getProfile(userId="me").execute()
+
+
 # ---------------------------------------------------------------------------- item 6 (ACC-6, ACC-8, ACC-9)
 
 
