@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from crmsync.accounts.models import Account, TokenSet
+from crmsync.accounts.models import Account, Status, TokenSet
 from crmsync.accounts.oauth import InvalidGrant, OAuthClient
 from crmsync.accounts.service import (
     AccountStore,
@@ -103,7 +103,7 @@ class Credentials:
     def _pause(self, account: Account, reason: str) -> None:
         """reauth_required, only over an account that may still sync: a disconnect or a
         replace that came meanwhile stays (the write is conditional on the version read)."""
-        seen: list[str] = []
+        seen: list[Status] = []
 
         def paused(current: Account) -> bool:
             if not current.can_sync:
@@ -115,4 +115,4 @@ class Credentials:
 
         saved = update_account(self._store, account, paused)
         if saved is not None:
-            self._publisher.publish([status_changed(saved, seen[-1])])  # type: ignore[arg-type]
+            self._publisher.publish([status_changed(saved, seen[-1])])
