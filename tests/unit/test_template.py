@@ -218,3 +218,20 @@ def test_the_sync_queue_and_its_dlq_take_tls_only() -> None:
         covered |= queues
     assert covered == set(_of_type("AWS::SQS::Queue")) == {"SyncQueue", "SyncDeadLetterQueue"}
     assert not _of_type("AWS::SQS::QueueInlinePolicy")  # one policy per queue: no second one to clash
+
+
+def test_the_functions_that_store_mail_write_raw_and_nothing_else_of_the_bucket() -> None:
+    """The sync worker and the resync store the raw MIME of what they ingest under raw/; no
+    function gets a SAM S3 policy template, whose rights cover the whole bucket (the write one
+    includes s3:PutLifecycleConfiguration: a worker could undo the retention rules)."""
+    for logical_id, function in _of_type("AWS::Serverless::Function").items():
+        assert _s3_templates(function) == [], logical_id
+    for logical_id in ("SyncWorkerFunction", "ResyncFunction"):
+        s3 = [
+            s
+            for s in _statements(RESOURCES[logical_id])
+            if any(str(a).startswith("s3:") for a in s["Action"])
+        ]
+        assert [(s["Effect"], s["Action"], _subbed(s["Resource"])) for s in s3] == [
+            ("Allow", ["s3:PutObject"], "${DataBucket.Arn}/raw/*")
+        ], logical_id
