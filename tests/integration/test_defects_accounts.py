@@ -136,6 +136,22 @@ def test_a_gmail_401_after_revocation_pauses_the_account_instead_of_retrying(
 
 
 @pytest.mark.rule("ACC-9")
+def test_sending_from_a_revoked_gmail_account_asks_for_reauthorisation(
+    api: Api, stack: LocalStack, emulators: Emulators, tenant: str
+) -> None:
+    set_plan(api, tenant, "advanced")
+    user = api.token(tenant, "u1")
+    address = mail_address()
+    account_id = connect(api, Browser(emulators), user, "google", address)["account_id"]
+    emulators.google.state.revoke(address)
+    message = {"to": [{"address": "carla@client.test"}], "subject": "Renewal", "text": "Hello"}
+    sent = api.call("POST", "/v1/messages", user, json=message, headers={"Idempotency-Key": uuid.uuid4().hex})
+    assert sent.status_code == 409, sent.text  # not a 500: the user is asked to reconnect
+    assert "re-authorisation" in sent.json()["error"]["message"]
+    last_status_event(stack, account_id, "reauth_required")
+
+
+@pytest.mark.rule("ACC-9")
 def test_a_gmail_401_with_no_way_to_refresh_is_a_permanent_error_with_its_reason(
     emulators: Emulators,
 ) -> None:
