@@ -104,6 +104,8 @@ def test_disconnecting_a_microsoft_account_with_a_revoked_grant_is_no_reauthoris
     user = api.token(tenant, "u1")
     address = mail_address()
     account_id = connect(api, Browser(emulators), user, "microsoft", address)["account_id"]
+    subscriptions = _services(stack).graph_watcher()._store
+    assert subscriptions.for_account(account_id)  # Graph subscriptions were made on connect
     emulators.microsoft.state.revoke(address)
     emulators.microsoft.state.expire(address)
     _expire_stored_token(stack, account_id)
@@ -113,6 +115,7 @@ def test_disconnecting_a_microsoft_account_with_a_revoked_grant_is_no_reauthoris
     last_status_event(stack, account_id, "disconnected")
     # a disconnect is not a re-authorisation: the CRM hears of the disconnect only
     assert status_events(stack, account_id) == ["connected", "disconnected"]
+    assert subscriptions.for_account(account_id) == []  # forgotten here; at Graph they lapse
 
 
 @pytest.mark.rule("ACC-9")
