@@ -442,6 +442,7 @@ def graph_mailbox() -> GraphMailbox:
         lambda account_id: credentials().access_token(account_id),
         settings.graph_api_base,
         settings.provider_ca_bundle or True,
+        refused=lambda a, token: credentials().refused(a, token),  # a 401: new token, or ACC-9
     )
 
 

@@ -17,6 +17,7 @@ from crmsync.accounts.credentials import AccountPaused, Credentials
 from crmsync.accounts.models import TokenSet
 from crmsync.accounts.service import secret_context
 from crmsync.auth import Principal
+from crmsync.errors import TransientError
 from crmsync.jobs import Job
 from local.emulators.servers import Emulators
 from local.stack import LocalStack
@@ -136,6 +137,37 @@ def test_a_gmail_401_after_revocation_pauses_the_account_instead_of_retrying(
     (account,) = accounts_of(api, user)
     assert account["status"] == "reauth_required"
     last_status_event(stack, account_id, "reauth_required")
+
+
+@pytest.mark.rule("ACC-9")
+@pytest.mark.parametrize("grant", ["valid", "revoked"])
+def test_a_graph_401_gets_a_new_token_or_pauses_instead_of_retrying_until_expiry(
+    api: Api, stack: LocalStack, emulators: Emulators, tenant: str, grant: str
+) -> None:
+    set_plan(api, tenant, "advanced")
+    user = api.token(tenant, "u1")
+    address = mail_address()
+    account_id = connect(api, Browser(emulators), user, "microsoft", address)["account_id"]
+    # the access token stops working long before the expiry the service stored with it
+    emulators.microsoft.state.expire(address)
+    if grant == "revoked":
+        emulators.microsoft.state.revoke(address)
+    runner = service(stack, "SyncWorkerFunction", "batch").runner
+    job = Job(type="mail.sync", tenant_id=tenant, account_id=account_id, payload={"reason": "test"})
+
+    def run() -> str:
+        outcome: str = runner.handle(job.model_dump_json(), f"m-{uuid.uuid4().hex}", account_id)
+        return outcome
+
+    if grant == "revoked":
+        assert run() == "dropped"
+        assert accounts_of(api, user)[0]["status"] == "reauth_required"
+        last_status_event(stack, account_id, "reauth_required")
+        return
+    with pytest.raises(TransientError):  # this try is lost; the token is refreshed for the next
+        run()
+    assert run() == "done"
+    assert accounts_of(api, user)[0]["status"] == "connected"
 
 
 @pytest.mark.rule("ACC-9")

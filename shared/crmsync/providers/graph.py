@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from email.message import EmailMessage
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
@@ -236,11 +237,25 @@ def _mime_of(item: dict[str, Any]) -> bytes | None:
 class GraphMailbox:
     """What the source, the pages and the actions share: a client per account and MIME fetches."""
 
-    def __init__(self, access_token: Callable[[str], str], api_base: str, verify: str | bool) -> None:
+    def __init__(
+        self,
+        access_token: Callable[[str], str],
+        api_base: str,
+        verify: str | bool,
+        refused: Callable[[str, str], str] | None = None,
+    ) -> None:
         self._token = access_token  # Credentials.access_token: refreshes, or raises AccountPaused
         self._base = api_base
         self._verify = verify
         self._clients: dict[str, tuple[float, GraphClient]] = {}
+        # Credentials.refused: after a 401, a new token now (the retry uses it), or the account
+        # paused for re-authorisation (ACC-9), instead of the same token until it expires
+        self._refused = refused
+
+    def _forget(self, account_id: str, token: str) -> None:
+        self._clients.pop(account_id, None)
+        if self._refused is not None:
+            self._refused(account_id, token)
 
     def client(self, account: Account, token: str | None = None) -> GraphClient:
         """A client for the account, reused for a couple of minutes (one token lookup and one
@@ -256,7 +271,7 @@ class GraphMailbox:
                 self._base,
                 self._verify,
                 account.account_id,
-                lambda: self._clients.pop(account.account_id, None),
+                partial(self._forget, account.account_id, token),
             )
             cached = (now + CLIENT_REUSE_S, fresh)
             self._clients[account.account_id] = cached
