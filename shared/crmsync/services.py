@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from functools import cache
 from typing import TYPE_CHECKING
 
 from crmsync.directory import Directory
 from crmsync.jobs import JobRunner
-from crmsync.resync import Resync, ResyncRequests
+from crmsync.resync import Resync, ResyncJob, ResyncRequests
 from crmsync.schedule import Scheduler
 from crmsync.settings import get_settings
 
@@ -75,11 +76,23 @@ def resync() -> Resync:
         return GraphPages(graph_mailbox(), mail_sync().ingest)
 
     pages = ProviderPages(account_store(), {"google": gmail_pages, "microsoft": graph_pages})
+
+    def store_cursor(job: ResyncJob) -> None:
+        """SYNC-3: the resync's fresh cursor, then one incremental sync from it: what arrived
+        while the resync ran, whose sync requests were absorbed, is read at once."""
+        from crmsync.jobs import Job
+        from crmsync.stores.queue import SqsJobQueue
+
+        cursors.set(job.account_id, "mail", job.cursor or "")
+        follow = Job(type="mail.sync", tenant_id=job.tenant_id, account_id=job.account_id)
+        digest = hashlib.sha256(f"{job.account_id}|{job.request_id}|{job.cursor}".encode()).hexdigest()
+        SqsJobQueue(settings.sync_queue_url).send(follow, f"after-resync-{digest[:40]}")
+
     return Resync(
         DynamoSyncStateStore(settings.cursors_table),
         publisher(),
         sources={"mail_resync": pages, "mail_import": pages},
-        cursor_sink=lambda job: cursors.set(job.account_id, "mail", job.cursor or ""),
+        cursor_sink=store_cursor,
     )
 
 

@@ -511,3 +511,36 @@ def test_a_job_failing_on_its_last_receive_is_dead_lettered_with_its_reason(stac
     message = wait_until(dead_lettered)
     reason = message["MessageAttributes"]["reason"]["StringValue"]
     assert reason == f"after 5 tries: RuntimeError: cannot sync {account}"
+
+
+@pytest.mark.rule("SYNC-3")
+@pytest.mark.rule("SYNC-2")
+def test_mail_arriving_while_a_resync_runs_is_synced_when_it_ends(
+    stack: LocalStack, emulators: Emulators, api: Any, tenant: str
+) -> None:
+    from tests.integration.test_graph_sync import _setup, _sync, _threads
+
+    address, account_id, token = _setup(api, emulators, tenant, notifications=False)
+    graph = emulators.microsoft.graph
+    graph.arrive(address, mail("carla@client.test", [address], "Order 1").as_bytes())
+    _sync(stack, tenant, account_id)
+    wait_until(lambda: len(_threads(api, token)) == 1, timeout=20)
+    graph.expire_delta(address, "inbox")
+    graph.arrive(address, mail("carla@client.test", [address], "Order 2").as_bytes())
+    graph.slow_down(address, 1.0)  # the resync's pages take a while
+    _sync(stack, tenant, account_id)  # 410: a resync starts
+    wait_until(lambda: len(_threads(api, token)) == 2, timeout=30)  # the resync has read the inbox
+    progress = services.resync().progress(account_id, "mail_resync")
+    assert progress is not None and progress.status == "running"
+    # mail arrives now, and its sync meets the expired cursor while the resync runs: absorbed
+    graph.arrive(address, mail("carla@client.test", [address], "Order 3").as_bytes())
+    _sync(stack, tenant, account_id)
+    graph.slow_down(address, 0)
+    # Whichever comes first, nothing is lost and no second resync starts: a sync that met the
+    # expired cursor while the resync ran was absorbed, and the resync's end syncs from its fresh
+    # cursor at once (no push, no catch-up poll needed); a sync that met it just as the resync
+    # stored the fresh one goes on from that.
+    threads = wait_until(lambda: (t := _threads(api, token)) and len(t) == 3 and t, timeout=30)
+    assert sorted(t["subject"] for t in threads) == ["Order 1", "Order 2", "Order 3"]
+    found = account_executions(stack, account_id)
+    assert len(found) == 1, [(e["name"], e["startDate"], e["input"], e.get("stopDate")) for e in found]

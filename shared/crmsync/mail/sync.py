@@ -92,6 +92,7 @@ class MailboxSync:
         name: str = "mail",
         deadline: float | None = None,
         resume: Resume | None = None,
+        replaced: bool = False,
     ) -> SyncResult:
         """Sync from the stored cursor (or from `resume`, where an earlier run stopped). With a
         `deadline` (time.monotonic()), the run stops between pages once it has passed."""
@@ -108,6 +109,9 @@ class MailboxSync:
             try:
                 page = source.changes(account, cursor, page_token)
             except CursorExpired as error:
+                if self._cursors.get(account.account_id, name) != cursor and not replaced:
+                    # a resync stored a fresh cursor while this run held the old one: go on from it
+                    return self.run(account, source, name, deadline, replaced=True)
                 self._start_resync(account, str(error) or "the provider no longer accepts the cursor")
                 return result.model_copy(update={"status": "resync_started"})
             result.pages += 1
