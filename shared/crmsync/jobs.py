@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from crmsync.errors import Paused, PermanentError
+from crmsync.jobtypes import JobType
 from crmsync.resync import ResyncJob
 
 _DEADLINE: ContextVar[float | None] = ContextVar("job_deadline", default=None)
@@ -55,14 +56,10 @@ class JobRunner:
     def __init__(self, resyncs: ResyncRequester, dead_letters: DeadLetters) -> None:
         self._resyncs = resyncs
         self._dead = dead_letters
-        self._handlers: dict[str, JobHandler] = {"resync.start": self._start_resync}
+        self._handlers: dict[str, JobHandler] = {JobType.RESYNC_START: self._start_resync}
 
     def register(self, job_type: str, handler: JobHandler) -> None:
         self._handlers[job_type] = handler
-
-    @property
-    def job_types(self) -> list[str]:
-        return sorted(self._handlers)
 
     def handle(self, body: str, message_id: str, group_id: str) -> str:
         """Run one queued job. Returns what became of it: 'done' or 'dead-lettered'."""

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from crmsync.directory import Directory
 from crmsync.jobs import JobRunner
+from crmsync.jobtypes import JobType
 from crmsync.resync import Resync, ResyncJob, ResyncRequests
 from crmsync.schedule import Scheduler
 from crmsync.settings import get_settings
@@ -84,7 +85,7 @@ def resync() -> Resync:
         from crmsync.stores.queue import SqsJobQueue
 
         cursors.set(job.account_id, "mail", job.cursor or "")
-        follow = Job(type="mail.sync", tenant_id=job.tenant_id, account_id=job.account_id)
+        follow = Job(type=JobType.MAIL_SYNC, tenant_id=job.tenant_id, account_id=job.account_id)
         digest = hashlib.sha256(f"{job.account_id}|{job.request_id}|{job.cursor}".encode()).hexdigest()
         SqsJobQueue(settings.sync_queue_url).send(follow, f"after-resync-{digest[:40]}")
 
@@ -104,15 +105,15 @@ def job_runner() -> JobRunner:
     if not settings.resync_state_machine_arn or not settings.sync_dlq_url:
         raise RuntimeError("RESYNC_STATE_MACHINE_ARN and SYNC_DLQ_URL must be set for the sync worker")
     runner = JobRunner(resync_requests(), SqsDeadLetters(settings.sync_dlq_url))
-    runner.register("mail.sync", mail_sync_job())
-    runner.register("mail.watch", mail_watch_job(settings.gmail_push_topic or None))  # SYNC-7
+    runner.register(JobType.MAIL_SYNC, mail_sync_job())
+    runner.register(JobType.MAIL_WATCH, mail_watch_job(settings.gmail_push_topic or None))  # SYNC-7
     from crmsync.mail.actions import MailboxActions, PropagateJob
 
     providers: dict[str, MailboxActions] = {"google": gmail_actions(), "microsoft": graph_actions()}
-    runner.register("mail.propagate", PropagateJob(account_store(), providers))
+    runner.register(JobType.MAIL_PROPAGATE, PropagateJob(account_store(), providers))
     lifecycle = graph_lifecycle_jobs()  # Graph's lifecycle events (SYNC-7)
-    runner.register("graph.reauthorize", lifecycle.reauthorize)
-    runner.register("graph.resubscribe", lifecycle.resubscribe)
+    runner.register(JobType.GRAPH_REAUTHORIZE, lifecycle.reauthorize)
+    runner.register(JobType.GRAPH_RESUBSCRIBE, lifecycle.resubscribe)
     return runner
 
 
@@ -436,7 +437,7 @@ def mailbox_sync() -> MailboxSync:
         if not resync_requests().wanted(account.account_id, "mail_resync"):
             return
         job = Job(
-            type="resync.start",
+            type=JobType.RESYNC_START,
             tenant_id=account.tenant_id,
             account_id=account.account_id,
             payload={"user_id": account.user_id, "kind": "mail_resync"},

@@ -49,6 +49,7 @@ from crmsync.errors import ProviderRefused as ProviderRefusedError
 from crmsync.events import AccountSettingsChanged, AccountStatusChanged, DefaultAccountChanged, EventPublisher
 from crmsync.ids import is_address, normalize_address
 from crmsync.jobs import Job
+from crmsync.jobtypes import JobType
 from crmsync.schedule import JobQueue
 
 logger = Logger()
@@ -527,7 +528,7 @@ class Accounts:
             return
         since = account.connected_at - timedelta(days=30 * months)
         job = Job(
-            type="resync.start",
+            type=JobType.RESYNC_START,
             tenant_id=account.tenant_id,
             account_id=account.account_id,
             payload={"user_id": account.user_id, "kind": "mail_import", "since": since.isoformat()},

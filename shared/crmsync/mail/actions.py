@@ -19,6 +19,7 @@ from crmsync.auth import Principal
 from crmsync.errors import NotFound, Paused, PermanentError
 from crmsync.ids import check_id
 from crmsync.jobs import Job
+from crmsync.jobtypes import JobType
 from crmsync.mail.models import MessageRecord, ThreadRecord
 
 Action = Literal["archive", "trash"]
@@ -98,7 +99,7 @@ class MailActions:
             for start in range(0, len(ids), _BATCH):
                 chunk = ids[start : start + _BATCH]
                 job = Job(
-                    type="mail.propagate",
+                    type=JobType.MAIL_PROPAGATE,
                     tenant_id=principal.tenant_id,
                     account_id=account_id,
                     payload={"action": action, "provider_message_ids": chunk},

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl
 
+from crmsync.jobtypes import JobType
+
 if TYPE_CHECKING:
     from crmsync.providers.graph_subscriptions import SubscriptionRecord
     from crmsync.schedule import JobQueue
@@ -40,9 +42,9 @@ MAX_TOKEN_CHARS = 1024
 MAX_ITEMS = 1000  # notifications in one request
 MAX_SUBSCRIPTIONS = 100  # distinct subscriptions read for one request: one BatchGetItem
 LIFECYCLE_JOBS = {
-    "reauthorizationRequired": "graph.reauthorize",
-    "subscriptionRemoved": "graph.resubscribe",
-    "missed": "mail.sync",
+    "reauthorizationRequired": JobType.GRAPH_REAUTHORIZE,
+    "subscriptionRemoved": JobType.GRAPH_RESUBSCRIBE,
+    "missed": JobType.MAIL_SYNC,
 }
 
 
@@ -177,12 +179,12 @@ class GraphNotifications:
             )
         for account_id, (record, keys) in changes.items():
             self._send(
-                "mail.sync",
+                JobType.MAIL_SYNC,
                 record,
                 {"reason": "graph-notification"},
                 _dedup("notify", account_id, *sorted(keys)),
             )
-            outcome.jobs.append({"type": "mail.sync", "account_id": account_id})
+            outcome.jobs.append({"type": JobType.MAIL_SYNC, "account_id": account_id})
         return outcome
 
     def _lifecycle(

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from crmsync.accounts.models import Account
 from crmsync.errors import Paused, PermanentError
 from crmsync.jobs import Job, current_deadline
+from crmsync.jobtypes import JobType
 from crmsync.mail.sync import ChangeSource, MailboxSync, Resume
 
 
@@ -64,7 +65,7 @@ class MailSyncJob:
         if result.resume is not None and self._continuation is not None:
             # out of time: the rest is a job of its own, behind whatever else the account has queued
             go_on = Job(
-                type="mail.sync",
+                type=JobType.MAIL_SYNC,
                 tenant_id=account.tenant_id,
                 account_id=account.account_id,
                 payload={"resume": result.resume.model_dump()},

@@ -15,6 +15,7 @@ import jwt
 from pydantic import BaseModel, ValidationError
 
 from crmsync.jobs import Job
+from crmsync.jobtypes import JobType
 from crmsync.schedule import JobQueue
 
 GOOGLE_ISSUERS = ("https://accounts.google.com", "accounts.google.com")
@@ -138,7 +139,7 @@ class GmailPush:
             return PushOutcome(status="dropped", reason="no connected account for this mailbox")
         for tenant_id, account_id in accounts:
             job = Job(
-                type="mail.sync",
+                type=JobType.MAIL_SYNC,
                 tenant_id=tenant_id,
                 account_id=account_id,
                 payload={"history_id": history_id},

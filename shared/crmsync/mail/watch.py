@@ -24,6 +24,7 @@ from aws_lambda_powertools import Logger
 
 from crmsync.accounts.models import Account
 from crmsync.jobs import Job
+from crmsync.jobtypes import JobType
 from crmsync.schedule import DueItem
 
 logger = Logger()
@@ -98,7 +99,7 @@ class SyncSchedule:
 
     def _catchup(self, account: Account, now: int) -> DueItem:
         job = Job(
-            type="mail.sync",
+            type=JobType.MAIL_SYNC,
             tenant_id=account.tenant_id,
             account_id=account.account_id,
             payload={"reason": "catch-up"},
@@ -113,7 +114,7 @@ class SyncSchedule:
 
     def _watch(self, account: Account, expires_at: int) -> DueItem:
         job = Job(
-            type="mail.watch",
+            type=JobType.MAIL_WATCH,
             tenant_id=account.tenant_id,
             account_id=account.account_id,
             payload={"expires_at": expires_at},

@@ -35,6 +35,7 @@ from pydantic import BaseModel
 from crmsync.accounts.models import Account, AccountSettings, TokenSet
 from crmsync.errors import Paused, PermanentError, TransientError
 from crmsync.jobs import Job
+from crmsync.jobtypes import JobType
 from crmsync.mail.watch import SyncSchedule
 from crmsync.providers.graph_folders import synced_folders
 from crmsync.schedule import JobQueue
@@ -217,10 +218,6 @@ class GraphWatcher:
         self._locate = locate  # (account, token, folder) → a well-known name or folder id; None: missing
         self._clock = clock
         self._lifetime = max_lifetime_s
-
-    @property
-    def subscribes(self) -> bool:
-        return self._base is not None
 
     def _wanted_expiry(self) -> int:
         return int(self._clock()) + self._lifetime - CLOCK_MARGIN_S
@@ -417,7 +414,7 @@ class GraphSubscriptionHooks:
         if self._queue is None:
             return
         job = Job(
-            type="mail.watch",
+            type=JobType.MAIL_WATCH,
             tenant_id=account.tenant_id,
             account_id=account.account_id,
             payload={"reason": "folders-changed"},
@@ -453,7 +450,7 @@ class GraphLifecycleJobs:
 
     def _catch_up(self, account: Account, reason: str, message_id: str) -> None:
         job = Job(
-            type="mail.sync",
+            type=JobType.MAIL_SYNC,
             tenant_id=account.tenant_id,
             account_id=account.account_id,
             payload={"reason": reason},
