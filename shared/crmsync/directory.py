@@ -170,10 +170,6 @@ class LookupResult(BaseModel):
     def is_tenant_user(self) -> bool:
         return bool(self.users)
 
-    @property
-    def is_known(self) -> bool:
-        return bool(self.users or self.contacts or self.leads)
-
 
 class DirectoryStore(Protocol):
     """Port: persistence of the directory (see stores/directory.py)."""

@@ -109,20 +109,6 @@ def _raise_transient(error: Any, what: str) -> None:
         ) from error
 
 
-def fetch_raw(gmail: Any, message_id: str) -> ProviderMessage | None:
-    """One message in raw format; None if it is gone (deleted since the history was written)."""
-    from googleapiclient.errors import HttpError
-
-    try:
-        found = gmail.users().messages().get(userId="me", id=message_id, format="raw").execute()
-    except HttpError as error:
-        if _status(error) == 404:
-            return None  # deleted since the history was written: nothing to sync
-        _raise_transient(error, "a message")
-        raise
-    return _provider_message(found)
-
-
 def fetch_raw_batched(gmail: Any, api_base: str, message_ids: Sequence[str]) -> list[ProviderMessage]:
     """The messages in raw format, in the given order, BATCH_SIZE per batch request; the ones
     deleted meanwhile (404) are left out. Throttling or a 5xx, of the batch or of any call in
