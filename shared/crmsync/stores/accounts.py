@@ -249,19 +249,22 @@ class DynamoAccountStore:
             }
         )
 
-    def take_pending(self, state_id: str) -> PendingConnect | None:
-        """Delete and return: of two callbacks with one state, only one gets it."""
+    def _take(self, key: dict[str, str], attribute: str) -> str | None:
+        """Delete an item and return one of its attributes: of two callers, only one gets it."""
         try:
             response = self._table.delete_item(
-                Key={"pk": f"STATE#{state_id}", "sk": "STATE"},
-                ConditionExpression="attribute_exists(pk)",
-                ReturnValues="ALL_OLD",
+                Key=key, ConditionExpression="attribute_exists(pk)", ReturnValues="ALL_OLD"
             )
         except ClientError as error:
             if is_condition_failure(error):
                 return None
             raise
-        return PendingConnect.model_validate_json(response["Attributes"]["pending"])  # type: ignore[arg-type]
+        return str(response["Attributes"][attribute])
+
+    def take_pending(self, state_id: str) -> PendingConnect | None:
+        """Delete and return: of two callbacks with one state, only one gets it."""
+        found = self._take({"pk": f"STATE#{state_id}", "sk": "STATE"}, "pending")
+        return PendingConnect.model_validate_json(found) if found is not None else None
 
     def put_confirmation(self, confirmation: PendingConfirmation) -> None:
         self._table.put_item(
@@ -276,14 +279,5 @@ class DynamoAccountStore:
 
     def take_confirmation(self, confirmation_id: str) -> PendingConfirmation | None:
         """Delete and return: a confirmation is used once, by whoever comes first."""
-        try:
-            response = self._table.delete_item(
-                Key={"pk": f"CONFIRM#{confirmation_id}", "sk": "CONFIRM"},
-                ConditionExpression="attribute_exists(pk)",
-                ReturnValues="ALL_OLD",
-            )
-        except ClientError as error:
-            if is_condition_failure(error):
-                return None
-            raise
-        return PendingConfirmation.model_validate_json(response["Attributes"]["confirmation"])  # type: ignore[arg-type]
+        found = self._take({"pk": f"CONFIRM#{confirmation_id}", "sk": "CONFIRM"}, "confirmation")
+        return PendingConfirmation.model_validate_json(found) if found is not None else None
