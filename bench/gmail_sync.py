@@ -100,7 +100,7 @@ def bare_fetch(token: str, base: str, start: str) -> int:
     """history.list from `start`, then the added messages in raw format, 50 per batch; nothing kept."""
     from googleapiclient.http import BatchHttpRequest
 
-    from crmsync.providers.gmail import HISTORY_TYPES, gmail_service
+    from crmsync.providers.google.gmail import HISTORY_TYPES, gmail_service
 
     gmail = gmail_service(token, base)
     ids: dict[str, None] = {}
@@ -145,7 +145,7 @@ class Bench:
         from crmsync.accounts.models import Account, AccountSettings
         from crmsync.auth import Principal
         from crmsync.directory import ContactEntry
-        from crmsync.providers.gmail import GmailHistorySource
+        from crmsync.providers.google.gmail import GmailHistorySource
         from crmsync.settings import get_settings
         from crmsync.stores.cursors import DynamoCursorStore
 

@@ -142,7 +142,7 @@ class Bench:
         from crmsync.accounts.models import Account, AccountSettings, TokenSet
         from crmsync.auth import Principal
         from crmsync.directory import ContactEntry
-        from crmsync.providers.graph import GraphDeltaSource, GraphMailbox, GraphMailHooks
+        from crmsync.providers.microsoft.mail import GraphDeltaSource, GraphMailbox, GraphMailHooks
         from crmsync.settings import get_settings
         from crmsync.stores.cursors import DynamoCursorStore
 

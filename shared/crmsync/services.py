@@ -29,10 +29,14 @@ if TYPE_CHECKING:
     from crmsync.mail.send import Outbox
     from crmsync.mail.sync import ChangeSource, MailboxSync
     from crmsync.mail.watch import MailWatchJob, SyncSchedule
-    from crmsync.providers.gmail_actions import GmailActions
-    from crmsync.providers.gmail_watch import GmailWatcher, GmailWatchHooks
-    from crmsync.providers.graph import GraphActions, GraphMailbox
-    from crmsync.providers.graph_subscriptions import GraphLifecycleJobs, GraphSubscriptionHooks, GraphWatcher
+    from crmsync.providers.google.actions import GmailActions
+    from crmsync.providers.google.watch import GmailWatcher, GmailWatchHooks
+    from crmsync.providers.microsoft.mail import GraphActions, GraphMailbox
+    from crmsync.providers.microsoft.subscriptions import (
+        GraphLifecycleJobs,
+        GraphSubscriptionHooks,
+        GraphWatcher,
+    )
     from crmsync.stores.accounts import DynamoAccountStore
     from crmsync.stores.eventbridge import EventBridgePublisher
     from crmsync.worker import SyncBatch
@@ -62,7 +66,7 @@ def resync() -> Resync:
     cursors = DynamoCursorStore(settings.cursors_table)
 
     def gmail_pages() -> object:
-        from crmsync.providers.gmail import GmailPages
+        from crmsync.providers.google.gmail import GmailPages
 
         return GmailPages(
             lambda a: credentials().access_token(a),
@@ -72,7 +76,7 @@ def resync() -> Resync:
         )
 
     def graph_pages() -> object:
-        from crmsync.providers.graph import GraphPages
+        from crmsync.providers.microsoft.mail import GraphPages
 
         return GraphPages(graph_mailbox(), mail_sync().ingest)
 
@@ -147,7 +151,7 @@ class _ChangeSources(dict[str, "ChangeSource"]):
     def __missing__(self, provider: str) -> ChangeSource:
         source: ChangeSource
         if provider == "google":
-            from crmsync.providers.gmail import GmailHistorySource
+            from crmsync.providers.google.gmail import GmailHistorySource
 
             source = GmailHistorySource(
                 lambda account_id: credentials().access_token(account_id),
@@ -155,7 +159,7 @@ class _ChangeSources(dict[str, "ChangeSource"]):
                 refused=lambda a, token: credentials().refused(a, token),  # a 401: new token, or ACC-9
             )
         elif provider == "microsoft":
-            from crmsync.providers.graph import GraphDeltaSource
+            from crmsync.providers.microsoft.mail import GraphDeltaSource
 
             source = GraphDeltaSource(graph_mailbox(), mail_sync().settled)
         else:
@@ -218,7 +222,7 @@ def mail_sync_job() -> MailSyncJob:
 
 
 def gmail_watcher(topic: str | None) -> GmailWatcher:
-    from crmsync.providers.gmail_watch import GmailWatcher
+    from crmsync.providers.google.watch import GmailWatcher
 
     return GmailWatcher(
         lambda a: credentials().access_token(a),
@@ -239,8 +243,8 @@ def mail_watch_job(topic: str | None) -> MailWatchJob:
 
 def gmail_hooks(topic: str | None) -> GmailWatchHooks:
     """What connecting and disconnecting a Gmail mailbox starts and stops (watch, schedule)."""
-    from crmsync.providers.gmail import GmailHooks
-    from crmsync.providers.gmail_watch import GmailWatchHooks
+    from crmsync.providers.google.gmail import GmailHooks
+    from crmsync.providers.google.watch import GmailWatchHooks
     from crmsync.stores.cursors import DynamoCursorStore
 
     settings = get_settings()
@@ -253,7 +257,7 @@ def gmail_hooks(topic: str | None) -> GmailWatchHooks:
 def microsoft_hooks() -> ProviderHooks:
     """What connecting and disconnecting a Microsoft mailbox starts and stops: the first delta
     cursor (and the subscriptions, when their hooks are registered)."""
-    from crmsync.providers.graph import GraphMailHooks
+    from crmsync.providers.microsoft.mail import GraphMailHooks
     from crmsync.stores.cursors import DynamoCursorStore
 
     return GraphMailHooks(graph_mailbox(), DynamoCursorStore(get_settings().cursors_table))
@@ -262,7 +266,8 @@ def microsoft_hooks() -> ProviderHooks:
 @cache
 def graph_watcher() -> GraphWatcher:
     """Microsoft mailboxes' Graph subscriptions (SYNC-7); off without PUBLIC_API_BASE."""
-    from crmsync.providers.graph_subscriptions import GraphSubscriptionApi, GraphWatcher
+    from crmsync.providers.microsoft.mail import find_folder
+    from crmsync.providers.microsoft.subscriptions import GraphSubscriptionApi, GraphWatcher
     from crmsync.stores.subscriptions import DynamoGraphSubscriptionStore
 
     settings = get_settings()
@@ -272,14 +277,14 @@ def graph_watcher() -> GraphWatcher:
         lambda a: credentials().access_token(a),
         settings.public_api_base or None,
         # a chosen folder's id, looked up with the token the subscription is made with
-        locate=lambda account, token, folder: graph_mailbox().client(account, token).folder(folder),
+        locate=lambda account, token, folder: find_folder(graph_mailbox().client(account, token), folder),
     )
 
 
 def graph_hooks() -> GraphSubscriptionHooks:
     """What connecting and disconnecting a Microsoft mailbox starts and stops: the first delta
     cursor (microsoft_hooks), the subscriptions and the renewal/catch-up schedule."""
-    from crmsync.providers.graph_subscriptions import GraphSubscriptionHooks
+    from crmsync.providers.microsoft.subscriptions import GraphSubscriptionHooks
     from crmsync.stores.queue import SqsJobQueue
 
     return GraphSubscriptionHooks(
@@ -291,7 +296,7 @@ def graph_hooks() -> GraphSubscriptionHooks:
 
 
 def graph_lifecycle_jobs() -> GraphLifecycleJobs:
-    from crmsync.providers.graph_subscriptions import GraphLifecycleJobs
+    from crmsync.providers.microsoft.subscriptions import GraphLifecycleJobs
     from crmsync.stores.queue import SqsJobQueue
 
     return GraphLifecycleJobs(mail_sync_job(), graph_watcher(), SqsJobQueue(get_settings().sync_queue_url))
@@ -449,7 +454,7 @@ def mailbox_sync() -> MailboxSync:
 
 @cache
 def graph_mailbox() -> GraphMailbox:
-    from crmsync.providers.graph import GraphMailbox
+    from crmsync.providers.microsoft.mail import GraphMailbox
 
     settings = get_settings()
     return GraphMailbox(
@@ -462,14 +467,14 @@ def graph_mailbox() -> GraphMailbox:
 
 @cache
 def graph_actions() -> GraphActions:
-    from crmsync.providers.graph import GraphActions
+    from crmsync.providers.microsoft.mail import GraphActions
 
     return GraphActions(graph_mailbox())
 
 
 @cache
 def gmail_actions() -> GmailActions:
-    from crmsync.providers.gmail_actions import GmailActions
+    from crmsync.providers.google.actions import GmailActions
 
     return GmailActions(
         lambda account_id: credentials().access_token(account_id),

@@ -191,7 +191,7 @@ def test_a_gmail_401_with_no_way_to_refresh_is_a_permanent_error_with_its_reason
     emulators: Emulators,
 ) -> None:
     from crmsync.errors import PermanentError
-    from crmsync.providers.gmail import gmail_service
+    from crmsync.providers.google.gmail import gmail_service
 
     address = mail_address()
     token = emulators.google.issue_access_token(address)

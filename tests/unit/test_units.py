@@ -129,7 +129,7 @@ def test_outlook_syncs_the_chosen_folders_and_sent_items_always() -> None:
     from datetime import UTC, datetime
 
     from crmsync.accounts.models import Account, AccountSettings
-    from crmsync.providers.graph_folders import synced_folders
+    from crmsync.providers.microsoft.folders import synced_folders
 
     def folders(*chosen: str) -> tuple[str, ...]:
         now = datetime.now(UTC)

@@ -35,7 +35,7 @@ from urllib.parse import parse_qsl
 from crmsync.jobtypes import JobType
 
 if TYPE_CHECKING:
-    from crmsync.providers.graph_subscriptions import SubscriptionRecord
+    from crmsync.providers.microsoft.subscriptions import SubscriptionRecord
     from crmsync.schedule import JobQueue
 
 MAX_TOKEN_CHARS = 1024
@@ -124,7 +124,7 @@ class GraphNotifications:
         self._queue = queue
 
     def accept(self, body: str) -> NotifyOutcome:
-        from crmsync.providers.graph_subscriptions import client_state_matches
+        from crmsync.providers.microsoft.subscriptions import client_state_matches
 
         try:
             document = json.loads(body)

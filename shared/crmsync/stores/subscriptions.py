@@ -20,7 +20,7 @@ from boto3.dynamodb.conditions import Key
 from botocore.exceptions import ClientError
 
 from crmsync.errors import TransientError
-from crmsync.providers.graph_subscriptions import SubscriptionRecord
+from crmsync.providers.microsoft.subscriptions import SubscriptionRecord
 from crmsync.stores.aws import dynamodb
 from crmsync.stores.dynamo import is_condition_failure, plain
 

@@ -15,7 +15,7 @@ from crmsync.accounts.models import Account, TokenSet
 from crmsync.errors import PermanentError, TransientError
 from crmsync.mail.sync import CursorStore
 from crmsync.mail.watch import SyncSchedule
-from crmsync.providers.gmail import GmailHooks, gmail_service
+from crmsync.providers.google.gmail import GmailHooks, gmail_service
 
 
 class WatchStarted(BaseModel):

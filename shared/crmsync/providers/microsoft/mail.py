@@ -1,10 +1,7 @@
 """Microsoft 365 / Outlook mail through Microsoft Graph v1.0 (requests, no SDK).
 
-- `GraphClient`: one mailbox's requests. Every request asks for immutable ids
-  (`Prefer: IdType="ImmutableId"`); 429/503/504 raise TransientError with Retry-After
-  (SYNC-4); `$batch` goes in chunks of 20, and a 429 inside a 200 envelope counts as one.
-  At most 4 requests of one mailbox are in flight at once in this process (Graph's limit
-  per app and mailbox; one worker holds an account at a time, SYNC-5).
+- The transport (`GraphClient`: throttling, Retry-After, `$batch`, 4 in flight per mailbox)
+  is in transport.py, shared with Graph calendar.
 - Synced folders (MAIL-8): the folders the account's settings name (a well-known name such as
   `inbox` or `archive`, or a display path such as `Clients` or `Inbox/Acme`, found with
   `$filter=displayName eq '…'`), Inbox when none is named, and always Sent Items.
@@ -26,201 +23,65 @@ import base64
 import email
 import email.policy
 import json
-import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from functools import partial
 from typing import Any
 from urllib.parse import quote
 
-import requests
 from aws_lambda_powertools import Logger
 
 from crmsync.accounts.models import Account, TokenSet
-from crmsync.errors import PermanentError, TransientError, retry_after_seconds
+from crmsync.errors import PermanentError, TransientError
 from crmsync.mail.models import ProviderMessage
 from crmsync.mail.sync import ChangePage, CursorExpired, CursorStore, Removal
-from crmsync.providers.graph_folders import WELL_KNOWN_FOLDERS, synced_folders
+from crmsync.providers.microsoft.folders import WELL_KNOWN_FOLDERS, synced_folders
+from crmsync.providers.microsoft.transport import (
+    IMMUTABLE,
+    GraphClient,
+    body_of,
+    error_code,
+)
 
 logger = Logger()
 
-BATCH_MAX = 20
-CONCURRENT_PER_MAILBOX = 4
 PAGE_SIZE = 80  # four full $batch requests of 20 per delta page, one per slot
 SINGLE_POST_MAX = 3 * 1024 * 1024  # an attachment under 3 MB goes in one POST
 UPLOAD_CHUNK = 12 * 320 * 1024  # 3.75 MiB: upload ranges are multiples of 320 KiB
-_TIMEOUT = 30
 CLIENT_REUSE_S = 120
-_IMMUTABLE = 'IdType="ImmutableId"'
 _SELECT = "id,conversationId,internetMessageId,parentFolderId,receivedDateTime"
-
-_slots: dict[str, threading.BoundedSemaphore] = {}
-_slots_lock = threading.Lock()
-
-
-def _slot(account_id: str) -> threading.BoundedSemaphore:
-    with _slots_lock:
-        return _slots.setdefault(account_id, threading.BoundedSemaphore(CONCURRENT_PER_MAILBOX))
-
-
-def _error_code(body: Any) -> str:
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        return str(body["error"].get("code") or "")
-    return ""
 
 
 def _is_expired_cursor(status: int, body: Any) -> bool:
-    return status == 410 or _error_code(body).lower() == "syncstatenotfound"
+    return status == 410 or error_code(body).lower() == "syncstatenotfound"
 
 
 def _odata_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-class GraphClient:
-    def __init__(
-        self,
-        access_token: str,
-        api_base: str,
-        verify: str | bool,
-        account_id: str,
-        forget: Callable[[], object] | None = None,
-    ) -> None:
-        self._forget = forget  # drops this client from the reuse cache when its token is refused
-        self._base = api_base.rstrip("/") + "/v1.0"
-        self._account_id = account_id
-        self._session = requests.Session()
-        self._verify = verify  # pinned per request: REQUESTS_CA_BUNDLE would override a session's
-        self._headers = {"Authorization": f"Bearer {access_token}", "Prefer": _IMMUTABLE}
-
-    def url(self, path: str) -> str:
-        return path if path.startswith("https://") or path.startswith("http://") else self._base + path
-
-    @contextmanager
-    def _in_flight(self) -> Iterator[None]:
-        slot = _slot(self._account_id)
-        with slot:
-            yield
-
-    def request(
-        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
-    ) -> requests.Response:
-        """One request; throttling and server errors raise TransientError, the rest is returned."""
-        with self._in_flight():
-            try:
-                response = self._session.request(
-                    method,
-                    self.url(path),
-                    json=body,
-                    headers={**self._headers, **(headers or {})},
-                    verify=self._verify,
-                    timeout=_TIMEOUT,
-                )
-            except requests.RequestException as error:
-                raise TransientError(f"graph unreachable: {type(error).__name__}") from error
-        if response.status_code == 401:  # a token revoked or expired early: the retry gets a fresh one
-            if self._forget is not None:
-                self._forget()
-            raise TransientError("graph refused the access token (401)")
-        if response.status_code == 429 or response.status_code >= 500:
-            raise TransientError(
-                f"graph answered {response.status_code} to {method} {path.split('?')[0][-60:]}",
-                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
-            )
-        return response
-
-    def upload(self, url: str, chunk: bytes, content_range: str) -> requests.Response:
-        """A PUT to a pre-authenticated upload URL: no Authorization header goes there."""
-        with self._in_flight():
-            try:
-                response = self._session.put(
-                    url,
-                    data=chunk,
-                    headers={"Content-Range": content_range, "Content-Type": "application/octet-stream"},
-                    verify=self._verify,
-                    timeout=_TIMEOUT,
-                )
-            except requests.RequestException as error:
-                raise TransientError(f"graph upload unreachable: {type(error).__name__}") from error
-        if response.status_code == 429 or response.status_code >= 500:
-            raise TransientError(
-                f"graph answered {response.status_code} to an upload range",
-                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
-            )
-        return response
-
-    def json(self, method: str, path: str, body: Any = None, what: str = "") -> Any:
-        response = self.request(method, path, body)
-        if response.status_code >= 400:
-            raise PermanentError(
-                f"graph answered {response.status_code} to {what or method}: {_error_code(_body(response))}"
-            )
-        return _body(response)
-
-    def folder(self, name: str) -> str | None:
-        """Where a synced folder is: a well-known name as it is, a display path ("Clients",
-        "Inbox/Acme") walked segment by segment to its folder id; None when it does not exist."""
-        segments = [part.strip() for part in name.split("/") if part.strip()]
-        if not segments:
+def find_folder(client: GraphClient, name: str) -> str | None:
+    """Where a synced folder is: a well-known name as it is, a display path ("Clients",
+    "Inbox/Acme") walked segment by segment to its folder id; None when it does not exist."""
+    segments = [part.strip() for part in name.split("/") if part.strip()]
+    if not segments:
+        return None
+    where: str | None = None
+    if segments[0].lower() in WELL_KNOWN_FOLDERS:
+        where, segments = segments[0].lower(), segments[1:]
+    for segment in segments:
+        parent = f"/me/mailFolders/{quote(where, safe='')}/childFolders" if where else "/me/mailFolders"
+        query = quote(f"displayName eq {_odata_string(segment)}", safe="'")
+        found = client.json(
+            "GET", f"{parent}?$filter={query}&$select=id,displayName", None, "a folder lookup"
+        )
+        values = [v for v in found.get("value") or [] if isinstance(v, dict) and v.get("id")]
+        if not values:
             return None
-        where: str | None = None
-        if segments[0].lower() in WELL_KNOWN_FOLDERS:
-            where, segments = segments[0].lower(), segments[1:]
-        for segment in segments:
-            parent = f"/me/mailFolders/{quote(where, safe='')}/childFolders" if where else "/me/mailFolders"
-            query = quote(f"displayName eq {_odata_string(segment)}", safe="'")
-            found = self.json(
-                "GET", f"{parent}?$filter={query}&$select=id,displayName", None, "a folder lookup"
-            )
-            values = [v for v in found.get("value") or [] if isinstance(v, dict) and v.get("id")]
-            if not values:
-                return None
-            where = str(values[0]["id"])
-        return where
-
-    def batch(self, requests_: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        """Inner responses by id. Chunks of 20 go out up to 4 at a time; any inner 429 or 5xx
-        raises TransientError (with the longest Retry-After) once every chunk has answered."""
-        chunks = [requests_[i : i + BATCH_MAX] for i in range(0, len(requests_), BATCH_MAX)]
-
-        def send(chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
-            answer = self.json("POST", "/$batch", {"requests": chunk}, "$batch")
-            return list(answer.get("responses", []))
-
-        if len(chunks) <= 1:
-            answered = [send(c) for c in chunks]
-        else:
-            with ThreadPoolExecutor(max_workers=CONCURRENT_PER_MAILBOX) as pool:
-                answered = list(pool.map(send, chunks))
-        found: dict[str, dict[str, Any]] = {}
-        waits: list[float] = []
-        throttled = 0
-        for item in (r for chunk in answered for r in chunk):
-            status = int(item.get("status", 0))
-            if status == 429 or status >= 500:
-                throttled += 1
-                headers = {k.lower(): v for k, v in (item.get("headers") or {}).items()}
-                waits.append(retry_after_seconds(headers.get("retry-after")) or 0.0)
-            found[str(item.get("id"))] = item
-        if throttled:
-            raise TransientError(
-                f"graph throttled {throttled} of {len(requests_)} requests in a batch",
-                retry_after=max(waits) if any(waits) else None,
-            )
-        return found
-
-
-def _body(response: requests.Response) -> Any:
-    if not response.content:
-        return {}
-    try:
-        return response.json()
-    except ValueError:
-        return {}
+        where = str(values[0]["id"])
+    return where
 
 
 def _mime_of(item: dict[str, Any]) -> bytes | None:
@@ -287,7 +148,7 @@ class GraphMailbox:
                 "id": str(n),
                 "method": "GET",
                 "url": f"/me/messages/{quote(i['id'], safe='')}/$value",
-                "headers": {"Prefer": _IMMUTABLE},  # an inner request carries its own headers
+                "headers": {"Prefer": IMMUTABLE},  # an inner request carries its own headers
             }
             for n, i in enumerate(items)
         ]
@@ -321,12 +182,12 @@ def _delta_start(where: str, since: datetime | None) -> str:
 
 
 def _page(client: GraphClient, url: str) -> dict[str, Any]:
-    response = client.request("GET", url, headers={"Prefer": f"{_IMMUTABLE}, odata.maxpagesize={PAGE_SIZE}"})
-    body = _body(response)
+    response = client.request("GET", url, headers={"Prefer": f"{IMMUTABLE}, odata.maxpagesize={PAGE_SIZE}"})
+    body = body_of(response)
     if _is_expired_cursor(response.status_code, body):
         raise CursorExpired(f"graph no longer knows the delta token ({response.status_code})")
     if response.status_code >= 400:
-        raise PermanentError(f"graph answered {response.status_code} to a delta page: {_error_code(body)}")
+        raise PermanentError(f"graph answered {response.status_code} to a delta page: {error_code(body)}")
     return dict(body)
 
 
@@ -367,7 +228,7 @@ def _first_readable(
         url = state["next"] or state["links"].get(folder)
         if url is not None:
             return str(url)
-        where = client.folder(folder)
+        where = find_folder(client, folder)
         if where is not None:
             return _delta_start(where, since)
         logger.warning(
@@ -434,7 +295,7 @@ class GraphDeltaSource:
                 "id": f"m{n}",
                 "method": "GET",
                 "url": f"/me/messages/{quote(m, safe='')}?$select=id,parentFolderId",
-                "headers": {"Prefer": _IMMUTABLE},
+                "headers": {"Prefer": IMMUTABLE},
             }
             for n, m in enumerate(moved)
         ]
@@ -446,7 +307,7 @@ class GraphDeltaSource:
             return body if int(answer.get("status", 0)) == 200 and isinstance(body, dict) else None
 
         synced_ids = {str(b["id"]) for n in range(len(well_known)) if (b := found(f"f{n}")) and b.get("id")}
-        synced_ids |= {w for f in folders if f not in WELL_KNOWN_FOLDERS and (w := client.folder(f))}
+        synced_ids |= {w for f in folders if f not in WELL_KNOWN_FOLDERS and (w := find_folder(client, f))}
         still = {
             m for n, m in enumerate(moved) if (b := found(f"m{n}")) and b.get("parentFolderId") in synced_ids
         }
@@ -616,7 +477,7 @@ class GraphActions:
             return False
         if response.status_code >= 400:
             raise PermanentError(
-                f"graph answered {response.status_code} to a move: {_error_code(_body(response))}"
+                f"graph answered {response.status_code} to a move: {error_code(body_of(response))}"
             )
         return True
 

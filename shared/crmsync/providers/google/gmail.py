@@ -255,7 +255,7 @@ class GmailHooks:
     """Without a watch, a new Gmail account starts from the mailbox's current historyId
     (getProfile); a disconnected one stops its watch when there is one. Watching itself (the
     first cursor and the renewal schedule from `users.watch`) is GmailWatchHooks' part, in
-    providers/gmail_watch.py, which wraps this."""
+    providers/google/watch.py, which wraps this."""
 
     def __init__(self, cursors: CursorStore, api_base: str, topic: str | None) -> None:
         self._cursors = cursors

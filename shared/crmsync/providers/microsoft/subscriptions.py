@@ -37,7 +37,7 @@ from crmsync.errors import Paused, PermanentError, TransientError
 from crmsync.jobs import Job
 from crmsync.jobtypes import JobType
 from crmsync.mail.watch import SyncSchedule
-from crmsync.providers.graph_folders import synced_folders
+from crmsync.providers.microsoft.folders import synced_folders
 from crmsync.schedule import JobQueue
 
 logger = Logger()

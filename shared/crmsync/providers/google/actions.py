@@ -12,7 +12,7 @@ from typing import Any
 
 from crmsync.accounts.models import Account
 from crmsync.errors import PermanentError
-from crmsync.providers.gmail import _raise_transient, _status, account_gmail
+from crmsync.providers.google.gmail import _raise_transient, _status, account_gmail
 
 
 def _call(request: Any, what: str) -> Any:
