@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import time
-from functools import cache
+from collections.abc import Callable, Mapping
+from functools import cache, partial
 from typing import TYPE_CHECKING
 
 from crmsync.directory import Directory
 from crmsync.jobs import JobRunner
 from crmsync.jobtypes import JobType
+from crmsync.providers import registry
 from crmsync.resync import Resync, ResyncJob, ResyncRequests
 from crmsync.schedule import Scheduler
 from crmsync.settings import get_settings
@@ -20,25 +22,21 @@ if TYPE_CHECKING:
     from crmsync.accounts.oauth import OAuthClient
     from crmsync.accounts.service import Accounts, ProviderHooks
     from crmsync.crypto import SecretBox
+    from crmsync.jobs import Job
     from crmsync.mail.actions import MailActions
     from crmsync.mail.engine import MailSync
     from crmsync.mail.graph_notify import GraphNotifications
     from crmsync.mail.jobs import MailSyncJob
     from crmsync.mail.push import GmailPush
     from crmsync.mail.read import Mailbox
-    from crmsync.mail.send import Outbox
-    from crmsync.mail.sync import ChangeSource, MailboxSync
-    from crmsync.mail.watch import MailWatchJob, SyncSchedule
-    from crmsync.providers.google.actions import GmailActions
-    from crmsync.providers.google.watch import GmailWatcher, GmailWatchHooks
-    from crmsync.providers.microsoft.mail import GraphActions, GraphMailbox
-    from crmsync.providers.microsoft.subscriptions import (
-        GraphLifecycleJobs,
-        GraphSubscriptionHooks,
-        GraphWatcher,
-    )
+    from crmsync.mail.send import MailSender, Outbox
+    from crmsync.mail.sync import ChangeSource, CursorStore, MailboxSync
+    from crmsync.mail.watch import MailWatchJob, SyncSchedule, Watcher
+    from crmsync.providers.bundle import MailBundle
+    from crmsync.settings import Settings
     from crmsync.stores.accounts import DynamoAccountStore
     from crmsync.stores.eventbridge import EventBridgePublisher
+    from crmsync.stores.queue import SqsJobQueue
     from crmsync.worker import SyncBatch
 
 
@@ -65,22 +63,9 @@ def resync() -> Resync:
     settings = get_settings()
     cursors = DynamoCursorStore(settings.cursors_table)
 
-    def gmail_pages() -> object:
-        from crmsync.providers.google.gmail import GmailPages
-
-        return GmailPages(
-            lambda a: credentials().access_token(a),
-            settings.gmail_api_base,
-            mail_sync().ingest,
-            refused=lambda a, token: credentials().refused(a, token),  # a 401: new token, or ACC-9
-        )
-
-    def graph_pages() -> object:
-        from crmsync.providers.microsoft.mail import GraphPages
-
-        return GraphPages(graph_mailbox(), mail_sync().ingest)
-
-    pages = ProviderPages(account_store(), {"google": gmail_pages, "microsoft": graph_pages})
+    pages = ProviderPages(
+        account_store(), {p: partial(lambda p: mail_bundle(p).pages, p) for p in registry.providers("mail")}
+    )
 
     def store_cursor(job: ResyncJob) -> None:
         """SYNC-3: the resync's fresh cursor, then one incremental sync from it: what arrived
@@ -111,13 +96,12 @@ def job_runner() -> JobRunner:
     runner = JobRunner(resync_requests(), SqsDeadLetters(settings.sync_dlq_url))
     runner.register(JobType.MAIL_SYNC, mail_sync_job())
     runner.register(JobType.MAIL_WATCH, mail_watch_job(settings.gmail_push_topic or None))  # SYNC-7
-    from crmsync.mail.actions import MailboxActions, PropagateJob
+    from crmsync.mail.actions import PropagateJob
 
-    providers: dict[str, MailboxActions] = {"google": gmail_actions(), "microsoft": graph_actions()}
-    runner.register(JobType.MAIL_PROPAGATE, PropagateJob(account_store(), providers))
-    lifecycle = graph_lifecycle_jobs()  # Graph's lifecycle events (SYNC-7)
-    runner.register(JobType.GRAPH_REAUTHORIZE, lifecycle.reauthorize)
-    runner.register(JobType.GRAPH_RESUBSCRIBE, lifecycle.resubscribe)
+    runner.register(JobType.MAIL_PROPAGATE, PropagateJob(account_store(), _mail_parts(lambda b: b.actions)))
+    for provider in registry.providers("mail"):  # a vendor's own job types (Graph's lifecycle events)
+        for job_type, handler in mail_bundle(provider).jobs.items():
+            runner.register(job_type, handler)
     return runner
 
 
@@ -143,32 +127,6 @@ def sync_batch() -> SyncBatch:
     from crmsync.worker import SyncBatch
 
     return SyncBatch(job_runner(), SqsVisibility(get_settings().sync_queue_url))
-
-
-class _ChangeSources(dict[str, "ChangeSource"]):
-    """provider → ChangeSource, built on first use (Gmail's client is imported only then)."""
-
-    def __missing__(self, provider: str) -> ChangeSource:
-        source: ChangeSource
-        if provider == "google":
-            from crmsync.providers.google.gmail import GmailHistorySource
-
-            source = GmailHistorySource(
-                lambda account_id: credentials().access_token(account_id),
-                get_settings().gmail_api_base,
-                refused=lambda a, token: credentials().refused(a, token),  # a 401: new token, or ACC-9
-            )
-        elif provider == "microsoft":
-            from crmsync.providers.microsoft.mail import GraphDeltaSource
-
-            source = GraphDeltaSource(graph_mailbox(), mail_sync().settled)
-        else:
-            raise KeyError(provider)
-        self[provider] = source
-        return source
-
-
-CHANGE_SOURCES: dict[str, ChangeSource] = _ChangeSources()
 
 
 @cache
@@ -221,85 +179,80 @@ def mail_sync_job() -> MailSyncJob:
     )
 
 
-def gmail_watcher(topic: str | None) -> GmailWatcher:
-    from crmsync.providers.google.watch import GmailWatcher
-
-    return GmailWatcher(
-        lambda a: credentials().access_token(a),
-        get_settings().gmail_api_base,
-        topic,
-        refused=lambda a, token: credentials().refused(a, token),  # a 401: new token, or ACC-9
-    )
-
-
-def mail_watch_job(topic: str | None) -> MailWatchJob:
-    """The `mail.watch` job; `topic` is Gmail's Pub/Sub topic (None: no watch to renew)."""
+def mail_watch_job(gmail_push_topic: str | None) -> MailWatchJob:
+    """The `mail.watch` job (SYNC-7): every provider's watcher. Tests name the Gmail Pub/Sub
+    topic (the test stack has none); the worker passes the configured one."""
     from crmsync.mail.watch import MailWatchJob
 
-    return MailWatchJob(
-        mail_sync_job(), {"google": gmail_watcher(topic), "microsoft": graph_watcher()}, sync_schedule()
-    )
+    bundle = _bundle_for_topic(gmail_push_topic)
+    watchers = registry.ByProvider("mail", lambda p: bundle(p).watcher)
+    return MailWatchJob(mail_sync_job(), watchers, sync_schedule())
 
 
-def gmail_hooks(topic: str | None) -> GmailWatchHooks:
-    """What connecting and disconnecting a Gmail mailbox starts and stops (watch, schedule)."""
-    from crmsync.providers.google.gmail import GmailHooks
-    from crmsync.providers.google.watch import GmailWatchHooks
-    from crmsync.stores.cursors import DynamoCursorStore
-
-    settings = get_settings()
-    cursors = DynamoCursorStore(settings.cursors_table)
-    return GmailWatchHooks(
-        GmailHooks(cursors, settings.gmail_api_base, topic), gmail_watcher(topic), cursors, sync_schedule()
-    )
+def gmail_hooks(gmail_push_topic: str | None) -> ProviderHooks:
+    """What connecting and disconnecting a Gmail mailbox starts and stops, with this Pub/Sub topic."""
+    return _bundle_for_topic(gmail_push_topic)("google").hooks
 
 
-def microsoft_hooks() -> ProviderHooks:
-    """What connecting and disconnecting a Microsoft mailbox starts and stops: the first delta
-    cursor (and the subscriptions, when their hooks are registered)."""
-    from crmsync.providers.microsoft.mail import GraphMailHooks
-    from crmsync.stores.cursors import DynamoCursorStore
+def _bundle_for_topic(gmail_push_topic: str | None) -> Callable[[str], MailBundle]:
+    if gmail_push_topic == (get_settings().gmail_push_topic or None):
+        return mail_bundle
+    wiring = _Wiring(get_settings().model_copy(update={"gmail_push_topic": gmail_push_topic or ""}))
+    return lambda provider: registry.mail_bundle(provider, wiring)
 
-    return GraphMailHooks(graph_mailbox(), DynamoCursorStore(get_settings().cursors_table))
+
+def graph_lifecycle_jobs() -> Mapping[str, Callable[[Job, str], None]]:
+    return mail_bundle("microsoft").jobs
+
+
+def graph_watcher() -> Watcher:
+    return mail_bundle("microsoft").watcher
+
+
+class _Wiring:
+    """The layer's shared services, as the vendors' bundles see them (providers/bundle.py)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def access_token(self, account_id: str) -> str:
+        return credentials().access_token(account_id)
+
+    def refused(self, account_id: str, token: str) -> str:
+        return credentials().refused(account_id, token)  # a 401: a new token, or ACC-9
+
+    def engine(self) -> MailSync:
+        return mail_sync()
+
+    def cursors(self) -> CursorStore:
+        from crmsync.stores.cursors import DynamoCursorStore
+
+        return DynamoCursorStore(self.settings.cursors_table)
+
+    def schedule(self) -> SyncSchedule:
+        return sync_schedule()
+
+    def queue(self) -> SqsJobQueue:
+        from crmsync.stores.queue import SqsJobQueue
+
+        return SqsJobQueue(self.settings.sync_queue_url)
+
+    def sync_job(self) -> MailSyncJob:
+        return mail_sync_job()
 
 
 @cache
-def graph_watcher() -> GraphWatcher:
-    """Microsoft mailboxes' Graph subscriptions (SYNC-7); off without PUBLIC_API_BASE."""
-    from crmsync.providers.microsoft.mail import find_folder
-    from crmsync.providers.microsoft.subscriptions import GraphSubscriptionApi, GraphWatcher
-    from crmsync.stores.subscriptions import DynamoGraphSubscriptionStore
-
-    settings = get_settings()
-    return GraphWatcher(
-        GraphSubscriptionApi(settings.graph_api_base, settings.provider_ca_bundle or True),
-        DynamoGraphSubscriptionStore(settings.cursors_table),
-        lambda a: credentials().access_token(a),
-        settings.public_api_base or None,
-        # a chosen folder's id, looked up with the token the subscription is made with
-        locate=lambda account, token, folder: find_folder(graph_mailbox().client(account, token), folder),
-    )
+def mail_bundle(provider: str) -> MailBundle:
+    """A provider's mail parts over this deployment's services (KeyError: no such provider)."""
+    return registry.mail_bundle(provider, _Wiring(get_settings()))
 
 
-def graph_hooks() -> GraphSubscriptionHooks:
-    """What connecting and disconnecting a Microsoft mailbox starts and stops: the first delta
-    cursor (microsoft_hooks), the subscriptions and the renewal/catch-up schedule."""
-    from crmsync.providers.microsoft.subscriptions import GraphSubscriptionHooks
-    from crmsync.stores.queue import SqsJobQueue
-
-    return GraphSubscriptionHooks(
-        graph_watcher(),
-        sync_schedule(),
-        base=microsoft_hooks(),
-        queue=SqsJobQueue(get_settings().sync_queue_url),
-    )
+def _mail_parts[T](part: Callable[[MailBundle], T]) -> Mapping[str, T]:
+    return registry.ByProvider("mail", lambda provider: part(mail_bundle(provider)))
 
 
-def graph_lifecycle_jobs() -> GraphLifecycleJobs:
-    from crmsync.providers.microsoft.subscriptions import GraphLifecycleJobs
-    from crmsync.stores.queue import SqsJobQueue
-
-    return GraphLifecycleJobs(mail_sync_job(), graph_watcher(), SqsJobQueue(get_settings().sync_queue_url))
+# provider → ChangeSource, each built on first use (a vendor's client is imported only then)
+CHANGE_SOURCES: Mapping[str, ChangeSource] = registry.ByProvider("mail", lambda p: mail_bundle(p).source)
 
 
 @cache
@@ -325,7 +278,7 @@ def accounts() -> Accounts:
 
     settings = get_settings()
     return Accounts(
-        hooks={"google": gmail_hooks(settings.gmail_push_topic or None), "microsoft": graph_hooks()},
+        hooks=_mail_parts(lambda b: b.hooks),
         store=account_store(),
         box=secret_box(),
         directory=directory(),
@@ -453,45 +406,14 @@ def mailbox_sync() -> MailboxSync:
 
 
 @cache
-def graph_mailbox() -> GraphMailbox:
-    from crmsync.providers.microsoft.mail import GraphMailbox
-
-    settings = get_settings()
-    return GraphMailbox(
-        lambda account_id: credentials().access_token(account_id),
-        settings.graph_api_base,
-        settings.provider_ca_bundle or True,
-        refused=lambda a, token: credentials().refused(a, token),  # a 401: new token, or ACC-9
-    )
-
-
-@cache
-def graph_actions() -> GraphActions:
-    from crmsync.providers.microsoft.mail import GraphActions
-
-    return GraphActions(graph_mailbox())
-
-
-@cache
-def gmail_actions() -> GmailActions:
-    from crmsync.providers.google.actions import GmailActions
-
-    return GmailActions(
-        lambda account_id: credentials().access_token(account_id),
-        get_settings().gmail_api_base,
-        refused=lambda a, token: credentials().refused(a, token),  # a 401: new token, or ACC-9
-    )
-
-
-@cache
 def outbox() -> Outbox:
     from crmsync.mail.limits import limits_for
-    from crmsync.mail.send import MailSender, Outbox
+    from crmsync.mail.send import Outbox
     from crmsync.stores.mail import DynamoMailStore
     from crmsync.stores.staging import S3Staging
 
     settings = get_settings()
-    senders: dict[str, MailSender] = {"google": gmail_actions(), "microsoft": graph_actions()}
+    senders: Mapping[str, MailSender] = _mail_parts(lambda b: b.sender)
     return Outbox(
         account_store(),
         DynamoMailStore(settings.threads_table, settings.messages_table),
@@ -531,15 +453,13 @@ def reset() -> None:
         account_store,
         secret_box,
     ]
-    mail = [mail_sync, mailbox_sync, mailbox, gmail_push, gmail_actions, outbox, mail_actions, sync_batch]
-    mail += [graph_mailbox, graph_actions]
+    mail = [mail_sync, mailbox_sync, mailbox, gmail_push, outbox, mail_actions, sync_batch, mail_bundle]
     for factory in [*factories, credentials, oauth_client, *mail]:
         factory.cache_clear()
     secrets.secret_json.cache_clear()
     secrets.secret_text.cache_clear()
     sync_schedule.cache_clear()
     mail_sync_job.cache_clear()
-    graph_watcher.cache_clear()
     graph_notifications.cache_clear()
     get_settings.cache_clear()
     aws.reset()

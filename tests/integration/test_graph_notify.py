@@ -54,12 +54,12 @@ def subs(emulators: Emulators) -> Iterator[GraphSubscriptions]:
 def handled(stack: LocalStack) -> Iterator[list[Job]]:
     """The jobs the real worker ran (a pass-through tap on its job runner), in order."""
     runner = service(stack, "SyncWorkerFunction", "batch").runner
-    lifecycle = services.graph_lifecycle_jobs()
+    lifecycle = services.graph_lifecycle_jobs()  # Graph's own job types, from its bundle
     real: dict[str, Any] = {
         "mail.sync": services.mail_sync_job(),
         "mail.watch": services.mail_watch_job(get_settings().gmail_push_topic or None),
-        "graph.reauthorize": lifecycle.reauthorize,
-        "graph.resubscribe": lifecycle.resubscribe,
+        "graph.reauthorize": lifecycle["graph.reauthorize"],
+        "graph.resubscribe": lifecycle["graph.resubscribe"],
     }
     seen: list[Job] = []
 

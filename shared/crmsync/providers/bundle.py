@@ -1,0 +1,87 @@
+"""What a vendor package gives for one purpose (mail now, calendar next): one bundle of the parts
+the provider-neutral code plugs in. The composition root (services.py) builds each bundle once,
+from a `MailWiring` of the layer's shared services; each part is built on first use, so that a
+function imports only the vendor code it calls (cold start)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from crmsync.accounts.service import ProviderHooks
+    from crmsync.jobs import Job
+    from crmsync.mail.actions import MailboxActions
+    from crmsync.mail.engine import MailSync
+    from crmsync.mail.jobs import MailSyncJob
+    from crmsync.mail.send import MailSender
+    from crmsync.mail.sync import ChangeSource, CursorStore
+    from crmsync.mail.watch import SyncSchedule, Watcher
+    from crmsync.settings import Settings
+
+
+class JobQueue(Protocol):
+    def send(self, job: Job, dedup_id: str) -> None: ...
+
+
+class MailWiring(Protocol):
+    """The layer's shared services a vendor's mail bundle may use."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    def access_token(self, account_id: str) -> str:
+        """A valid access token for the account (refreshed when due; AccountPaused if refused)."""
+        ...
+
+    def refused(self, account_id: str, token: str) -> str:
+        """After a 401: a new token, or the account paused for re-authorisation (ACC-9)."""
+        ...
+
+    def engine(self) -> MailSync: ...
+
+    def cursors(self) -> CursorStore: ...
+
+    def schedule(self) -> SyncSchedule: ...
+
+    def queue(self) -> JobQueue: ...
+
+    def sync_job(self) -> MailSyncJob: ...
+
+
+class MailBundle(ABC):
+    """A vendor's mail parts. `pages` is the resync/back-import page source
+    (`fetch_page(account, job) -> Page`); `jobs` are job types of the vendor's own (Graph's
+    lifecycle events), registered with the worker beside the neutral ones."""
+
+    def __init__(self, wiring: MailWiring) -> None:
+        self.wiring = wiring
+
+    @property
+    @abstractmethod
+    def source(self) -> ChangeSource: ...
+
+    @property
+    @abstractmethod
+    def pages(self) -> Any: ...
+
+    @property
+    @abstractmethod
+    def hooks(self) -> ProviderHooks: ...
+
+    @property
+    @abstractmethod
+    def watcher(self) -> Watcher: ...
+
+    @property
+    @abstractmethod
+    def sender(self) -> MailSender: ...
+
+    @property
+    @abstractmethod
+    def actions(self) -> MailboxActions: ...
+
+    @property
+    def jobs(self) -> Mapping[str, Callable[[Job, str], None]]:
+        return {}

@@ -1,0 +1,65 @@
+"""Gmail's mail bundle: the history change source, the resync pages, the watch and its hooks,
+and send/archive/trash, over Google's API with the account's token."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from crmsync.providers.bundle import MailBundle
+
+if TYPE_CHECKING:
+    from crmsync.providers.google.actions import GmailActions
+    from crmsync.providers.google.gmail import GmailHistorySource, GmailPages
+    from crmsync.providers.google.watch import GmailWatcher, GmailWatchHooks
+
+
+class GoogleMail(MailBundle):
+    @property
+    def _topic(self) -> str | None:
+        return self.wiring.settings.gmail_push_topic or None  # None: no push watch is kept
+
+    @cached_property
+    def source(self) -> GmailHistorySource:
+        from crmsync.providers.google.gmail import GmailHistorySource
+
+        w = self.wiring
+        return GmailHistorySource(w.access_token, w.settings.gmail_api_base, refused=w.refused)
+
+    @cached_property
+    def pages(self) -> GmailPages:
+        from crmsync.providers.google.gmail import GmailPages
+
+        w = self.wiring
+        return GmailPages(w.access_token, w.settings.gmail_api_base, w.engine().ingest, refused=w.refused)
+
+    @cached_property
+    def watcher(self) -> GmailWatcher:
+        from crmsync.providers.google.watch import GmailWatcher
+
+        w = self.wiring
+        return GmailWatcher(w.access_token, w.settings.gmail_api_base, self._topic, refused=w.refused)
+
+    @cached_property
+    def hooks(self) -> GmailWatchHooks:
+        from crmsync.providers.google.gmail import GmailHooks
+        from crmsync.providers.google.watch import GmailWatchHooks
+
+        w = self.wiring
+        first_cursor = GmailHooks(w.cursors(), w.settings.gmail_api_base, self._topic)
+        return GmailWatchHooks(first_cursor, self.watcher, w.cursors(), w.schedule())
+
+    @cached_property
+    def _actions(self) -> GmailActions:
+        from crmsync.providers.google.actions import GmailActions
+
+        w = self.wiring
+        return GmailActions(w.access_token, w.settings.gmail_api_base, refused=w.refused)
+
+    @property
+    def sender(self) -> GmailActions:
+        return self._actions
+
+    @property
+    def actions(self) -> GmailActions:
+        return self._actions

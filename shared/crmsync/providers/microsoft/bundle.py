@@ -1,0 +1,90 @@
+"""Outlook's mail bundle: the delta change source and resync pages, subscriptions (the watcher,
+its hooks and Graph's lifecycle jobs) and send/archive/trash, all on one Graph transport."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from crmsync.jobtypes import JobType
+from crmsync.providers.bundle import MailBundle
+
+if TYPE_CHECKING:
+    from crmsync.jobs import Job
+    from crmsync.providers.microsoft.mail import GraphActions, GraphDeltaSource, GraphMailbox, GraphPages
+    from crmsync.providers.microsoft.subscriptions import GraphSubscriptionHooks, GraphWatcher
+
+
+class MicrosoftMail(MailBundle):
+    @cached_property
+    def mailbox(self) -> GraphMailbox:
+        from crmsync.providers.microsoft.mail import GraphMailbox
+
+        w = self.wiring
+        verify = w.settings.provider_ca_bundle or True
+        return GraphMailbox(w.access_token, w.settings.graph_api_base, verify, refused=w.refused)
+
+    @cached_property
+    def source(self) -> GraphDeltaSource:
+        from crmsync.providers.microsoft.mail import GraphDeltaSource
+
+        return GraphDeltaSource(self.mailbox, self.wiring.engine().settled)
+
+    @cached_property
+    def pages(self) -> GraphPages:
+        from crmsync.providers.microsoft.mail import GraphPages
+
+        return GraphPages(self.mailbox, self.wiring.engine().ingest)
+
+    @cached_property
+    def watcher(self) -> GraphWatcher:
+        """Subscriptions per synced folder (SYNC-7); none without a public API base."""
+        from crmsync.providers.microsoft.mail import find_folder
+        from crmsync.providers.microsoft.subscriptions import GraphSubscriptionApi, GraphWatcher
+        from crmsync.stores.subscriptions import DynamoGraphSubscriptionStore
+
+        w = self.wiring
+        return GraphWatcher(
+            GraphSubscriptionApi(w.settings.graph_api_base, w.settings.provider_ca_bundle or True),
+            DynamoGraphSubscriptionStore(w.settings.cursors_table),
+            w.access_token,
+            w.settings.public_api_base or None,
+            # a chosen folder's id, looked up with the token the subscription is made with
+            locate=lambda account, token, folder: find_folder(self.mailbox.client(account, token), folder),
+        )
+
+    @cached_property
+    def hooks(self) -> GraphSubscriptionHooks:
+        """The first delta cursor, the subscriptions and the renewal/catch-up schedule."""
+        from crmsync.providers.microsoft.mail import GraphMailHooks
+        from crmsync.providers.microsoft.subscriptions import GraphSubscriptionHooks
+
+        w = self.wiring
+        first_cursor = GraphMailHooks(self.mailbox, w.cursors())
+        return GraphSubscriptionHooks(self.watcher, w.schedule(), base=first_cursor, queue=w.queue())
+
+    @cached_property
+    def _actions(self) -> GraphActions:
+        from crmsync.providers.microsoft.mail import GraphActions
+
+        return GraphActions(self.mailbox)
+
+    @property
+    def sender(self) -> GraphActions:
+        return self._actions
+
+    @property
+    def actions(self) -> GraphActions:
+        return self._actions
+
+    @cached_property
+    def jobs(self) -> Mapping[str, Callable[[Job, str], None]]:
+        """Graph's lifecycle events (reauthorizationRequired, subscriptionRemoved), SYNC-7."""
+        from crmsync.providers.microsoft.subscriptions import GraphLifecycleJobs
+
+        lifecycle = GraphLifecycleJobs(self.wiring.sync_job(), self.watcher, self.wiring.queue())
+        return {
+            JobType.GRAPH_REAUTHORIZE: lifecycle.reauthorize,
+            JobType.GRAPH_RESUBSCRIBE: lifecycle.resubscribe,
+        }
