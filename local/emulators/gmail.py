@@ -2,9 +2,10 @@
 
 Mailboxes hold messages with labels and threads, and a history whose ids increase (not by one)
 and expire: a `startHistoryId` older than what is kept answers 404, as Gmail does. Any request
-can be made to answer 429 with Retry-After. `arrive` makes mail arrive; `send_from_client` is the
-user writing in the Gmail client. Batch requests (`POST /batch/gmail/v1`, or `/batch` as the
-discovery document's batchPath says) carry up to 100 calls, each answered as if made on its own.
+can be made to answer 429 with Retry-After (`throttle`, counted by the shared `faults.py`).
+`arrive` makes mail arrive; `send_from_client` is the user writing in the Gmail client. Batch
+requests (`POST /batch/gmail/v1`, or `/batch` as the discovery document's batchPath says) carry
+up to 100 calls, each answered as if made on its own.
 A mailbox under `users.watch` reports every history change to `on_change` (Pub/Sub's publish)."""
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request, Response
 
 from local.emulators.discovery import DiscoveryValidator, Violation, discovery_document
+from local.emulators.faults import FaultState, Throttle
 from local.emulators.mime import read_mime
 
 SYSTEM_LABELS = ["INBOX", "SENT", "TRASH", "SPAM", "DRAFT", "UNREAD", "STARRED", "IMPORTANT"]
@@ -66,34 +68,15 @@ class Stored:
 
 
 @dataclass
-class Throttle:
-    """Refuse the next `requests` calls (of `method` only, if given) with 429, after letting
-    `skip` of them through."""
+class Mailbox(FaultState):
+    """A mailbox; its throttle comes from FaultState."""
 
-    requests: int = 0
-    retry_after: int = 1
-    method: str | None = None
-    skip: int = 0
-
-    def refuses(self, method_id: str) -> bool:
-        if self.requests <= 0 or (self.method is not None and self.method != method_id):
-            return False
-        if self.skip > 0:
-            self.skip -= 1
-            return False
-        self.requests -= 1
-        return True
-
-
-@dataclass
-class Mailbox:
     address: str
     messages: dict[str, Stored] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     history_id: int = 1000
     oldest_kept: int = 0
     watch: dict[str, Any] | None = None
-    throttle: Throttle = field(default_factory=Throttle)
     requests: list[str] = field(default_factory=list)  # methods called on this mailbox ("batch" too)
     batches: list[int] = field(default_factory=list)  # the number of calls in each batch request
 
@@ -155,7 +138,7 @@ class GmailEmulator:
         """The next `requests` calls answer 429 with Retry-After; `method` (a discovery method id
         such as gmail.users.messages.get) limits it to those calls, `skip` lets that many pass first.
         Calls inside a batch count one by one, as Gmail counts them."""
-        self.mailbox(address).throttle = Throttle(requests, retry_after, method, skip)
+        self.mailbox(address).throttle = Throttle(requests, retry_after, only=method, skip=skip)
 
     def messages_of(self, address: str) -> list[dict[str, Any]]:
         """What a mailbox holds, oldest first: ids, thread, labels, Message-ID."""

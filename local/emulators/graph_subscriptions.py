@@ -42,7 +42,7 @@ from urllib.parse import quote, urlsplit
 import requests
 from werkzeug.wrappers import Request, Response
 
-from local.emulators.graph_mail import ROOT, WELL_KNOWN
+from local.emulators.graph import ROOT, WELL_KNOWN
 
 HOME_TENANT = "9188040d-6c67-4c5b-b112-36a304b66dad"
 VALIDATION_LIMIT_S = 10.0

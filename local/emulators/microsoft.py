@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import jwt
 from werkzeug.wrappers import Request, Response
 
-from local.emulators.graph_mail import GraphMail, graph_error
+from local.emulators.graph import GraphMail, graph_error
 from local.emulators.oauth import (
     ACCESS_TTL_S,
     Client,
@@ -65,7 +65,7 @@ class MicrosoftEmulator:
         self.state.clients[self.client.client_id] = self.client
         self._signing_key = secrets.token_bytes(32)
         self.users: dict[str, str] = {}  # email -> object id
-        # Graph mail (/v1.0/me/messages, mailFolders, sendMail, $batch); see graph_mail.py
+        # Graph mail (/v1.0/me/messages, mailFolders, sendMail, $batch); see graph/
         self.graph = GraphMail(self.state.owner_of, lambda: self.base_url, route=self.graph_dispatch)
         # Graph change notifications (/v1.0/subscriptions...), set by graph_subscriptions.py
         self.subscriptions: GraphPart | None = None

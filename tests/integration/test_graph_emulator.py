@@ -23,7 +23,7 @@ import requests
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from local.emulators.graph_mail import GraphMail
+from local.emulators.graph import GraphMail
 from local.emulators.servers import Emulators
 
 IMMUTABLE = {"Prefer": 'IdType="ImmutableId"'}

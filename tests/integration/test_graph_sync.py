@@ -13,7 +13,7 @@ import boto3
 import pytest
 
 from crmsync.jobs import Job
-from local.emulators.graph_mail import GraphMail
+from local.emulators.graph import GraphMail
 from local.emulators.servers import Emulators
 from local.stack import LocalStack
 from tests.conftest import Api
