@@ -315,7 +315,7 @@ def credentials() -> Credentials:
 @cache
 def oauth_client(provider: str) -> OAuthClient:
     """The OAuth adapter of a provider, with the client credentials from Secrets Manager."""
-    from crmsync.accounts.oauth import GoogleOAuth, MicrosoftOAuth, ProviderRefused
+    from crmsync.accounts.oauth import ProviderRefused
     from crmsync.stores.secrets import secret_json
 
     settings = get_settings()
@@ -325,26 +325,8 @@ def oauth_client(provider: str) -> OAuthClient:
         raise ProviderRefused(
             "provider_not_configured", f"{provider} sign-in is not configured on this service"
         )
-    verify: str | bool = settings.provider_ca_bundle or True
-    if provider == "google":
-        return GoogleOAuth(
-            config["client_id"],
-            config["client_secret"],
-            settings.google_auth_uri,
-            settings.google_token_uri,
-            settings.google_userinfo_uri,
-            settings.gmail_api_base,
-            verify,
-        )
-    if provider == "microsoft":
-        return MicrosoftOAuth(
-            config["client_id"],
-            config["client_secret"],
-            config.get("tenant") or "common",
-            settings.microsoft_authority_host,
-            settings.graph_api_base,
-            verify,
-        )
+    if (provider, "oauth") in registry.BUNDLES:
+        return registry.oauth_client(provider, config, settings)
     raise ProviderRefused("unknown_provider", f"no OAuth provider {provider!r}")
 
 

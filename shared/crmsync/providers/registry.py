@@ -6,16 +6,25 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from crmsync.accounts.oauth import OAuthClient
     from crmsync.providers.bundle import MailBundle, MailWiring
+    from crmsync.settings import Settings
 
-# (provider, purpose) → "module:Class" of its bundle
+# (provider, purpose) → "module:name" of its bundle class (or, for "oauth", its sign-in factory)
 BUNDLES: dict[tuple[str, str], str] = {
     ("google", "mail"): "crmsync.providers.google.bundle:GoogleMail",
+    ("google", "oauth"): "crmsync.providers.google.bundle:oauth_client",
     ("microsoft", "mail"): "crmsync.providers.microsoft.bundle:MicrosoftMail",
+    ("microsoft", "oauth"): "crmsync.providers.microsoft.bundle:oauth_client",
 }
+
+
+def _load(provider: str, purpose: str) -> Any:
+    module, name = BUNDLES[(provider, purpose)].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def providers(purpose: str) -> list[str]:
@@ -25,9 +34,14 @@ def providers(purpose: str) -> list[str]:
 
 def mail_bundle(provider: str, wiring: MailWiring) -> MailBundle:
     """The provider's mail bundle; KeyError for a provider with none."""
-    module, name = BUNDLES[(provider, "mail")].split(":")
-    bundle: MailBundle = getattr(importlib.import_module(module), name)(wiring)
+    bundle: MailBundle = _load(provider, "mail")(wiring)
     return bundle
+
+
+def oauth_client(provider: str, config: Mapping[str, str], settings: Settings) -> OAuthClient:
+    """The provider's sign-in adapter (ACC-2); KeyError for a provider with none."""
+    client: OAuthClient = _load(provider, "oauth")(config, settings)
+    return client
 
 
 class ByProvider[T](Mapping[str, T]):

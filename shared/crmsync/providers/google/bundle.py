@@ -3,15 +3,18 @@ and send/archive/trash, over Google's API with the account's token."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cached_property
 from typing import TYPE_CHECKING
 
 from crmsync.providers.bundle import MailBundle
 
 if TYPE_CHECKING:
+    from crmsync.accounts.oauth import OAuthClient
     from crmsync.providers.google.actions import GmailActions
     from crmsync.providers.google.gmail import GmailHistorySource, GmailPages
     from crmsync.providers.google.watch import GmailWatcher, GmailWatchHooks
+    from crmsync.settings import Settings
 
 
 class GoogleMail(MailBundle):
@@ -63,3 +66,18 @@ class GoogleMail(MailBundle):
     @property
     def actions(self) -> GmailActions:
         return self._actions
+
+
+def oauth_client(config: Mapping[str, str], settings: Settings) -> OAuthClient:
+    """Google sign-in (ACC-2) with the operator's client credentials."""
+    from crmsync.accounts.oauth import GoogleOAuth
+
+    return GoogleOAuth(
+        config["client_id"],
+        config["client_secret"],
+        settings.google_auth_uri,
+        settings.google_token_uri,
+        settings.google_userinfo_uri,
+        settings.gmail_api_base,
+        settings.provider_ca_bundle or True,
+    )

@@ -11,9 +11,11 @@ from crmsync.jobtypes import JobType
 from crmsync.providers.bundle import MailBundle
 
 if TYPE_CHECKING:
+    from crmsync.accounts.oauth import OAuthClient
     from crmsync.jobs import Job
     from crmsync.providers.microsoft.mail import GraphActions, GraphDeltaSource, GraphMailbox, GraphPages
     from crmsync.providers.microsoft.subscriptions import GraphSubscriptionHooks, GraphWatcher
+    from crmsync.settings import Settings
 
 
 class MicrosoftMail(MailBundle):
@@ -88,3 +90,17 @@ class MicrosoftMail(MailBundle):
             JobType.GRAPH_REAUTHORIZE: lifecycle.reauthorize,
             JobType.GRAPH_RESUBSCRIBE: lifecycle.resubscribe,
         }
+
+
+def oauth_client(config: Mapping[str, str], settings: Settings) -> OAuthClient:
+    """Microsoft sign-in (ACC-2) with the operator's client credentials (msal)."""
+    from crmsync.accounts.oauth import MicrosoftOAuth
+
+    return MicrosoftOAuth(
+        config["client_id"],
+        config["client_secret"],
+        config.get("tenant") or "common",
+        settings.microsoft_authority_host,
+        settings.graph_api_base,
+        settings.provider_ca_bundle or True,
+    )
