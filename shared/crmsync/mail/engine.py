@@ -220,6 +220,8 @@ class MailSync:
         record = self._store.get_message(account.tenant_id, ref.user_id, ref.crm_message_id) if ref else None
         if record is None or record.removed_in_mailbox:
             return False
+        if not record.published:  # stored, then a crash before its event: the CRM hears of it first
+            self._publish(record)
         self._publisher.publish(
             [
                 MessageRemovedInMailbox(
