@@ -328,6 +328,7 @@ class Run:
             "mark_published",
             "mark_removed",
             "record_skip",
+            "mark_skip_told",
             "set_delivery",
         }
         self.engine = MailSync(
@@ -533,12 +534,10 @@ def test_a_message_stored_then_removed_before_its_event_went_out_is_published_fi
     assert kinds == ["MessageSynced", "MessageRemovedInMailbox"]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="known gap: a skip's event is lost when the worker dies between the two"
-)
+@pytest.mark.rule("SYNC-8")
 def test_a_skip_whose_event_did_not_go_out_is_told_on_redelivery() -> None:
     """The skip record is written first (write 1) and the crash comes after it; the redelivery
-    finds the record and publishes nothing, so the CRM never hears of the skip."""
+    finds the record not yet told and publishes the skip then."""
     run = _scenario("gmail", 1, [("sync", None), ("arrive", "stranger", 0), ("sync", (1, True))])
     assert list(run.store.skipped(run.account.account_id)) == ["p0"]
     assert [type(e).__name__ for e in run.publisher.events] == ["MessageSkipped"]

@@ -82,6 +82,7 @@ class CrashingWrites:
     """Wraps a real store (DynamoDB, S3, EventBridge): reads pass through, writes are counted."""
 
     WRITES = {"put", "record_message", "attach_copy", "mark_published", "mark_removed", "record_skip"}
+    WRITES |= {"mark_skip_told"}
     WRITES |= {"publish", "advance", "set"}
 
     def __init__(self, inner: Any, plan: CrashPlan) -> None:

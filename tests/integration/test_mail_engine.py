@@ -251,7 +251,8 @@ class Crash(Exception):
 class Faulty:
     """Wraps the real stores and bus; the n-th write raises, as a worker killed mid-job would."""
 
-    WRITES = {"put", "record_message", "attach_copy", "mark_published", "record_skip", "publish"}
+    WRITES = {"put", "record_message", "attach_copy", "mark_published", "record_skip", "mark_skip_told"}
+    WRITES |= {"publish"}
 
     def __init__(self, inner: Any, budget: list[int]) -> None:
         self._inner = inner

@@ -65,7 +65,11 @@ class MailStore(Protocol):
 
     def mark_removed(self, record: MessageRecord, removed: bool) -> MessageRecord: ...
 
-    def record_skip(self, account_id: str, provider_message_id: str, reason: str) -> bool: ...
+    def record_skip(self, account_id: str, provider_message_id: str, reason: str) -> bool:
+        """True unless the CRM was told of this skip already."""
+        ...
+
+    def mark_skip_told(self, account_id: str, provider_message_id: str) -> None: ...
 
     def thread_messages(self, tenant_id: str, crm_thread_id: str) -> list[MessageRecord]: ...
 
@@ -518,4 +522,6 @@ class MailSync:
                     )
                 ]
             )
+            # after the event: a worker that dies in between tells the CRM on redelivery
+            self._store.mark_skip_told(account.account_id, message.provider_message_id)
         return IngestOutcome(status="skipped", reason=reason)

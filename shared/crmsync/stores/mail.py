@@ -269,20 +269,32 @@ class DynamoMailStore:
         return self._update(record, removed_in_mailbox=removed)
 
     def record_skip(self, account_id: str, provider_message_id: str, reason: str) -> bool:
+        """Records the skip; True unless the CRM was told of it already (`mark_skip_told`): a
+        skip recorded by a worker that died before its event is told on redelivery. A record
+        from before `told` existed counts as told."""
         try:
             self._threads.put_item(
                 Item={
                     "pk": f"ACC#{account_id}",
                     "sk": f"SKIP#{id_key(provider_message_id)}",
                     "reason": reason[:2000],
+                    "told": False,
                 },
-                ConditionExpression="attribute_not_exists(pk)",
+                ConditionExpression="attribute_not_exists(pk) OR told = :no",
+                ExpressionAttributeValues={":no": False},
             )
         except ClientError as error:
             if is_condition_failure(error):
                 return False
             raise
         return True
+
+    def mark_skip_told(self, account_id: str, provider_message_id: str) -> None:
+        self._threads.update_item(
+            Key={"pk": f"ACC#{account_id}", "sk": f"SKIP#{id_key(provider_message_id)}"},
+            UpdateExpression="SET told = :yes",
+            ExpressionAttributeValues={":yes": True},
+        )
 
     def thread_messages(self, tenant_id: str, crm_thread_id: str) -> list[MessageRecord]:
         """Every message of the thread: a Query returns at most 1 MB, so its pages are followed."""

@@ -58,6 +58,7 @@ class MemoryMailStore:
         self._provider_messages: dict[tuple[str, str], MessageRef] = {}  # (account, id key)
         self._provider_threads: dict[tuple[str, str], str] = {}  # (account, id key) -> thread
         self._skips: dict[tuple[str, str], str] = {}  # (account, id key) -> reason
+        self._skips_told: set[tuple[str, str]] = set()  # skips whose MessageSkipped went out
         self._message_ids: dict[tuple[str, str, str], MessageRef] = {}  # (tenant, id key, user)
         self._threads: dict[tuple[str, str], tuple[str, int]] = {}  # (tenant, thread) -> (json, version)
         self._messages: dict[tuple[str, str, str], _Message] = {}  # (tenant, user, crm id)
@@ -190,10 +191,14 @@ class MemoryMailStore:
     def record_skip(self, account_id: str, provider_message_id: str, reason: str) -> bool:
         with self._lock:
             key = (account_id, id_key(provider_message_id))
-            if key in self._skips:
+            if key in self._skips_told:
                 return False
             self._skips[key] = reason[:2000]
         return True
+
+    def mark_skip_told(self, account_id: str, provider_message_id: str) -> None:
+        with self._lock:
+            self._skips_told.add((account_id, id_key(provider_message_id)))
 
 
 class MemoryRawStore:
