@@ -24,8 +24,8 @@ from typing import Any
 
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from bench.moto_patch import moto_transactions_without_table_copies
 from local.emulators.google import GoogleEmulator
+from local.moto_patch import moto_transactions_without_table_copies
 from local.stack import LocalStack
 
 SIZES = (1, 10, 100, 1000)

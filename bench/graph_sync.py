@@ -37,9 +37,9 @@ import requests
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from bench.gmail_sync import AwsCalls, CountingApp
-from bench.moto_patch import moto_transactions_without_table_copies
 from local.emulators.microsoft import MicrosoftEmulator
 from local.emulators.tls import make_local_tls
+from local.moto_patch import moto_transactions_without_table_copies
 from local.stack import LocalStack
 
 SIZES = (1, 10, 100, 1000)

@@ -11,6 +11,7 @@ a resource, route, queue or schedule added to the template is live here as it is
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import importlib.util
 import io
@@ -35,6 +36,7 @@ import boto3
 
 from local.cfn import PSEUDO_DEFAULTS, Resolver, load_template
 from local.devissuer import DevIssuer
+from local.moto_patch import moto_transactions_without_table_copies
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "template.yaml"
@@ -262,6 +264,7 @@ class LocalStack:
         self._saved_env: dict[str, str | None] = {}
         self._original_invoke: Any = None
         self._original_stub: Any = None
+        self._patches = contextlib.ExitStack()
         self._tap_queue_url = ""
         self.resolver: Resolver
 
@@ -292,6 +295,8 @@ class LocalStack:
         self._set_env(LOCAL_ENVIRONMENT)
         self._mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}})
         self._mock.start()
+        # moto copies every table for each transaction; the stack's tables grow as it runs
+        self._patches.enter_context(moto_transactions_without_table_copies())
         self._serialize_dynamodb()
         self._install_lambda_dispatch()
         self.resolver = Resolver(self.template, self.parameters, PSEUDO_DEFAULTS)
@@ -316,6 +321,7 @@ class LocalStack:
             from moto.awslambda.models import LambdaFunction
 
             LambdaFunction._invoke_lambda = self._original_invoke  # type: ignore[method-assign]
+        self._patches.close()
         if self._mock is not None:
             self._mock.stop()
         for key, value in self._saved_env.items():
