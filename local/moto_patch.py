@@ -42,7 +42,10 @@ def moto_transactions_without_table_copies() -> Iterator[None]:
             hash_value = DynamoType(key[table.hash_key_attr])
             range_value = DynamoType(key[table.range_key_attr]) if table.range_key_attr else None
             partition = table.items.get(hash_value)
-            before = partition.get(range_value) if range_value is not None and partition else partition
+            if range_value is None:  # a table without a sort key: the partition is the item
+                before = partition
+            else:  # a partition may exist and be empty: it is a dict of sort key -> item
+                before = partition.get(range_value) if partition is not None else None
             saved.append((table, hash_value, range_value, copy.deepcopy(before)))
         try:
             original(backend, transact_items)
