@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from crmsync.errors import Unprocessable
@@ -27,3 +28,15 @@ def is_address(value: str) -> bool:
 def normalize_address(value: str) -> str:
     """Addresses compare case-insensitively everywhere in the service."""
     return value.strip().lower()
+
+
+MAX_ID_KEY_BYTES = 400
+
+
+def id_key(value: str) -> str:
+    """A header value (Message-ID) or provider id as a key part, bounded: DynamoDB refuses a
+    partition key over 2 KB, and anyone who can mail the user chooses the Message-ID. Long
+    values are keyed by their SHA-256 (the full value stays in the item)."""
+    if len(value.encode()) <= MAX_ID_KEY_BYTES:
+        return value
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()

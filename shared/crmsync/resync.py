@@ -208,12 +208,14 @@ class Resync:
         status: Literal["running", "succeeded", "failed"],
         error: str | None = None,
         begin: bool = False,
+        previous: ResyncProgress | None = None,
     ) -> bool:
         """Writes the run's progress; False when a newer request has taken the account over
         (this run then stops without writing anything else)."""
         now = datetime.now(UTC)
-        previous = self._store.get_progress(job.account_id, job.kind)
-        if previous is not None and job.request_id and previous.request_id not in (None, job.request_id):
+        if previous is None:
+            previous = self._store.get_progress(job.account_id, job.kind)
+        if _taken_over(previous, job):
             return False
         failures = previous.failures if previous else 0
         retry_at = previous.retry_at if previous else None
@@ -264,11 +266,11 @@ class Resync:
 
     def _finish(self, job: ResyncJob) -> ResyncJob:
         previous = self._store.get_progress(job.account_id, job.kind)
-        if previous is not None and job.request_id and previous.request_id not in (None, job.request_id):
-            return job  # taken over: the newer run stores the cursor
+        if _taken_over(previous, job):
+            return job  # the newer run stores the cursor
         if job.cursor and self._cursor_sink is not None:
             self._cursor_sink(job)
-        self._save(job, "succeeded")
+        self._save(job, "succeeded", previous=previous)  # the sink writes no progress: one read
         self._publisher.publish([self._event(job, "succeeded")])
         return job
 
@@ -291,6 +293,11 @@ class Resync:
             items=job.items,
             error=error,
         )
+
+
+def _taken_over(previous: ResyncProgress | None, job: ResyncJob) -> bool:
+    """Whether a newer request has claimed the account since this run started."""
+    return previous is not None and bool(job.request_id) and previous.request_id not in (None, job.request_id)
 
 
 def _reason(error: dict[str, Any] | None) -> str:

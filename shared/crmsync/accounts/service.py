@@ -670,7 +670,7 @@ class Accounts:
 
         saved = update_account(self._store, account, retired)
         try:
-            self._stop_provider(account, self._fresh(account, tokens))
+            self._stop_provider(account, tokens)
         finally:
             self._store.delete_secret(account.account_id)
         if saved is None:
@@ -688,7 +688,7 @@ class Accounts:
     def _fresh(self, account: Account, tokens: TokenSet | None) -> TokenSet | None:
         """Best effort: a freshly refreshed token for the provider calls of a disconnect (the
         stored one may have expired); the stored one when the provider refuses."""
-        if tokens is None or account.provider == "imap":
+        if tokens is None:
             return tokens
         try:
             return self._oauth(account.provider).refresh(tokens)
@@ -701,10 +701,10 @@ class Accounts:
 
     def _stop_provider(self, account: Account, tokens: TokenSet | None) -> None:
         hooks = self._hooks.get(account.provider)
-        if hooks is None:
+        if hooks is None:  # nothing at the provider to stop (IMAP): no token is refreshed either
             return
         try:
-            hooks.on_disconnected(account, tokens)
+            hooks.on_disconnected(account, self._fresh(account, tokens))
         except Exception as error:  # the provider's side lapses on its own (a watch in 7 days)
             logger.warning(
                 "the provider's watch could not be stopped; it lapses on its own",

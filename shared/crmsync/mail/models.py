@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -92,3 +92,16 @@ class IngestOutcome(BaseModel):
     crm_message_id: str | None = None
     crm_thread_id: str | None = None
     reason: str | None = None
+
+
+def delivery_changes(
+    delivery: str, error: str | None, provider_message_id: str | None, provider_thread_id: str | None
+) -> dict[str, Any]:
+    """What a change of a sent message's delivery sets (the stores' `set_delivery`): the
+    provider's ids only when it gave them."""
+    changes: dict[str, Any] = {"delivery": delivery, "delivery_error": error}
+    if provider_message_id:
+        changes["provider_message_id"] = provider_message_id
+    if provider_thread_id:
+        changes["provider_thread_id"] = provider_thread_id
+    return changes

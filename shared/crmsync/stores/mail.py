@@ -15,7 +15,6 @@ MESSAGES_TABLE items:
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime
 from typing import Any
 
@@ -24,7 +23,15 @@ from botocore.exceptions import ClientError
 
 from crmsync.accounts.models import Account
 from crmsync.errors import TransientError
-from crmsync.mail.models import MessageRecord, MessageRef, ProviderMessage, ThreadRecord
+from crmsync.ids import MAX_ID_KEY_BYTES as MAX_ID_KEY_BYTES  # re-exported: the key bound
+from crmsync.ids import id_key
+from crmsync.mail.models import (
+    MessageRecord,
+    MessageRef,
+    ProviderMessage,
+    ThreadRecord,
+    delivery_changes,
+)
 from crmsync.pagetoken import InvalidPageToken
 from crmsync.stores.aws import client, dynamodb
 from crmsync.stores.dynamo import is_condition_failure, plain
@@ -40,18 +47,6 @@ def _ref_item(ref: MessageRef) -> dict[str, Any]:
 
 def _ref(item: dict[str, Any] | None) -> MessageRef | None:
     return MessageRef.model_validate(item) if item else None
-
-
-MAX_ID_KEY_BYTES = 400
-
-
-def id_key(value: str) -> str:
-    """A header value (Message-ID) or provider id as a key part, bounded: DynamoDB refuses a
-    partition key over 2 KB, and anyone who can mail the user chooses the Message-ID. Long
-    values are keyed by their SHA-256 (the full value stays in the item)."""
-    if len(value.encode()) <= MAX_ID_KEY_BYTES:
-        return value
-    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
 
 
 def _mid_pk(tenant_id: str, message_id: str) -> str:
@@ -255,11 +250,7 @@ class DynamoMailStore:
         provider_message_id: str | None = None,
         provider_thread_id: str | None = None,
     ) -> MessageRecord:
-        changes: dict[str, Any] = {"delivery": delivery, "delivery_error": error}
-        if provider_message_id:
-            changes["provider_message_id"] = provider_message_id
-        if provider_thread_id:
-            changes["provider_thread_id"] = provider_thread_id
+        changes = delivery_changes(delivery, error, provider_message_id, provider_thread_id)
         return self._update(record, **changes)
 
     def set_crm_state(self, record: MessageRecord, state: str) -> MessageRecord:

@@ -9,7 +9,6 @@ threads (one lock each). Nothing here talks to AWS.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -18,18 +17,16 @@ from crmsync.accounts.models import Account
 from crmsync.directory import Blocklist, ConcurrentUpdate, DirectoryRecord, TenantSettings
 from crmsync.errors import TransientError
 from crmsync.events import CrmEvent
-from crmsync.mail.models import MessageRecord, MessageRef, ProviderMessage, ThreadRecord
+from crmsync.ids import MAX_ID_KEY_BYTES as MAX_ID_KEY_BYTES  # re-exported: the key bound
+from crmsync.ids import id_key
+from crmsync.mail.models import (
+    MessageRecord,
+    MessageRef,
+    ProviderMessage,
+    ThreadRecord,
+    delivery_changes,
+)
 from crmsync.resync import ResyncProgress
-
-MAX_ID_KEY_BYTES = 400
-
-
-def id_key(value: str) -> str:
-    """A Message-ID or provider id as a key part, bounded as stores.mail.id_key bounds it (that
-    module needs boto3; the contract tests check the two agree)."""
-    if len(value.encode()) <= MAX_ID_KEY_BYTES:
-        return value
-    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
 
 
 class ConditionFailed(Exception):
@@ -181,11 +178,7 @@ class MemoryMailStore:
         provider_message_id: str | None = None,
         provider_thread_id: str | None = None,
     ) -> MessageRecord:
-        changes: dict[str, Any] = {"delivery": delivery, "delivery_error": error}
-        if provider_message_id:
-            changes["provider_message_id"] = provider_message_id
-        if provider_thread_id:
-            changes["provider_thread_id"] = provider_thread_id
+        changes = delivery_changes(delivery, error, provider_message_id, provider_thread_id)
         return self._update(record, **changes)
 
     def record_skip(self, account_id: str, provider_message_id: str, reason: str) -> bool:
