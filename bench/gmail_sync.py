@@ -3,7 +3,7 @@ and how long the worker takes next to a bare client that only fetches the same m
 
 The Google emulator serves on loopback (a WSGI wrapper counts the HTTP requests that reach it;
 the calls inside batch requests are counted by the emulator). The worker is the real
-MailboxSync with the real GmailHistorySource, engine and stores on moto, built from
+the sync core's CursorLoop with the real GmailHistorySource, engine and stores on moto, built from
 template.yaml by the local stack; AWS requests are counted by a botocore `before-call` hook on
 the layer's clients. The baseline is history.list plus batch gets of 50 with the same
 google-api-python-client, nothing stored, measured on the same messages in the same run."""
@@ -249,7 +249,7 @@ def run(sizes: Iterable[int] = SIZES, say: Callable[[str], None] = print) -> lis
 
 def main() -> None:
     print(
-        "incremental Gmail sync of N new messages (emulator on loopback; MailboxSync, engine, stores on moto)"
+        "incremental Gmail sync of N new messages (emulator on loopback; CursorLoop, engine, stores on moto)"
     )
     print("(moto's whole-table copy per transaction is replaced by a per-item backup: linear, same answers)")
     rows = run()

@@ -7,7 +7,7 @@ The Microsoft emulator serves Graph mail over HTTPS on loopback with a local CA,
 HTTP requests that reach it; werkzeug closes every connection, so each request is a TLS handshake,
 for the worker and the baseline alike. The emulator counts the calls inside `$batch` and the most
 requests of the mailbox in flight at once, and refuses with 429 any request past 4 in flight, as
-Outlook does. The worker is the real MailboxSync with the real GraphDeltaSource (per-folder delta
+Outlook does. The worker is the real CursorLoop with the real GraphDeltaSource (per-folder delta
 over inbox and sentitems, MIME by `$value` in `$batch` of 20, up to 4 in flight), engine and
 stores on moto, built from template.yaml by the local stack; the account's first cursor is what
 GraphMailHooks.on_connected stores. AWS requests are counted by a botocore `before-call` hook.
@@ -154,7 +154,9 @@ class Bench:
         self.tokens: dict[str, str] = {}
         graph = GraphMailbox(lambda account_id: self.tokens[account_id], base, ca)
         self.hooks = GraphMailHooks(graph, self.cursors)
-        self.source = GraphDeltaSource(graph, services.mail_sync().settled)
+        self.source = GraphDeltaSource(
+            graph, lambda a, ids: {i for i in ids if services.mail_sync().settled(a, i)}
+        )
         self._account = Account
         self._settings = AccountSettings
         self._token_set = TokenSet
@@ -293,7 +295,7 @@ def run(sizes: Iterable[int] = SIZES, say: Callable[[str], None] = print) -> tup
 def main() -> None:
     print(
         "incremental Outlook sync through Graph of N new messages"
-        " (emulator over HTTPS on loopback; MailboxSync, engine, stores on moto)"
+        " (emulator over HTTPS on loopback; the sync core's CursorLoop, engine, stores on moto)"
     )
     print("(moto's whole-table copy per transaction is replaced by a per-item backup: linear, same answers)")
     rows, probe = run()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Mapping
-from functools import cache, partial
+from functools import cache
 from typing import TYPE_CHECKING
 
 from crmsync.directory import Directory
@@ -27,16 +27,17 @@ if TYPE_CHECKING:
     from crmsync.mail.engine import MailSync
     from crmsync.mail.graph_notify import GraphNotifications
     from crmsync.mail.jobs import MailSyncJob
+    from crmsync.mail.models import ProviderMessage
     from crmsync.mail.push import GmailPush
     from crmsync.mail.read import Mailbox
     from crmsync.mail.send import MailSender, Outbox
-    from crmsync.mail.sync import ChangeSource, CursorStore, MailboxSync
     from crmsync.mail.watch import MailWatchJob, SyncSchedule, Watcher
     from crmsync.providers.bundle import MailBundle
     from crmsync.settings import Settings
     from crmsync.stores.accounts import DynamoAccountStore
     from crmsync.stores.eventbridge import EventBridgePublisher
     from crmsync.stores.queue import SqsJobQueue
+    from crmsync.sync.core import ChangeSource, CursorLoop, CursorStore
     from crmsync.worker import SyncBatch
 
 
@@ -57,15 +58,14 @@ def directory() -> Directory:
 
 @cache
 def resync() -> Resync:
-    from crmsync.mail.pages import ProviderPages
     from crmsync.stores.cursors import DynamoCursorStore, DynamoSyncStateStore
 
     settings = get_settings()
     cursors = DynamoCursorStore(settings.cursors_table)
 
-    pages = ProviderPages(
-        account_store(), {p: partial(lambda p: mail_bundle(p).pages, p) for p in registry.providers("mail")}
-    )
+    from crmsync.sync.core import ImportPages
+
+    pages = ImportPages(account_store(), _mail_parts(lambda b: b.pages), mail_sync())
 
     def store_cursor(job: ResyncJob) -> None:
         """SYNC-3: the resync's fresh cursor, then one incremental sync from it: what arrived
@@ -252,7 +252,9 @@ def _mail_parts[T](part: Callable[[MailBundle], T]) -> Mapping[str, T]:
 
 
 # provider → ChangeSource, each built on first use (a vendor's client is imported only then)
-CHANGE_SOURCES: Mapping[str, ChangeSource] = registry.ByProvider("mail", lambda p: mail_bundle(p).source)
+CHANGE_SOURCES: Mapping[str, ChangeSource[ProviderMessage]] = registry.ByProvider(
+    "mail", lambda p: mail_bundle(p).source
+)
 
 
 @cache
@@ -362,11 +364,11 @@ def mailbox() -> Mailbox:
 
 
 @cache
-def mailbox_sync() -> MailboxSync:
+def mailbox_sync() -> CursorLoop[ProviderMessage]:
     from crmsync.jobs import Job
-    from crmsync.mail.sync import MailboxSync
     from crmsync.stores.cursors import DynamoCursorStore
     from crmsync.stores.queue import SqsJobQueue
+    from crmsync.sync.core import CursorLoop
 
     settings = get_settings()
     queue = SqsJobQueue(settings.sync_queue_url)
@@ -384,7 +386,7 @@ def mailbox_sync() -> MailboxSync:
         )
         queue.send(job, f"resync-{account.account_id}-{int(time.time() // 300)}")
 
-    return MailboxSync(mail_sync(), DynamoCursorStore(settings.cursors_table), start_resync)
+    return CursorLoop(mail_sync(), DynamoCursorStore(settings.cursors_table), start_resync, "mail")
 
 
 @cache

@@ -1,5 +1,5 @@
 """The mail sync against a model, at scale: Hypothesis plays random histories of a scripted
-mailbox through the real engine (MailSync) and loop (MailboxSync) over the in-memory stores
+mailbox through the real engine (MailSync) and loop (the sync core's CursorLoop) over the in-memory stores
 (which pass the same contract as the DynamoDB ones, tests/contract/test_stores.py).
 
 A history interleaves arrivals (mail from a contact, the user's replies, the user's own mail,
@@ -38,8 +38,8 @@ from crmsync.directory import ContactEntry, DealEntry, Directory, UserEntry
 from crmsync.events import MessageRemovedInMailbox, MessageSynced
 from crmsync.mail.engine import MailSync
 from crmsync.mail.models import ProviderMessage, RemovalKind
-from crmsync.mail.sync import ChangePage, CursorExpired, MailboxSync, Removal
 from crmsync.stores import memory
+from crmsync.sync.core import ChangePage, CursorExpired, CursorLoop, Removal
 
 TENANT = "t-model"
 OWNER = "owner@corp.test"
@@ -204,17 +204,15 @@ class GmailLike:
         self.mailbox = mailbox
         self.oldest = 0
 
-    def changes(self, account: Account, cursor: str, page_token: str | None) -> ChangePage:
+    def changes(self, account: Account, cursor: str, page_token: str | None) -> ChangePage[ProviderMessage]:
         if int(cursor) < self.oldest:
             raise CursorExpired("history id too old")
         events = [e for e in self.mailbox.events if e[0] > int(cursor)]
         chunk, following = self.mailbox.pages(events, page_token)
         return ChangePage(
             # an added message already deleted again cannot be fetched: the source leaves it out
-            messages=[Mailbox.message(m) for _, what, m in chunk if what == "add" and m.removed is None],
-            removed=[
-                Removal(provider_message_id=m.pmid, how=m.how) for _, what, m in chunk if what == "remove"
-            ],
+            items=[Mailbox.message(m) for _, what, m in chunk if what == "add" and m.removed is None],
+            removed=[Removal(item_id=m.pmid, how=m.how) for _, what, m in chunk if what == "remove"],
             next_page=following,
             cursor=str(self.mailbox.position),
         )
@@ -244,7 +242,7 @@ class OutlookLike:
         self.valid: set[str] = set()
         self.tokens = itertools.count()
 
-    def changes(self, account: Account, cursor: str, page_token: str | None) -> ChangePage:
+    def changes(self, account: Account, cursor: str, page_token: str | None) -> ChangePage[ProviderMessage]:
         if cursor not in self.valid:
             raise CursorExpired("syncStateNotFound")
         since = self.links[cursor]
@@ -254,8 +252,8 @@ class OutlookLike:
         )
         chunk, following = self.mailbox.pages(changed, page_token)
         return ChangePage(
-            messages=[Mailbox.message(m) for m in chunk if m.removed is None],
-            removed=[Removal(provider_message_id=m.pmid, how=m.how) for m in chunk if m.removed is not None],
+            items=[Mailbox.message(m) for m in chunk if m.removed is None],
+            removed=[Removal(item_id=m.pmid, how=m.how) for m in chunk if m.removed is not None],
             next_page=following,
             cursor=cursor if following else self.fresh(),
         )
@@ -337,8 +335,8 @@ class Run:
             DIRECTORY,
             Crashing(self.publisher, {"publish"}, self.crasher),
         )
-        self.loop = MailboxSync(
-            self.engine, Crashing(self.cursors, {"advance", "set"}, self.crasher), self.resync
+        self.loop = CursorLoop(
+            self.engine, Crashing(self.cursors, {"advance", "set"}, self.crasher), self.resync, "mail"
         )
         self.excused: set[str] = set()  # removals a resync jumped over
         self.crashes = 0

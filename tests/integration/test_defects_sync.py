@@ -24,8 +24,8 @@ from crmsync.errors import PermanentError
 from crmsync.jobs import Job
 from crmsync.mail.engine import MailSync
 from crmsync.mail.models import ProviderMessage
-from crmsync.mail.sync import ChangePage
 from crmsync.resync import Page, ResyncJob
+from crmsync.sync.core import ChangePage
 from crmsync.worker import SyncBatch
 from local.emulators.servers import Emulators
 from local.stack import LocalStack
@@ -360,7 +360,7 @@ class SlowHistory(ScriptedHistory):
         super().__init__([[contact_mail(n)] for n in range(pages)])
         self.seconds = seconds
 
-    def changes(self, account: Account, cursor: str, page_token: str | None) -> ChangePage:
+    def changes(self, account: Account, cursor: str, page_token: str | None) -> ChangePage[ProviderMessage]:
         time.sleep(self.seconds)
         return super().changes(account, cursor, page_token)
 
@@ -416,7 +416,9 @@ def test_a_slow_mailbox_takes_its_share_of_the_time_and_the_others_still_sync(st
     }
 
     class ByAccount:  # the provider: each mailbox with its own history
-        def changes(self, account: Account, cursor: str, page_token: str | None) -> ChangePage:
+        def changes(
+            self, account: Account, cursor: str, page_token: str | None
+        ) -> ChangePage[ProviderMessage]:
             return histories[account.account_id].changes(account, cursor, page_token)
 
         def is_newer(self, candidate: str, current: str) -> bool:

@@ -1,5 +1,5 @@
 """Gmail messages are fetched in batch requests of at most 50 calls (one history.list per page):
-over the real MailboxSync, engine and stores, and through the real push → queue → worker path.
+over the real the sync core's CursorLoop, engine and stores, and through the real push → queue → worker path.
 A 429 or 5xx, of the batch or of one call in it, leaves the cursor where it was (SYNC-4)."""
 
 from __future__ import annotations

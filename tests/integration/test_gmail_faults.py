@@ -98,7 +98,7 @@ class CrashingWrites:
 
 @pytest.fixture
 def plan(stack: LocalStack) -> Iterator[CrashPlan]:
-    """The worker's MailboxSync (the services are built once per process) with its cursor store,
+    """The worker's sync core's CursorLoop (the services are built once per process) with its cursor store,
     mail store, raw store and publisher wrapped; put back afterwards."""
     sync, created = services.mailbox_sync(), CrashPlan()
     engine = sync._engine

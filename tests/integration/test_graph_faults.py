@@ -63,7 +63,7 @@ def subs(emulators: Emulators) -> Iterator[GraphSubscriptions]:
 
 @pytest.fixture
 def plan(stack: LocalStack) -> Iterator[CrashPlan]:
-    """The worker's MailboxSync with its cursor store, mail store, raw store and publisher
+    """The worker's sync core's CursorLoop with its cursor store, mail store, raw store and publisher
     wrapped by Gmail's crash wrappers (the same writes counted); put back afterwards."""
     sync, created = services.mailbox_sync(), CrashPlan()
     engine = sync._engine

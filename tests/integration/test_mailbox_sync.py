@@ -12,7 +12,7 @@ from crmsync import services
 from crmsync.accounts.models import Account
 from crmsync.errors import TransientError
 from crmsync.mail.models import ProviderMessage
-from crmsync.mail.sync import ChangePage, CursorExpired
+from crmsync.sync.core import ChangePage, CursorExpired
 from local.stack import LocalStack
 from tests.integration.helpers import executions, wait_until
 from tests.integration.test_mail_engine import OWNER, World, delivered, mail
@@ -29,7 +29,7 @@ class ScriptedHistory:
         self.expired = False
         self.calls: list[tuple[str, str | None]] = []
 
-    def changes(self, account: Account, cursor: str, page_token: str | None) -> ChangePage:
+    def changes(self, account: Account, cursor: str, page_token: str | None) -> ChangePage[ProviderMessage]:
         self.calls.append((cursor, page_token))
         if self.expired:
             raise CursorExpired(f"history {cursor} is too old (404)")
@@ -38,7 +38,7 @@ class ScriptedHistory:
             raise TransientError("429 rateLimitExceeded; Retry-After: 2")
         following = str(index + 1) if index + 1 < len(self.pages) else None
         return ChangePage(
-            messages=self.pages[index], next_page=following, cursor=str(self.start + 10 * (index + 1))
+            items=self.pages[index], next_page=following, cursor=str(self.start + 10 * (index + 1))
         )
 
     def is_newer(self, candidate: str, current: str) -> bool:

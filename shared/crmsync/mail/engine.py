@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, cast
 
 from crmsync.accounts.models import Account
 from crmsync.directory import Blocklist, Directory, LookupResult
@@ -34,6 +34,7 @@ from crmsync.mail.models import (
     ThreadRecord,
 )
 from crmsync.mail.rules import Facts, decide
+from crmsync.sync.core import Removal
 
 BLOCKLIST_TTL_S = 60
 _IDS = uuid.UUID("3b8c4f0e-6a53-4a4e-9a43-2f1b7c9d5e11")
@@ -130,6 +131,14 @@ class MailSync:
         self._now = now
 
     # ------------------------------------------------------------------ inbound from a mailbox
+    def ingest_many(self, account: Account, messages: Sequence[ProviderMessage]) -> list[IngestOutcome]:
+        """A provider batch (the sync core's Sink port), in order."""
+        return [self.ingest(account, message) for message in messages]
+
+    def remove_many(self, account: Account, removals: Sequence[Removal]) -> int:
+        """The sync core's Sink port: MAIL-10 for each removal; how many were news to the CRM."""
+        return sum(self.mark_removed(account, r.item_id, cast(RemovalKind, r.how)) for r in removals)
+
     def ingest(self, account: Account, message: ProviderMessage) -> IngestOutcome:
         """One mailbox message into the CRM: read what it needs, decide, then write.
 

@@ -12,7 +12,8 @@ from crmsync.accounts.models import Account
 from crmsync.errors import Paused, PermanentError
 from crmsync.jobs import Job, current_deadline
 from crmsync.jobtypes import JobType
-from crmsync.mail.sync import ChangeSource, MailboxSync, Resume
+from crmsync.mail.models import ProviderMessage
+from crmsync.sync.core import ChangeSource, CursorLoop, Resume
 
 
 class AccountById(Protocol):
@@ -27,8 +28,8 @@ class MailSyncJob:
     def __init__(
         self,
         accounts: AccountById,
-        mailbox_sync: MailboxSync,
-        sources: Mapping[str, ChangeSource],
+        mailbox_sync: CursorLoop[ProviderMessage],
+        sources: Mapping[str, ChangeSource[ProviderMessage]],
         synced: Callable[[Account], object] | None = None,
         continuation: JobQueue | None = None,
     ) -> None:

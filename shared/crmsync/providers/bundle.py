@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from crmsync.accounts.service import ProviderHooks
@@ -15,10 +15,11 @@ if TYPE_CHECKING:
     from crmsync.mail.actions import MailboxActions
     from crmsync.mail.engine import MailSync
     from crmsync.mail.jobs import MailSyncJob
+    from crmsync.mail.models import ProviderMessage
     from crmsync.mail.send import MailSender
-    from crmsync.mail.sync import ChangeSource, CursorStore
     from crmsync.mail.watch import SyncSchedule, Watcher
     from crmsync.settings import Settings
+    from crmsync.sync.core import ChangeSource, CursorStore, ImportSource
 
 
 class JobQueue(Protocol):
@@ -51,20 +52,21 @@ class MailWiring(Protocol):
 
 
 class MailBundle(ABC):
-    """A vendor's mail parts. `pages` is the resync/back-import page source
-    (`fetch_page(account, job) -> Page`); `jobs` are job types of the vendor's own (Graph's
-    lifecycle events), registered with the worker beside the neutral ones."""
+    """A vendor's mail parts. `source` pages through changes since a cursor, `pages` through
+    what a resync or back-import lists; both only read, and the sync core hands what they return
+    to the engine. `jobs` are job types of the vendor's own (Graph's lifecycle events),
+    registered with the worker beside the neutral ones."""
 
     def __init__(self, wiring: MailWiring) -> None:
         self.wiring = wiring
 
     @property
     @abstractmethod
-    def source(self) -> ChangeSource: ...
+    def source(self) -> ChangeSource[ProviderMessage]: ...
 
     @property
     @abstractmethod
-    def pages(self) -> Any: ...
+    def pages(self) -> ImportSource[ProviderMessage]: ...
 
     @property
     @abstractmethod

@@ -1,4 +1,4 @@
-"""Gmail's mail bundle: the history change source, the resync pages, the watch and its hooks,
+"""Gmail's mail bundle: the history change source, the resync and import pages, the watch and its hooks,
 and send/archive/trash, over Google's API with the account's token."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from crmsync.providers.bundle import MailBundle
 if TYPE_CHECKING:
     from crmsync.accounts.oauth import OAuthClient
     from crmsync.providers.google.actions import GmailActions
-    from crmsync.providers.google.gmail import GmailHistorySource, GmailPages
+    from crmsync.providers.google.gmail import GmailHistorySource, GmailImport
     from crmsync.providers.google.watch import GmailWatcher, GmailWatchHooks
     from crmsync.settings import Settings
 
@@ -30,11 +30,11 @@ class GoogleMail(MailBundle):
         return GmailHistorySource(w.access_token, w.settings.gmail_api_base, refused=w.refused)
 
     @cached_property
-    def pages(self) -> GmailPages:
-        from crmsync.providers.google.gmail import GmailPages
+    def pages(self) -> GmailImport:
+        from crmsync.providers.google.gmail import GmailImport
 
         w = self.wiring
-        return GmailPages(w.access_token, w.settings.gmail_api_base, w.engine().ingest, refused=w.refused)
+        return GmailImport(w.access_token, w.settings.gmail_api_base, refused=w.refused)
 
     @cached_property
     def watcher(self) -> GmailWatcher:

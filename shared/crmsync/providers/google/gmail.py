@@ -12,14 +12,17 @@ import base64
 import json
 from collections.abc import Callable, Sequence
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger
 
 from crmsync.accounts.models import Account, TokenSet
 from crmsync.errors import PermanentError, TransientError, retry_after_seconds
 from crmsync.mail.models import ProviderMessage, RemovalKind
-from crmsync.mail.sync import ChangePage, CursorExpired, CursorStore, Removal
+from crmsync.sync.core import ChangePage, CursorExpired, CursorStore, Removal
+
+if TYPE_CHECKING:
+    from crmsync.resync import ResyncJob
 
 logger = Logger()
 
@@ -178,7 +181,7 @@ def removals(history: list[dict[str, Any]], selected: list[str]) -> list[Removal
                     verdict[message["id"]] = "left_synced_folders"
                 else:
                     verdict[message["id"]] = None
-    return [Removal(provider_message_id=i, how=how) for i, how in verdict.items() if how is not None]
+    return [Removal(item_id=i, how=how) for i, how in verdict.items() if how is not None]
 
 
 class GmailHistorySource:
@@ -192,7 +195,7 @@ class GmailHistorySource:
         self._base = api_base
         self._refused = refused  # Credentials.refused: after a 401
 
-    def changes(self, account: Account, cursor: str, page_token: str | None) -> ChangePage:
+    def changes(self, account: Account, cursor: str, page_token: str | None) -> ChangePage[ProviderMessage]:
         """One batch of messages at a time: a history page (up to 500 records) is read once, and
         its added messages are fetched and handed over BATCH_SIZE at a time, so a worker holds at
         most one batch of raw messages in memory; the page's removals come after its last batch."""
@@ -205,9 +208,9 @@ class GmailHistorySource:
         messages = fetch_raw_batched(gmail, self._base, now)
         if later:
             following = _HELD + json.dumps({**held, "ids": later})
-            return ChangePage(messages=messages, next_page=following, cursor=held["history_id"])
+            return ChangePage(items=messages, next_page=following, cursor=held["history_id"])
         return ChangePage(
-            messages=messages,
+            items=messages,
             removed=[Removal.model_validate(r) for r in held["removed"]],
             next_page=held["next"],
             cursor=held["history_id"],
@@ -286,9 +289,9 @@ class GmailHooks:
             )
 
 
-class GmailPages:
-    """A resync or back-import of a Gmail mailbox, one `messages.list` page per step; every
-    message goes through the engine (exactly once, whatever was synced before). A resync
+class GmailImport:
+    """A resync or back-import of a Gmail mailbox, one `messages.list` page per step; the sync
+    core hands the messages to the engine (exactly once, whatever was synced before). A resync
     starts from the mailbox's historyId read before its first page, so changes made while it
     runs are caught by the next incremental sync."""
 
@@ -296,18 +299,14 @@ class GmailPages:
         self,
         access_token: Callable[[str], str],
         api_base: str,
-        ingest: Callable[[Account, ProviderMessage], object],
         refused: Callable[[str, str], str] | None = None,
     ) -> None:
         self._token = access_token
         self._base = api_base
-        self._ingest = ingest
         self._refused = refused
 
-    def fetch_page(self, account: Account, job: Any) -> Any:
+    def page(self, account: Account, job: ResyncJob) -> ChangePage[ProviderMessage]:
         from googleapiclient.errors import HttpError
-
-        from crmsync.resync import Page
 
         gmail = account_gmail(account.account_id, self._token, self._base, self._refused)
         try:
@@ -322,6 +321,9 @@ class GmailPages:
             _raise_transient(error, "a page of messages")
             raise
         ids = [m["id"] for m in listed.get("messages", [])]
-        for message in fetch_raw_batched(gmail, self._base, ids):
-            self._ingest(account, message)
-        return Page(items=len(ids), next_token=listed.get("nextPageToken"), cursor=cursor)
+        return ChangePage(
+            items=fetch_raw_batched(gmail, self._base, ids),
+            next_page=listed.get("nextPageToken"),
+            cursor=cursor,
+            listed=len(ids),
+        )

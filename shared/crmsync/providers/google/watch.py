@@ -13,9 +13,9 @@ from pydantic import BaseModel
 
 from crmsync.accounts.models import Account, TokenSet
 from crmsync.errors import PermanentError, TransientError
-from crmsync.mail.sync import CursorStore
 from crmsync.mail.watch import SyncSchedule
 from crmsync.providers.google.gmail import GmailHooks, gmail_service
+from crmsync.sync.core import CursorStore
 
 
 class WatchStarted(BaseModel):

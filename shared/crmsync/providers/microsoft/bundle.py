@@ -13,7 +13,7 @@ from crmsync.providers.bundle import MailBundle
 if TYPE_CHECKING:
     from crmsync.accounts.oauth import OAuthClient
     from crmsync.jobs import Job
-    from crmsync.providers.microsoft.mail import GraphActions, GraphDeltaSource, GraphMailbox, GraphPages
+    from crmsync.providers.microsoft.mail import GraphActions, GraphDeltaSource, GraphImport, GraphMailbox
     from crmsync.providers.microsoft.subscriptions import GraphSubscriptionHooks, GraphWatcher
     from crmsync.settings import Settings
 
@@ -31,13 +31,16 @@ class MicrosoftMail(MailBundle):
     def source(self) -> GraphDeltaSource:
         from crmsync.providers.microsoft.mail import GraphDeltaSource
 
-        return GraphDeltaSource(self.mailbox, self.wiring.engine().settled)
+        engine = self.wiring.engine()
+        return GraphDeltaSource(
+            self.mailbox, lambda account, ids: {i for i in ids if engine.settled(account, i)}
+        )
 
     @cached_property
-    def pages(self) -> GraphPages:
-        from crmsync.providers.microsoft.mail import GraphPages
+    def pages(self) -> GraphImport:
+        from crmsync.providers.microsoft.mail import GraphImport
 
-        return GraphPages(self.mailbox, self.wiring.engine().ingest)
+        return GraphImport(self.mailbox)
 
     @cached_property
     def watcher(self) -> GraphWatcher:

@@ -11,7 +11,7 @@
   messages not yet in the CRM are fetched as MIME (`$value`) in batches; `@removed` items
   become MAIL-10 removals, except a move into another synced folder. 410 Gone or
   `syncStateNotFound` (any casing) raise CursorExpired: a full resync (SYNC-3).
-- `GraphPages`: resync and back-import through the state machine, folder by folder.
+- `GraphImport`: resync and back-import through the state machine, folder by folder.
 - `GraphMailHooks`: a new account's first cursor (delta from the connection time on).
 - `GraphActions`: send (draft with our Message-ID, or `createReply` for a reply, attach,
   send, read back), find a sent copy by Message-ID, archive and trash (MAIL-9).
@@ -24,11 +24,11 @@ import email
 import email.policy
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from aws_lambda_powertools import Logger
@@ -36,7 +36,6 @@ from aws_lambda_powertools import Logger
 from crmsync.accounts.models import Account, TokenSet
 from crmsync.errors import PermanentError, TransientError
 from crmsync.mail.models import ProviderMessage
-from crmsync.mail.sync import ChangePage, CursorExpired, CursorStore, Removal
 from crmsync.providers.microsoft.folders import WELL_KNOWN_FOLDERS, synced_folders
 from crmsync.providers.microsoft.transport import (
     IMMUTABLE,
@@ -44,6 +43,10 @@ from crmsync.providers.microsoft.transport import (
     body_of,
     error_code,
 )
+from crmsync.sync.core import ChangePage, CursorExpired, CursorStore, Removal
+
+if TYPE_CHECKING:
+    from crmsync.resync import ResyncJob
 
 logger = Logger()
 
@@ -193,9 +196,7 @@ def _page(client: GraphClient, url: str) -> dict[str, Any]:
 
 def _removal(item: dict[str, Any]) -> Removal:
     reason = str((item.get("@removed") or {}).get("reason", "")).lower()
-    return Removal(
-        provider_message_id=item["id"], how="deleted" if reason == "deleted" else "left_synced_folders"
-    )
+    return Removal(item_id=item["id"], how="deleted" if reason == "deleted" else "left_synced_folders")
 
 
 def _run_state(page_token: str | None, folders: tuple[str, ...], links: dict[str, str]) -> dict[str, Any]:
@@ -249,27 +250,29 @@ def _advance(state: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
 
 
 class GraphDeltaSource:
-    def __init__(self, mailbox: GraphMailbox, known: Callable[[Account, str], bool]) -> None:
+    def __init__(self, mailbox: GraphMailbox, known: Callable[[Account, Sequence[str]], set[str]]) -> None:
         self._mailbox = mailbox
-        self._known = known  # MailSync.settled: what the CRM holds is not fetched again
+        self._known = known  # MailSync.settled_many: what the CRM holds is not fetched again
 
-    def changes(self, account: Account, cursor: str, page_token: str | None) -> ChangePage:
+    def changes(self, account: Account, cursor: str, page_token: str | None) -> ChangePage[ProviderMessage]:
         folders = synced_folders(account)
         stored: dict[str, str] = json.loads(cursor) if cursor.startswith("{") else {}
         state = _run_state(page_token, folders, stored)
         client = self._mailbox.client(account)
         url = _first_readable(client, account, state, account.connected_at)
         if url is None:
-            return ChangePage(messages=[], next_page=None, cursor=json.dumps(state["links"], sort_keys=True))
+            return ChangePage(items=[], next_page=None, cursor=json.dumps(state["links"], sort_keys=True))
         folder = state["todo"][0]
         body = _page(client, url)
         items = list(body.get("value", []))
         removed = self._removals(client, [i for i in items if "@removed" in i], folders)
-        wanted = [i for i in items if "@removed" not in i and not self._known(account, i["id"])]
+        added = [i for i in items if "@removed" not in i]
+        held = self._known(account, [i["id"] for i in added]) if added else set()
+        wanted = [i for i in added if i["id"] not in held]
         messages = self._mailbox.fetch(client, wanted, folder)
         following = _advance(state, body)
         return ChangePage(
-            messages=messages,
+            items=messages,
             removed=removed,
             next_page=json.dumps(following) if following["todo"] else None,
             cursor=json.dumps(following["links"], sort_keys=True),
@@ -282,7 +285,7 @@ class GraphDeltaSource:
         """MAIL-10. A message moved out of one synced folder into another is no removal: where
         several folders sync, each moved message's parentFolderId is checked in one $batch."""
         removals = [_removal(i) for i in items]
-        moved = [r.provider_message_id for r in removals if r.how == "left_synced_folders"]
+        moved = [r.item_id for r in removals if r.how == "left_synced_folders"]
         if not moved or len(folders) < 2:
             return removals
         well_known = [f for f in folders if f in WELL_KNOWN_FOLDERS]
@@ -311,7 +314,7 @@ class GraphDeltaSource:
         still = {
             m for n, m in enumerate(moved) if (b := found(f"m{n}")) and b.get("parentFolderId") in synced_ids
         }
-        return [r for r in removals if r.provider_message_id not in still]
+        return [r for r in removals if r.item_id not in still]
 
     def is_newer(self, candidate: str, current: str) -> bool:
         """Delta links are not ordered: the links a completed run ends with replace the old ones."""
@@ -341,39 +344,39 @@ class GraphMailHooks:
         return None  # subscriptions are removed by their own hooks; delta needs no teardown
 
 
-class GraphPages:
+class GraphImport:
     """Resync (SYNC-3) and back-import (ACC-5) of a Microsoft mailbox through the state
-    machine: one delta page per step, folder after folder, every message through the engine.
-    A resync ends with each folder's fresh deltaLink as the new cursor."""
+    machine: one delta page per step, folder after folder; the sync core hands the messages to
+    the engine. A resync ends with each folder's fresh deltaLink as the new cursor."""
 
-    def __init__(self, mailbox: GraphMailbox, ingest: Callable[[Account, ProviderMessage], object]) -> None:
+    def __init__(self, mailbox: GraphMailbox) -> None:
         self._mailbox = mailbox
-        self._ingest = ingest
 
-    def fetch_page(self, account: Account, job: Any) -> Any:
-        from crmsync.resync import Page
-
+    def page(self, account: Account, job: ResyncJob) -> ChangePage[ProviderMessage]:
         since = job.since if job.kind == "mail_import" else None
         state = _run_state(job.page_token, synced_folders(account), {})
         client = self._mailbox.client(account)
         url = _first_readable(client, account, state, since)
         if url is None:
             cursor = json.dumps(state["links"], sort_keys=True) if job.kind == "mail_resync" else None
-            return Page(items=0, next_token=None, cursor=cursor)
+            return ChangePage(items=[], next_page=None, cursor=cursor, listed=0)
         folder = state["todo"][0]
         try:
             body = _page(client, url)
         except CursorExpired as error:  # a page link went stale mid-run: this folder starts over
             raise TransientError(str(error)) from error
         items = [i for i in body.get("value", []) if "@removed" not in i]
-        for message in self._mailbox.fetch(client, items, folder):
-            self._ingest(account, message)
         following = _advance(state, body)
         done = not following["todo"]
         cursor = (
             json.dumps(following["links"], sort_keys=True) if done and job.kind == "mail_resync" else None
         )
-        return Page(items=len(items), next_token=None if done else json.dumps(following), cursor=cursor)
+        return ChangePage(
+            items=self._mailbox.fetch(client, items, folder),
+            next_page=None if done else json.dumps(following),
+            cursor=cursor,
+            listed=len(items),
+        )
 
 
 def _recipients(values: list[str]) -> list[dict[str, Any]]:
