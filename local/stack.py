@@ -30,13 +30,16 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 
 from local.cfn import PSEUDO_DEFAULTS, Resolver, load_template
 from local.devissuer import DevIssuer
 from local.moto_patch import moto_transactions_without_table_copies
+
+if TYPE_CHECKING:
+    from crmsync.services import Services
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "template.yaml"
@@ -255,6 +258,7 @@ class LocalStack:
         self.buses: dict[str, str] = {}
         self.http_apis: dict[str, dict[str, Any]] = {}
         self.skipped: dict[str, str] = {}
+        self._services: Services | None = None  # the stack's composition root, built on start
         self._pending_notifications: list[tuple[FunctionRuntime, dict[str, Any]]] = []
         self.events: deque[dict[str, Any]] = deque(maxlen=1000)
         self._events_changed = threading.Condition()
@@ -303,7 +307,7 @@ class LocalStack:
         self._plan_names()
         self._create_resources()
         self._set_env(self._function_environment())
-        self._reset_layer_caches()
+        self._bind_services()
         self._install_events_tap()
         self._start_threads()
         return self
@@ -329,7 +333,14 @@ class LocalStack:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        self._reset_layer_caches()
+        self._unbind_services()
+
+    @property
+    def services(self) -> Services:
+        """The stack's composition root (the one its handlers use); built when the stack starts."""
+        if self._services is None:
+            raise RuntimeError("the local stack is not started")
+        return self._services
 
     def __enter__(self) -> LocalStack:
         return self.start()
@@ -342,10 +353,27 @@ class LocalStack:
             self._saved_env.setdefault(key, os.environ.get(key))
             os.environ[key] = value
 
-    @staticmethod
-    def _reset_layer_caches() -> None:
-        if "crmsync.services" in sys.modules:
-            sys.modules["crmsync.services"].reset()
+    def _bind_services(self) -> None:
+        """This stack's composition root, built from the functions' environment; its handlers
+        (loaded after this) and its tests share it. AWS clients made for an earlier stack go."""
+        from crmsync import services
+        from crmsync.stores import aws
+        from crmsync.stores import secrets as layer_secrets
+
+        aws.reset()
+        layer_secrets.secret_json.cache_clear()
+        layer_secrets.secret_text.cache_clear()
+        self._services = services.Services()
+        services.bind(self._services)
+
+    def _unbind_services(self) -> None:
+        from crmsync import services
+        from crmsync.stores import aws
+
+        if self._services is not None:
+            services.bind(None)
+            self._services = None
+        aws.reset()
 
     # ------------------------------------------------------------------ resources
     def _resources(self, kind: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -953,8 +981,12 @@ class LocalStack:
 
     def set_secret(self, logical_id: str, value: str) -> None:
         """What an operator does after deploying: put a value into a template's secret."""
+        from crmsync.stores import secrets as layer_secrets
+
         _aws("secretsmanager").put_secret_value(SecretId=self.resolver.refs[logical_id], SecretString=value)
-        self._reset_layer_caches()
+        # as a new Lambda instance would: secrets are cached per instance
+        layer_secrets.secret_json.cache_clear()
+        layer_secrets.secret_text.cache_clear()
 
     # ------------------------------------------------------------------ description
     def describe(self) -> list[str]:

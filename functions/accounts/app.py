@@ -25,8 +25,8 @@ from crmsync.resync import ResyncProgress
 
 logger = Logger()
 app = build_api()
-accounts = services.accounts()
-resync = services.resync()
+accounts = services.current().accounts()
+resync = services.current().resync()
 
 AccountId = Annotated[str, Path(description="The account's id.")]
 TAGS = ["accounts"]

@@ -25,7 +25,7 @@ from crmsync.events import DirectoryKind
 
 logger = Logger()
 app = build_api()
-directory = services.directory()
+directory = services.current().directory()
 
 EntryId = Annotated[str, Path(description="The CRM's id of the entry.")]
 TAGS = ["directory"]

@@ -15,7 +15,7 @@ logger = Logger()
 
 @logger.inject_lambda_context(clear_state=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    push = services.gmail_push(f"{public_base_url_of(event)}/webhooks/gmail")
+    push = services.current().gmail_push(f"{public_base_url_of(event)}/webhooks/gmail")
     try:
         outcome = push.accept(headers_get(event.get("headers"), "authorization"), event.get("body") or "")
     except PushRefused as error:

@@ -32,7 +32,7 @@ def _notifications(event: dict[str, Any]) -> dict[str, Any]:
     if event.get("isBase64Encoded"):
         body = base64.b64decode(body).decode("utf-8", "replace")
     try:
-        outcome = services.graph_notifications().accept(body)
+        outcome = services.current().graph_notifications().accept(body)
     except BadNotification as error:
         logger.warning("graph notification refused", extra={"reason": str(error)})
         return {

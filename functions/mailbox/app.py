@@ -13,7 +13,7 @@ from crmsync.mail.read import ThreadPage, ThreadView
 
 logger = Logger()
 app = build_api()
-mailbox = services.mailbox()
+mailbox = services.current().mailbox()
 TAGS = ["mail"]
 
 

@@ -16,7 +16,7 @@ from crmsync.settings import get_settings
 
 logger = Logger()
 app = build_api()
-accounts = services.accounts()
+accounts = services.current().accounts()
 
 
 def _finish(outcome: ConnectOutcome) -> Response[str]:

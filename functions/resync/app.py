@@ -8,7 +8,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from crmsync import services
 
 logger = Logger()
-resync = services.resync()
+resync = services.current().resync()
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -9,7 +9,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from crmsync import services
 
 logger = Logger()
-scheduler = services.scheduler()
+scheduler = services.current().scheduler()
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -17,8 +17,8 @@ from crmsync.mail.send import SentMessage, StagedUpload
 
 logger = Logger()
 app = build_api()
-outbox = services.outbox()
-actions = services.mail_actions()
+outbox = services.current().outbox()
+actions = services.current().mail_actions()
 TAGS = ["mail"]
 
 

@@ -10,7 +10,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from crmsync import services
 
 logger = Logger()
-batch = services.sync_batch()
+batch = services.current().sync_batch()
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -9,14 +9,20 @@ PageSource per resync kind; a kind with no source has nothing to import.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, Protocol, get_args
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from crmsync.errors import PermanentError, TransientError
 from crmsync.events import EventPublisher, ResyncFinished
+from crmsync.jobtypes import JobType
+
+if TYPE_CHECKING:
+    from crmsync.accounts.models import Account
+    from crmsync.jobs import Job
 
 ResyncKind = Literal["mail_import", "mail_resync", "calendar_resync"]
 Step = Literal["begin", "page", "finish", "fail"]
@@ -304,3 +310,73 @@ def _reason(error: dict[str, Any] | None) -> str:
     if not error:
         return "unknown error"
     return f"{error.get('Error', 'Error')}: {error.get('Cause', '')}"[:1000]
+
+
+# Which cursor a resync of each kind ends with, and the job that syncs on from it.
+CURSOR_OF: dict[str, str] = {"mail_resync": "mail", "mail_import": "mail", "calendar_resync": "calendar"}
+FOLLOW_UP: dict[str, str] = {"mail": JobType.MAIL_SYNC}
+
+
+class JobQueue(Protocol):
+    def send(self, job: Job, dedup_id: str) -> None: ...
+
+
+class CursorSetter(Protocol):
+    def set(self, account_id: str, name: str, value: str) -> None: ...
+
+
+class ResyncTrigger:
+    """SYNC-3 from the sync loop's side: an account with no cursor, or one the provider no longer
+    accepts, gets a resync through the state machine, queued as the account's `resync.start`
+    job. Nothing is queued while a run is going or backing off, and requests within five minutes
+    share one deduplication id, so every push that meets the expired cursor makes one request."""
+
+    def __init__(
+        self,
+        requests: ResyncRequests,
+        queue: JobQueue,
+        kind: ResyncKind,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._requests = requests
+        self._queue = queue
+        self._kind = kind
+        self._clock = clock
+
+    def __call__(self, account: Account, reason: str) -> None:
+        from crmsync.jobs import Job
+
+        if not self._requests.wanted(account.account_id, self._kind):
+            return
+        job = Job(
+            type=JobType.RESYNC_START,
+            tenant_id=account.tenant_id,
+            account_id=account.account_id,
+            payload={"user_id": account.user_id, "kind": self._kind},
+        )
+        window = int(self._clock() // 300)
+        self._queue.send(job, f"resync-{account.account_id}-{window}")
+
+
+class CursorHandover:
+    """A resync's end (SYNC-3): the fresh cursor is stored under its kind's name, then one
+    incremental sync from it is queued, so that what arrived while the resync ran (whose sync
+    requests were absorbed) is read at once."""
+
+    def __init__(self, cursors: CursorSetter, queue: JobQueue) -> None:
+        self._cursors = cursors
+        self._queue = queue
+
+    def __call__(self, job: ResyncJob) -> None:
+        from crmsync.jobs import Job
+
+        name = CURSOR_OF[job.kind]
+        self._cursors.set(job.account_id, name, job.cursor or "")
+        follow = FOLLOW_UP.get(name)
+        if follow is None:
+            return
+        digest = hashlib.sha256(f"{job.account_id}|{job.request_id}|{job.cursor}".encode()).hexdigest()
+        self._queue.send(
+            Job(type=follow, tenant_id=job.tenant_id, account_id=job.account_id),
+            f"after-resync-{digest[:40]}",
+        )

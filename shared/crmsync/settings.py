@@ -1,8 +1,6 @@
-"""Runtime configuration, read from the environment once per process and validated."""
+"""Runtime configuration, read from the environment and validated (once per Services)."""
 
 from __future__ import annotations
-
-from functools import lru_cache
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -62,6 +60,8 @@ class Settings(BaseSettings):
     attachment_limits: str = ""
 
 
-@lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()  # values come from the environment
+    """The settings of this process's composition root (services.current())."""
+    from crmsync import services
+
+    return services.current().settings

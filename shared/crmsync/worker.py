@@ -10,7 +10,7 @@ same delay, since SQS holds a FIFO group back while any of its messages is in fl
 One slow mailbox cannot hold back the others in a batch, nor run the invocation past its
 timeout (which would fail every record of the batch): each record gets a share of the time
 left, split evenly over the records not yet run, as the job's deadline. A sync past its
-deadline stops between two pages and queues the rest as a job of its own (mail/sync.py)."""
+deadline stops between two pages and queues the rest as a job of its own (sync/core.py)."""
 
 from __future__ import annotations
 

@@ -519,10 +519,10 @@ def test_invalid_grant_pauses_the_account_and_reconnecting_resumes(
     # two hours on, the stored access token has expired: it is refreshed
     services = service(stack, "OAuthCallbackFunction", "services")
     later = Credentials(
-        services.account_store(),
-        services.secret_box(),
+        services.current().account_store(),
+        services.current().secret_box(),
         services.oauth_client,
-        services.publisher(),
+        services.current().publisher(),
         clock=lambda: time.time() + 7200,
     )
     first = credentials.access_token(account_id)
@@ -574,16 +574,22 @@ def test_two_workers_refreshing_at_once_do_not_fight(
     set_plan(api, tenant, "advanced")
     account_id = connect(api, browser, api.token(tenant, "u1"), "google", mail_address())["account_id"]
     services = service(stack, "OAuthCallbackFunction", "services")
-    store = services.account_store()
+    store = services.current().account_store()
 
     def later() -> float:
         return time.time() + 7200
 
     other = Credentials(
-        store, services.secret_box(), services.oauth_client, services.publisher(), clock=later
+        store,
+        services.current().secret_box(),
+        services.oauth_client,
+        services.current().publisher(),
+        clock=later,
     )
-    racing = RacingProvider(services.oauth_client("google"), other, account_id)
-    loser = Credentials(store, services.secret_box(), lambda _: racing, services.publisher(), clock=later)
+    racing = RacingProvider(services.current().oauth_client("google"), other, account_id)
+    loser = Credentials(
+        store, services.current().secret_box(), lambda _: racing, services.current().publisher(), clock=later
+    )
     token = loser.access_token(account_id)
     assert racing.winner is not None and token == racing.winner  # the loser uses the winner's token
     assert store.get_secret(account_id)[1] == 2  # one refresh stored, not two

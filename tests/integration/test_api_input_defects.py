@@ -172,7 +172,7 @@ def test_non_ascii_imap_user_name_and_password_log_in_with_utf8(
 
 
 def _threads(world: World, n: int, account_ids: tuple[str, ...] = ()) -> None:
-    engine = services.mail_sync()
+    engine = services.current().mail_sync()
     for i in range(n):
         account = world.account
         if account_ids:

@@ -48,10 +48,10 @@ def _later_credentials(stack: LocalStack, store: Any = None) -> Credentials:
     """The worker's Credentials two hours on: the stored access token has expired."""
     services = _services(stack)
     return Credentials(
-        store or services.account_store(),
-        services.secret_box(),
+        store or services.current().account_store(),
+        services.current().secret_box(),
         services.oauth_client,
-        services.publisher(),
+        services.current().publisher(),
         clock=lambda: time.time() + 7200,
     )
 
@@ -59,7 +59,7 @@ def _later_credentials(stack: LocalStack, store: Any = None) -> Credentials:
 def _expire_stored_token(stack: LocalStack, account_id: str) -> None:
     """The stored access token as the service sees it an hour on: expired, to be refreshed."""
     services = _services(stack)
-    store, box = services.account_store(), services.secret_box()
+    store, box = services.current().account_store(), services.current().secret_box()
     account = store.get_by_id(account_id)
     sealed, version = store.get_secret(account_id)
     context = secret_context(account)

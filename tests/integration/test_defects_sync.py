@@ -38,7 +38,7 @@ COLLEAGUE = "colleague@corp.test"
 
 @pytest.fixture
 def engine(stack: LocalStack) -> MailSync:
-    return services.mail_sync()
+    return services.current().mail_sync()
 
 
 def colleague_account(world: World) -> Account:
@@ -94,11 +94,13 @@ def test_crm_sent_mail_to_a_colleague_is_still_recognised_in_the_senders_sent_fo
 def test_the_second_mailbox_cursor_moves_past_a_shared_message(stack: LocalStack) -> None:
     world = World()
     other = colleague_account(world)
-    cursors = services.mailbox_sync()._cursors
+    cursors = services.current().mailbox_sync()._cursors
     assert cursors.advance(other.account_id, "mail", "100", expected=None)
     shared = mail("carla@client.test", [OWNER, COLLEAGUE], "For both of you")
-    services.mail_sync().ingest(world.account, delivered(shared))
-    result = services.mailbox_sync().run(other, ScriptedHistory([[delivered(shared), contact_mail(7)]]))
+    services.current().mail_sync().ingest(world.account, delivered(shared))
+    result = (
+        services.current().mailbox_sync().run(other, ScriptedHistory([[delivered(shared), contact_mail(7)]]))
+    )
     assert (result.status, result.synced) == ("synced", 2)
     assert cursor_of(stack, other.account_id) == "110"
 
@@ -180,7 +182,7 @@ def test_a_message_id_over_2kb_syncs_and_its_replies_thread(stack: LocalStack, e
 
 @pytest.mark.rule("SEC-5")
 def test_any_failure_reading_one_message_is_a_skip_with_its_reason(stack: LocalStack) -> None:
-    real = services.mail_sync()
+    real = services.current().mail_sync()
 
     def broken_limits(provider: str) -> Any:
         raise RuntimeError("limits table unreadable")
@@ -215,9 +217,9 @@ def test_gmail_takes_hostile_mail_and_the_sync_skips_it(
         timeout=10,
     )
     assert got.status_code == 200 and got.json()["payload"]["mimeType"] == "multipart/mixed"
-    account = services.account_store().get_by_id(account_id)
+    account = services.current().account_store().get_by_id(account_id)
     assert account is not None
-    services.mail_sync_job().sync(account)
+    services.current().mail_sync_job().sync(account)
     assert cursor_of(stack, account_id) != start
     assert [t["subject"] for t in all_threads(api, tenant)] == ["After the deep one"]
     skip = stack.wait_for_event(
@@ -286,7 +288,7 @@ def request_resync(world: World, request_id: str) -> str:
         account_id=world.account.account_id,
         payload={"user_id": world.account.user_id, "kind": "mail_resync"},
     )
-    return services.job_runner().handle(job.model_dump_json(), request_id, world.account.account_id)
+    return services.current().job_runner().handle(job.model_dump_json(), request_id, world.account.account_id)
 
 
 @pytest.mark.rule("SYNC-3")
@@ -301,13 +303,17 @@ def test_one_resync_per_account_runs_at_a_time_and_requests_meanwhile_are_absorb
     # every push and catch-up meanwhile finds the cursor expired and asks again
     history = ScriptedHistory([[]])
     history.expired = True
-    assert services.mailbox_sync()._cursors.advance(world.account.account_id, "mail", "100", expected=None)
+    assert (
+        services.current()
+        .mailbox_sync()
+        ._cursors.advance(world.account.account_id, "mail", "100", expected=None)
+    )
     for n in range(3):
-        assert services.mailbox_sync().run(world.account, history).status == "resync_started"
+        assert services.current().mailbox_sync().run(world.account, history).status == "resync_started"
         assert request_resync(world, f"m-{n + 2}") == "done"
     assert request_resync(world, "m-1") == "done"  # a redelivered request starts nothing new either
     assert len(account_executions(stack, world.account.account_id)) == 1
-    progress = services.resync().progress(world.account.account_id, "mail_resync")
+    progress = services.current().resync().progress(world.account.account_id, "mail_resync")
     assert progress is not None and progress.status == "running"
     pages.release.set()
     [running] = account_executions(stack, world.account.account_id)
@@ -325,7 +331,7 @@ def test_a_failed_resync_backs_off_and_says_so(stack: LocalStack, resync_pages: 
     assert request_resync(world, "f-1") == "done"
     [first] = wait_until(lambda: account_executions(stack, world.account.account_id))
     assert wait_for_execution(first["executionArn"])["status"] == "FAILED"
-    progress = services.resync().progress(world.account.account_id, "mail_resync")
+    progress = services.current().resync().progress(world.account.account_id, "mail_resync")
     assert progress is not None and progress.status == "failed" and progress.failures == 1
     assert progress.retry_at is not None and progress.retry_at.timestamp() > time.time() + 240
     assert "refused the account" in (progress.error or "")
@@ -333,16 +339,19 @@ def test_a_failed_resync_backs_off_and_says_so(stack: LocalStack, resync_pages: 
         assert request_resync(world, f"f-{n + 2}") == "done"
     assert len(account_executions(stack, world.account.account_id)) == 1
     # once the backoff has passed, the next request tries again, and a second failure waits longer
-    services.resync()._store.put_progress(  # type: ignore[attr-defined]
+    services.current().resync()._store.put_progress(  # type: ignore[attr-defined]
         progress.model_copy(update={"retry_at": progress.updated_at}), expected_version=progress.version
     )
     assert request_resync(world, "f-9") == "done"
     second = wait_until(lambda: len(account_executions(stack, world.account.account_id)) == 2)
     assert second
     wait_until(
-        lambda: (p := services.resync().progress(world.account.account_id, "mail_resync")) and p.failures == 2
+        lambda: (
+            (p := services.current().resync().progress(world.account.account_id, "mail_resync"))
+            and p.failures == 2
+        )
     )
-    later = services.resync().progress(world.account.account_id, "mail_resync")
+    later = services.current().resync().progress(world.account.account_id, "mail_resync")
     assert later is not None and later.retry_at is not None
     assert (
         later.retry_at.timestamp() - later.updated_at.timestamp()
@@ -406,9 +415,11 @@ def test_a_slow_mailbox_takes_its_share_of_the_time_and_the_others_still_sync(st
 
     slow, quick = World(), World()
     for world in (slow, quick):
-        services.account_store().create(world.account, None)
-        assert services.mailbox_sync()._cursors.advance(
-            world.account.account_id, "mail", "100", expected=None
+        services.current().account_store().create(world.account, None)
+        assert (
+            services.current()
+            .mailbox_sync()
+            ._cursors.advance(world.account.account_id, "mail", "100", expected=None)
         )
     histories = {
         slow.account.account_id: SlowHistory(pages=40, seconds=0.25),
@@ -430,11 +441,11 @@ def test_a_slow_mailbox_takes_its_share_of_the_time_and_the_others_still_sync(st
         QueueName=f"slow-{uuid.uuid4().hex[:8]}.fifo",
         Attributes={"FifoQueue": "true", "ContentBasedDeduplication": "false"},
     )["QueueUrl"]
-    real = services.job_runner()
+    real = services.current().job_runner()
     runner = JobRunner(real._resyncs, real._dead)  # type: ignore[attr-defined]
     sync_job = MailSyncJob(
-        services.account_store(),
-        services.mailbox_sync(),
+        services.current().account_store(),
+        services.current().mailbox_sync(),
         {"google": ByAccount()},
         continuation=SqsJobQueue(url),
     )
@@ -458,7 +469,7 @@ def test_a_slow_mailbox_takes_its_share_of_the_time_and_the_others_still_sync(st
     batch.process({"Records": [sqs_record(follow, 9)]}, Context(seconds=60))
     assert cursor_of(stack, slow.account.account_id) == str(100 + 10 * 40)
     owner = Principal(tenant_id=slow.tenant, user_id="u1", role="member")
-    assert len(services.mailbox().threads(owner, limit=100).threads) == 40
+    assert len(services.current().mailbox().threads(owner, limit=100).threads) == 40
 
 
 # ---------------------------------------------------------------- item 15: long threads
@@ -490,7 +501,7 @@ def test_a_thread_over_one_megabyte_is_read_whole(stack: LocalStack, engine: Mai
         )
         assert store.record_message(record, after, thread.version)
     owner = Principal(tenant_id=world.tenant, user_id="u1", role="member")
-    view = services.mailbox().thread(owner, opened.crm_thread_id or "")
+    view = services.current().mailbox().thread(owner, opened.crm_thread_id or "")
     assert len(view.messages) == 5
     # the archive of the thread (MAIL-9) reads the same way: every message, not the first page
     assert len(store.thread_messages(world.tenant, opened.crm_thread_id)) == 5
@@ -503,7 +514,7 @@ def test_a_thread_over_one_megabyte_is_read_whole(stack: LocalStack, engine: Mai
 def test_a_job_failing_on_its_last_receive_is_dead_lettered_with_its_reason(stack: LocalStack) -> None:
     from crmsync.jobs import JobRunner
 
-    real = services.job_runner()
+    real = services.current().job_runner()
     runner = JobRunner(real._resyncs, real._dead)  # type: ignore[attr-defined]
 
     def broken(job: Job, message_id: str) -> None:
@@ -551,7 +562,7 @@ def test_mail_arriving_while_a_resync_runs_is_synced_when_it_ends(
     graph.slow_down(address, 1.0)  # the resync's pages take a while
     _sync(stack, tenant, account_id)  # 410: a resync starts
     wait_until(lambda: len(_threads(api, token)) == 2, timeout=30)  # the resync has read the inbox
-    progress = services.resync().progress(account_id, "mail_resync")
+    progress = services.current().resync().progress(account_id, "mail_resync")
     assert progress is not None and progress.status == "running"
     # mail arrives now, and its sync meets the expired cursor while the resync runs: absorbed
     graph.arrive(address, mail("carla@client.test", [address], "Order 3").as_bytes())

@@ -228,9 +228,11 @@ def push_clock(stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> Iterator[_
     """The Gmail webhook with a fresh key cache, on a clock the test moves."""
     clock = _Clock()
     monkeypatch.setattr(push, "_monotonic", clock, raising=False)
-    services.gmail_push.cache_clear()
-    yield clock
-    services.gmail_push.cache_clear()
+    services.bind(services.Services())  # the webhook builds its key cache anew, on this clock
+    try:
+        yield clock
+    finally:
+        services.bind(stack.services)
 
 
 @pytest.mark.rule("SEC-5")

@@ -30,7 +30,7 @@ operation = st.one_of(
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(operations=st.lists(operation, min_size=1, max_size=12))
 def test_lookups_match_a_model_after_any_sequence_of_writes(stack: LocalStack, operations: list) -> None:
-    directory = services.directory()
+    directory = services.current().directory()
     admin = Principal(tenant_id=f"prop-{uuid.uuid4().hex[:10]}", user_id="u1", role="admin")
     model: dict[tuple[str, str], list[str]] = {}  # order kept: the CRM's first address is its primary
     versions: dict[tuple[str, str], int] = {}

@@ -28,7 +28,7 @@ def connected_mailbox(api: Api, emulators: Emulators, tenant: str) -> tuple[str,
     address = f"inbox-{uuid.uuid4().hex[:8]}@gmail.test"
     result = connect(api, Browser(emulators), api.token(tenant, "u1"), "google", address)
     assert result["status"] == "connected"
-    services.directory().upsert(
+    services.current().directory().upsert(
         Principal(tenant_id=tenant, user_id="admin", role="admin"),
         "contacts",
         "c1",
@@ -88,7 +88,7 @@ def test_a_429_inside_a_batch_leaves_the_cursor_and_the_retry_syncs_everything(
     stack: LocalStack, emulators: Emulators, api: Api, tenant: str
 ) -> None:
     address, account_id = connected_mailbox(api, emulators, tenant)
-    account = services.account_store().get_by_id(account_id)
+    account = services.current().account_store().get_by_id(account_id)
     assert account is not None
     start = cursor_of(stack, account_id)
     subjects = [f"Invoice {n}" for n in range(55)]
@@ -96,15 +96,15 @@ def test_a_429_inside_a_batch_leaves_the_cursor_and_the_retry_syncs_everything(
     gmail = emulators.google.gmail
     # the 53rd get, in the second batch, is refused; the batch itself answers 200
     gmail.throttle(address, requests=1, retry_after=2, method="gmail.users.messages.get", skip=52)
-    source = services.CHANGE_SOURCES["google"]
+    source = services.current().change_sources()["google"]
     with pytest.raises(TransientError, match="429"):
-        services.mailbox_sync().run(account, source)
+        services.current().mailbox_sync().run(account, source)
     assert cursor_of(stack, account_id) == start
     assert gmail.mailbox(address).batches[-2:] == [50, 5]
     # the first batch was stored before the second was fetched (one batch in memory at a time)
     assert sorted(t["subject"] for t in all_threads(api, tenant)) == sorted(subjects[:50])
 
-    result = services.mailbox_sync().run(account, source)  # the job, retried
+    result = services.current().mailbox_sync().run(account, source)  # the job, retried
     assert result.synced == 5 and result.synced + result.updated + result.skipped == 55
     assert each_once(api, tenant, subjects)
     assert cursor_of(stack, account_id) == str(gmail.mailbox(address).history_id)
@@ -136,14 +136,14 @@ def test_a_message_deleted_before_its_batch_is_skipped_and_the_rest_syncs(
     stack: LocalStack, emulators: Emulators, api: Api, tenant: str
 ) -> None:
     address, account_id = connected_mailbox(api, emulators, tenant)
-    account = services.account_store().get_by_id(account_id)
+    account = services.current().account_store().get_by_id(account_id)
     assert account is not None
     arrive_from_carla(emulators, address, ["Kept 1", "Gone", "Kept 2"])
     gmail = emulators.google.gmail
     gone = next(m for m in gmail.mailbox(address).messages.values() if b"Subject: Gone" in m.raw)
     gmail.delete_in_client(address, gone.id)  # history still lists it as added; its get is 404
 
-    result = services.mailbox_sync().run(account, services.CHANGE_SOURCES["google"])
+    result = services.current().mailbox_sync().run(account, services.current().change_sources()["google"])
     assert (result.synced, result.skipped) == (2, 0)
     assert each_once(api, tenant, ["Kept 1", "Kept 2"])
     assert cursor_of(stack, account_id) == str(gmail.mailbox(address).history_id)

@@ -72,7 +72,7 @@ def test_mail_arriving_in_gmail_reaches_the_crm_once(
     address, account_id = _connected(api, emulators, tenant)
     start = cursor_of(stack, account_id)
     assert start is not None  # the provider-start hook recorded the mailbox's historyId
-    directory = services.directory()
+    directory = services.current().directory()
     directory.upsert(
         Principal(tenant_id=tenant, user_id="admin", role="admin"),
         "contacts",
@@ -136,7 +136,7 @@ def test_expired_history_resyncs_the_mailbox_without_duplicates(
 ) -> None:
     address, account_id = _connected(api, emulators, tenant)
     admin = Principal(tenant_id=tenant, user_id="admin", role="admin")
-    services.directory().upsert(
+    services.current().directory().upsert(
         admin, "contacts", "c1", ContactEntry(name="Carla", emails=["carla@client.test"])
     )
     gmail, google = emulators.google.gmail, emulators.google

@@ -155,7 +155,7 @@ def test_a_send_cut_off_after_gmail_took_it_is_confirmed_on_retry_not_sent_again
     stack: LocalStack, emulators: Emulators, api: Api, tenant: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     address, _, token = _setup(api, emulators, tenant)
-    engine = services.outbox()._engine
+    engine = services.current().outbox()._engine
     real_confirm = engine.confirm_sent
 
     def cut_off(*args: Any, **kwargs: Any) -> Any:

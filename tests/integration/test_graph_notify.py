@@ -27,7 +27,6 @@ from crmsync.auth import Principal
 from crmsync.directory import ContactEntry
 from crmsync.jobs import Job
 from crmsync.mail.watch import CATCHUP, WATCH, renew_at
-from crmsync.settings import get_settings
 from local.emulators.graph_subscriptions import GraphSubscriptions, Subscription
 from local.emulators.servers import Emulators
 from local.stack import LocalStack
@@ -54,10 +53,10 @@ def subs(emulators: Emulators) -> Iterator[GraphSubscriptions]:
 def handled(stack: LocalStack) -> Iterator[list[Job]]:
     """The jobs the real worker ran (a pass-through tap on its job runner), in order."""
     runner = service(stack, "SyncWorkerFunction", "batch").runner
-    lifecycle = services.graph_lifecycle_jobs()  # Graph's own job types, from its bundle
+    lifecycle = services.current().graph_lifecycle_jobs()  # Graph's own job types, from its bundle
     real: dict[str, Any] = {
-        "mail.sync": services.mail_sync_job(),
-        "mail.watch": services.mail_watch_job(get_settings().gmail_push_topic or None),
+        "mail.sync": services.current().mail_sync_job(),
+        "mail.watch": services.current().mail_watch_job(),
         "graph.reauthorize": lifecycle["graph.reauthorize"],
         "graph.resubscribe": lifecycle["graph.resubscribe"],
     }
@@ -108,7 +107,7 @@ def _jobs_of(handled: list[Job], account_id: str, job_type: str = "mail.sync") -
 
 
 def _with_contact(tenant: str) -> None:
-    services.directory().upsert(
+    services.current().directory().upsert(
         Principal(tenant_id=tenant, user_id="admin", role="admin"),
         "contacts",
         "c1",

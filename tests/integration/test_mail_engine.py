@@ -62,7 +62,7 @@ class World:
     def __init__(self, **account_settings: Any) -> None:
         self.tenant = f"t-{uuid.uuid4().hex[:10]}"
         admin = Principal(tenant_id=self.tenant, user_id="admin", role="admin")
-        directory = services.directory()
+        directory = services.current().directory()
         directory.upsert(admin, "users", "u1", UserEntry(name="Owner", email=OWNER))
         directory.upsert(admin, "users", "u2", UserEntry(name="Colleague", email="colleague@corp.test"))
         directory.upsert(admin, "contacts", "c1", ContactEntry(name="Carla", emails=["carla@client.test"]))
@@ -103,7 +103,7 @@ class World:
         )
 
     def thread(self, engine: MailSync, thread_id: str) -> list[Any]:
-        return services.mail_sync()._store.thread_messages(self.tenant, thread_id)  # type: ignore[attr-defined]
+        return services.current().mail_sync()._store.thread_messages(self.tenant, thread_id)  # type: ignore[attr-defined]
 
 
 def synced_events(stack: LocalStack, tenant: str) -> list[dict[str, Any]]:
@@ -114,7 +114,7 @@ def synced_events(stack: LocalStack, tenant: str) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def engine(stack: LocalStack) -> MailSync:
-    return services.mail_sync()
+    return services.current().mail_sync()
 
 
 @pytest.mark.rule("MAIL-1")
@@ -162,7 +162,7 @@ def test_a_user_with_manual_deal_linking_gets_contacts_linked_but_no_deal(
     stack: LocalStack, engine: MailSync
 ) -> None:
     world = World()
-    services.directory().upsert(
+    services.current().directory().upsert(
         world.admin, "users", "u1", UserEntry(name="Owner", email=OWNER, deal_linking="manual")
     )
     first = mail(OWNER, ["carla@client.test"], "Proposal")
@@ -225,7 +225,7 @@ def test_label_filter_and_scope_all(engine: MailSync) -> None:
     )
     assert answer.status == "synced"  # sent mail of a synced thread always syncs
     lead = engine.ingest(world.account, delivered(mail("leo@prospect.test", [OWNER], "Hi"), ["CRM"]))
-    record = services.mail_sync()._store.get_message(world.tenant, "u1", lead.crm_message_id)  # type: ignore[attr-defined]
+    record = services.current().mail_sync()._store.get_message(world.tenant, "u1", lead.crm_message_id)  # type: ignore[attr-defined]
     assert record.lead_ids == ["l1"] and record.contact_ids == []
 
 
@@ -278,7 +278,7 @@ class Faulty:
 @given(data=st.data())
 def test_converges_under_duplicates_reordering_and_crashes(stack: LocalStack, data: st.DataObject) -> None:
     world = World()
-    real = services.mail_sync()
+    real = services.current().mail_sync()
     first = mail(OWNER, ["carla@client.test"], "Deal")
     real.record_outgoing(world.account, first.as_bytes())
     chain = [first]

@@ -15,7 +15,7 @@ from tests.integration.test_mail_engine import OWNER, World, delivered, mail
 def test_threads_newest_first_paginated_by_account_and_private(api: Api, stack: LocalStack) -> None:
     world = World()
     other_account = world.account.model_copy(update={"account_id": world.account.account_id + "-b"})
-    engine = services.mail_sync()
+    engine = services.current().mail_sync()
     subjects = []
     for n in range(5):
         account = world.account if n % 2 == 0 else other_account

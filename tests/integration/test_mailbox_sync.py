@@ -62,7 +62,11 @@ def contact_mail(n: int) -> ProviderMessage:
 @pytest.fixture
 def world(stack: LocalStack) -> World:
     created = World()
-    assert services.mailbox_sync()._cursors.advance(created.account.account_id, "mail", "100", expected=None)
+    assert (
+        services.current()
+        .mailbox_sync()
+        ._cursors.advance(created.account.account_id, "mail", "100", expected=None)
+    )
     return created
 
 
@@ -71,10 +75,10 @@ def test_the_cursor_moves_only_after_every_page_is_stored(stack: LocalStack, wor
     history = ScriptedHistory([[contact_mail(1), contact_mail(2)], [contact_mail(3)], [contact_mail(4)]])
     history.throttle_at = 2
     with pytest.raises(TransientError):
-        services.mailbox_sync().run(world.account, history)
+        services.current().mailbox_sync().run(world.account, history)
     assert cursor_of(stack, world.account.account_id) == "100"  # pages 0 and 1 were stored, the cursor waits
     history.throttle_at = None
-    result = services.mailbox_sync().run(world.account, history)  # the job is retried
+    result = services.current().mailbox_sync().run(world.account, history)  # the job is retried
     assert (result.synced, result.updated, result.cursor) == (
         1,
         3,
@@ -89,20 +93,20 @@ def test_throttling_neither_moves_nor_resets_the_cursor(stack: LocalStack, world
     history.throttle_at = 0
     for _ in range(3):
         with pytest.raises(TransientError):
-            services.mailbox_sync().run(world.account, history)
+            services.current().mailbox_sync().run(world.account, history)
     assert cursor_of(stack, world.account.account_id) == "100"
     assert {cursor for cursor, _ in history.calls} == {"100"}
 
 
 @pytest.mark.rule("SYNC-1")
 def test_the_cursor_never_moves_backwards(stack: LocalStack, world: World) -> None:
-    cursors = services.mailbox_sync()._cursors
+    cursors = services.current().mailbox_sync()._cursors
     assert cursors.advance(world.account.account_id, "mail", "180", expected="100")
     stale = ScriptedHistory([[contact_mail(1)]], start=100)  # a worker that read 100 before the move
     assert not cursors.advance(world.account.account_id, "mail", "110", expected="100")
     assert cursor_of(stack, world.account.account_id) == "180"
     # and a run whose pages end below the stored cursor leaves it where it is
-    result = services.mailbox_sync().run(world.account, ScriptedHistory([[]], start=50))
+    result = services.current().mailbox_sync().run(world.account, ScriptedHistory([[]], start=50))
     assert result.cursor == "180" and cursor_of(stack, world.account.account_id) == "180"
     assert stale.calls == []
 
@@ -111,7 +115,7 @@ def test_the_cursor_never_moves_backwards(stack: LocalStack, world: World) -> No
 def test_an_expired_cursor_starts_a_resync_not_an_error_loop(stack: LocalStack, world: World) -> None:
     history = ScriptedHistory([[contact_mail(1)]])
     history.expired = True
-    result = services.mailbox_sync().run(world.account, history)
+    result = services.current().mailbox_sync().run(world.account, history)
     assert result.status == "resync_started"
     assert cursor_of(stack, world.account.account_id) == "100"
     sfn = boto3.client("stepfunctions")

@@ -108,7 +108,7 @@ def test_jobs_that_cannot_run_go_to_the_dlq_with_their_reason_and_block_nothing(
 def test_the_scheduler_fans_out_what_is_due_once(stack: LocalStack, tenant: str) -> None:
     account = f"acc-{uuid.uuid4().hex[:8]}"
     now = int(time.time())
-    services.scheduler().schedule(
+    services.current().scheduler().schedule(
         DueItem(
             pk=f"ACC#{account}", sk="CATCHUP", due_at=now - 5, job=_resync_job(tenant, account), every_s=3600
         )

@@ -43,10 +43,12 @@ def watching(stack: LocalStack) -> Iterator[None]:
     runner = service(stack, "SyncWorkerFunction", "batch").runner
 
     def install(topic: str | None) -> None:
-        hooks = services.gmail_hooks(topic)
+        hooks = services.current().with_settings(gmail_push_topic=topic or "").gmail_hooks()
         for accounts in owners:
             accounts.register_hooks("google", hooks)
-        runner.register("mail.watch", services.mail_watch_job(topic))
+        runner.register(
+            "mail.watch", services.current().with_settings(gmail_push_topic=topic or "").mail_watch_job()
+        )
 
     install(TOPIC)
     yield
@@ -62,7 +64,7 @@ def _connected(api: Api, emulators: Emulators, tenant: str, subject_hint: str) -
 
 def _with_contact(api: Api, tenant: str) -> None:
     set_plan(api, tenant, "professional")  # two mailboxes per user
-    services.directory().upsert(
+    services.current().directory().upsert(
         Principal(tenant_id=tenant, user_id="admin", role="admin"),
         "contacts",
         "c1",
@@ -210,9 +212,9 @@ def test_disconnect_leaves_nothing_scheduled_and_late_work_cannot_bring_it_back(
     job = {"type": "mail.watch", "tenant_id": tenant, "account_id": account_id, "payload": {}}
     assert runner.handle(json.dumps(job), f"m-{uuid.uuid4().hex}", account_id) == "dropped"
     # ... and one that was already running when the disconnect came cannot schedule it again
-    account = services.account_store().get_by_id(account_id)
+    account = services.current().account_store().get_by_id(account_id)
     assert account is not None and account.status == "disconnected"
-    schedule = services.sync_schedule()
+    schedule = services.current().sync_schedule()
     assert schedule.renewed(account, int(time.time()) + 7 * DAY) is False
     assert schedule.synced(account) is False
     assert _due_items(stack, account_id) == {}
