@@ -7,7 +7,9 @@ The CRM backend keeps it current through the API; the sync rules ask it who owns
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Protocol
 
@@ -216,12 +218,30 @@ def _links_of(entry: _Strict) -> list[str]:
     return sorted(set(entry.contact_ids)) if isinstance(entry, DealEntry) else []
 
 
+LOOKUP_TTL_S = 60  # how long `lookup_many` keeps an answer (as the engine keeps a blocklist)
+_LOOKUPS_KEPT = 10_000
+
+
 class Directory:
     """The directory's rules, over a store and an event publisher."""
 
-    def __init__(self, store: DirectoryStore, publisher: EventPublisher) -> None:
+    def __init__(
+        self,
+        store: DirectoryStore,
+        publisher: EventPublisher,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._store = store
         self._publisher = publisher
+        self._clock = clock
+        self._lookups: dict[tuple[str, str], tuple[float, LookupResult]] = {}  # (tenant, address)
+        self._lookups_lock = threading.Lock()
+
+    def _forget_lookups(self, tenant_id: str) -> None:
+        """An entry of the tenant changed through this instance: its lookups are read afresh."""
+        with self._lookups_lock:
+            for key in [k for k in self._lookups if k[0] == tenant_id]:
+                del self._lookups[key]
 
     # ---- entries
     def get(self, principal: Principal, kind: DirectoryKind, entry_id: str) -> DirectoryRecord:
@@ -255,6 +275,7 @@ class Directory:
                 self._store.put(principal.tenant_id, record, previous, _links_of(entry))
             except ConcurrentUpdate:
                 continue
+            self._forget_lookups(principal.tenant_id)
             self._publisher.publish(
                 [
                     DirectoryEntryUpserted(
@@ -278,6 +299,7 @@ class Directory:
             return False
         links = record.data.get("contact_ids", []) if kind == "deals" else []
         self._store.delete(principal.tenant_id, record, links)
+        self._forget_lookups(principal.tenant_id)
         self._publisher.publish(
             [DirectoryEntryDeleted(tenant_id=principal.tenant_id, kind=kind, id=entry_id)]
         )
@@ -298,6 +320,66 @@ class Directory:
         for record in sorted(records, key=lambda r: (r.kind, r.id)):
             getattr(result, record.kind).append(record)
         return result
+
+    def lookup_many(self, tenant_id: str, addresses: Sequence[str]) -> dict[str, LookupResult]:
+        """`lookup` for many addresses, keyed by the address as given. What this instance
+        looked up less than LOOKUP_TTL_S ago is answered from memory (a change made through
+        another instance applies to lookups from then on; one made through this one at once);
+        the rest is read together: the owners of each address, the deals of all their contacts
+        at once, then every entry in one batch."""
+        normalized: dict[str, str] = {}
+        for address in addresses:
+            if not is_address(address):
+                raise Unprocessable("address: not a valid e-mail address")
+            normalized[address] = normalize_address(address)
+        now = self._clock()
+        with self._lookups_lock:
+            cached = {
+                a: found[1]
+                for a in dict.fromkeys(normalized.values())
+                if (found := self._lookups.get((tenant_id, a))) is not None and found[0] > now
+            }
+        wanted = [a for a in dict.fromkeys(normalized.values()) if a not in cached]
+        if wanted:
+            owners = {a: self._store.owners_of(tenant_id, a) for a in wanted}
+            contact_keys = list(
+                dict.fromkeys(o for found in owners.values() for o in found if o[0] == "contacts")
+            )
+            deals_by_contact = {key: self._store.deals_of(tenant_id, [key]) for key in contact_keys}
+            keys_of = {
+                a: list(
+                    dict.fromkeys(
+                        [
+                            *found,
+                            *(
+                                ("deals", d)
+                                for o in found
+                                if o in deals_by_contact
+                                for d in deals_by_contact[o]
+                            ),
+                        ]
+                    )
+                )
+                for a, found in owners.items()
+            }
+            records = {
+                (r.kind, r.id): r
+                for r in self._store.get_many(
+                    tenant_id, list(dict.fromkeys(k for ks in keys_of.values() for k in ks))
+                )
+            }
+            with self._lookups_lock:
+                if len(self._lookups) > _LOOKUPS_KEPT:
+                    self._lookups.clear()
+                for address, keys in keys_of.items():
+                    result = LookupResult(address=address)
+                    for record in sorted(
+                        (records[k] for k in keys if k in records), key=lambda r: (r.kind, r.id)
+                    ):
+                        getattr(result, record.kind).append(record)
+                    cached[address] = result
+                    self._lookups[(tenant_id, address)] = (now + LOOKUP_TTL_S, result)
+        return {given: cached[address] for given, address in normalized.items()}
 
     def blocklist(self, tenant_id: str, user_id: str) -> Blocklist:
         return self._store.get_blocklist(tenant_id, user_id) or Blocklist()

@@ -1,11 +1,24 @@
 """The mail sync engine: a provider message in, a CRM message out, exactly once (MAIL-7).
 
-Writes happen in an order that survives a crash between any two of them: the raw MIME goes to
-S3 under a key derived from the provider's id (a retry rewrites the same object), then one
-DynamoDB transaction creates the message, the provider-id map, the Message-ID index entry and
-the thread together (the map's existence condition makes a second attempt a no-op), then the
-event is published and the message marked published. A redelivery that finds the message
-stored but unpublished publishes it then: creation exactly once, events at least once.
+The sync core hands the engine a provider batch (`ingest_many`: a Gmail page, a Graph delta
+page). The engine reads what the whole batch needs in batches (the provider-id map, the
+Message-ID index with the In-Reply-To and References chains, the provider-thread map, the
+threads, the directory's answers for every participant), decides each message in order with
+the pure rules (a message stored earlier in the batch is seen by the ones after it: two
+messages of one thread thread together, a duplicate is stored once), and writes.
+
+Writes happen in an order that survives a crash between any two of them:
+1. per new message, the raw MIME goes to S3 under a key derived from the provider's id (a
+   retry rewrites the same object), then one DynamoDB transaction creates the message, the
+   provider-id map, the Message-ID index entry and the thread at the version it was read at
+   (the map's existence condition makes a second attempt a no-op; a thread another worker
+   moved meanwhile cancels it, and that message is read again and decided alone);
+   a skip is recorded (`record_skip`) in its turn;
+2. then the batch's events go out, 10 per PutEvents;
+3. then the messages are marked published and the skips told, in batches.
+A redelivery that finds a message stored but unpublished publishes it then (so does a
+removal or `settled`), and a skip recorded but not told is told then: creation exactly once,
+events at least once.
 """
 
 from __future__ import annotations
@@ -13,18 +26,24 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol, cast
 
 from crmsync.accounts.models import Account
 from crmsync.directory import Blocklist, Directory, LookupResult
 from crmsync.errors import TransientError
-from crmsync.events import EventPublisher, MessageRemovedInMailbox, MessageSkipped, MessageSynced
+from crmsync.events import (
+    CrmEvent,
+    EventPublisher,
+    MessageRemovedInMailbox,
+    MessageSkipped,
+    MessageSynced,
+)
 from crmsync.ids import is_address
-from crmsync.mail.inbound import apply_limits
+from crmsync.mail.inbound import limit
 from crmsync.mail.limits import AttachmentLimits, limits_for
-from crmsync.mail.mime import Malformed, ParsedMessage, parse
+from crmsync.mail.mime import Malformed, ParsedMessage, ReadMessage, parse, read
 from crmsync.mail.models import (
     IngestOutcome,
     MessageRecord,
@@ -34,7 +53,6 @@ from crmsync.mail.models import (
     ThreadRecord,
 )
 from crmsync.mail.rules import Facts, decide
-from crmsync.sync.core import Removal
 
 BLOCKLIST_TTL_S = 60
 _IDS = uuid.UUID("3b8c4f0e-6a53-4a4e-9a43-2f1b7c9d5e11")
@@ -46,15 +64,30 @@ def stable_id(*parts: str) -> str:
 
 
 class MailStore(Protocol):
-    """Port: thread maps, the Message-ID index, message metadata (stores/mail.py)."""
+    """Port: thread maps, the Message-ID index, message metadata (stores/mail.py). The
+    `…s` reads are the batched forms of the single ones (BatchGetItem), with their answers."""
 
     def find_provider_message(self, account_id: str, provider_message_id: str) -> MessageRef | None: ...
 
+    def find_provider_messages(
+        self, account_id: str, provider_message_ids: Sequence[str]
+    ) -> dict[str, MessageRef]: ...
+
     def find_message_id(self, tenant_id: str, user_id: str, message_id: str) -> MessageRef | None: ...
+
+    def find_message_ids(
+        self, tenant_id: str, user_id: str, message_ids: Sequence[str]
+    ) -> dict[str, MessageRef]: ...
 
     def find_provider_thread(self, account_id: str, provider_thread_id: str) -> str | None: ...
 
+    def find_provider_threads(
+        self, account_id: str, provider_thread_ids: Sequence[str]
+    ) -> dict[str, str]: ...
+
     def get_thread(self, tenant_id: str, crm_thread_id: str) -> ThreadRecord | None: ...
+
+    def get_threads(self, tenant_id: str, crm_thread_ids: Sequence[str]) -> dict[str, ThreadRecord]: ...
 
     def record_message(self, record: MessageRecord, thread: ThreadRecord, previous_version: int) -> bool: ...
 
@@ -62,15 +95,19 @@ class MailStore(Protocol):
 
     def get_message(self, tenant_id: str, user_id: str, crm_message_id: str) -> MessageRecord | None: ...
 
-    def mark_published(self, record: MessageRecord) -> None: ...
+    def get_messages(
+        self, tenant_id: str, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], MessageRecord]: ...
 
-    def mark_removed(self, record: MessageRecord, removed: bool) -> MessageRecord: ...
+    def mark_published(self, *records: MessageRecord) -> None: ...
+
+    def mark_removed(self, record: MessageRecord, removed: bool, *more: MessageRecord) -> MessageRecord: ...
 
     def record_skip(self, account_id: str, provider_message_id: str, reason: str) -> bool:
         """True unless the CRM was told of this skip already."""
         ...
 
-    def mark_skip_told(self, account_id: str, provider_message_id: str) -> None: ...
+    def mark_skip_told(self, account_id: str, *provider_message_ids: str) -> None: ...
 
     def thread_messages(self, tenant_id: str, crm_thread_id: str) -> list[MessageRecord]: ...
 
@@ -88,6 +125,22 @@ class RawStore(Protocol):
     def put(self, key: str, data: bytes) -> None: ...
 
 
+class Removal(Protocol):
+    """A message that left the mailbox or the synced labels or folders (sync.core.Removal)."""
+
+    @property
+    def item_id(self) -> str: ...
+
+    @property
+    def how(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class _Removed:
+    item_id: str
+    how: str
+
+
 @dataclass(frozen=True)
 class _NewMessage:
     """What ingesting a new message will write."""
@@ -98,6 +151,10 @@ class _NewMessage:
     previous_version: int
 
 
+class _Conflict(Exception):
+    """The message's transaction was cancelled: another writer moved its thread meanwhile."""
+
+
 def _transient_or_other(error: BaseException) -> str:
     return "retry" if isinstance(error, TransientError) else "other"
 
@@ -105,6 +162,105 @@ def _transient_or_other(error: BaseException) -> str:
 def _unprocessable(error: BaseException) -> str:
     detail = " ".join(str(error).split())[:300]
     return f"unprocessable: {type(error).__name__}" + (f": {detail}" if detail else "")
+
+
+def _key(ref: MessageRef | MessageRecord) -> tuple[str, str]:
+    return (ref.user_id, ref.crm_message_id)
+
+
+@dataclass
+class _Batch:
+    """One batch of one account: what was read for it (None: read, not there), what it wrote
+    (so later messages of the batch see earlier ones), and what it will publish and mark.
+    Anything not read ahead is read when asked for, alone."""
+
+    store: MailStore
+    account: Account
+    provider_messages: dict[str, MessageRef | None] = field(default_factory=dict)
+    provider_threads: dict[str, str | None] = field(default_factory=dict)
+    message_ids: dict[str, MessageRef | None] = field(default_factory=dict)
+    threads: dict[str, ThreadRecord | None] = field(default_factory=dict)
+    records: dict[tuple[str, str], MessageRecord | None] = field(default_factory=dict)
+    lookups: dict[str, LookupResult] = field(default_factory=dict)
+    deal_linking: str | None = None
+    events: list[CrmEvent] = field(default_factory=list)
+    publishing: dict[tuple[str, str], MessageRecord] = field(default_factory=dict)  # event in `events`
+    skipped: dict[str, str] = field(default_factory=dict)  # provider id -> reason, this batch
+    told: list[str] = field(default_factory=list)  # skips whose event is in `events`
+
+    # ---- reads ahead (batched), each overwriting what was there: a re-read after a conflict
+    def read_provider_messages(self, ids: Sequence[str]) -> None:
+        ids = list(dict.fromkeys(ids))
+        if ids:
+            found = self.store.find_provider_messages(self.account.account_id, ids)
+            self.provider_messages.update({i: found.get(i) for i in ids})
+
+    def read_provider_threads(self, ids: Sequence[str]) -> None:
+        ids = list(dict.fromkeys(ids))
+        if ids:
+            found = self.store.find_provider_threads(self.account.account_id, ids)
+            self.provider_threads.update({i: found.get(i) for i in ids})
+
+    def read_message_ids(self, ids: Sequence[str]) -> None:
+        ids = list(dict.fromkeys(ids))
+        if ids:
+            found = self.store.find_message_ids(self.account.tenant_id, self.account.user_id, ids)
+            self.message_ids.update({i: found.get(i) for i in ids})
+
+    def read_threads(self, ids: Sequence[str]) -> None:
+        ids = list(dict.fromkeys(ids))
+        if ids:
+            found = self.store.get_threads(self.account.tenant_id, ids)
+            self.threads.update({i: found.get(i) for i in ids})
+
+    def read_records(self, refs: Sequence[MessageRef]) -> None:
+        keys = list(dict.fromkeys(_key(r) for r in refs))
+        if keys:
+            found = self.store.get_messages(self.account.tenant_id, keys)
+            self.records.update({k: found.get(k) for k in keys})
+
+    # ---- answers
+    def provider_message(self, provider_message_id: str) -> MessageRef | None:
+        if provider_message_id not in self.provider_messages:
+            self.read_provider_messages([provider_message_id])
+        return self.provider_messages[provider_message_id]
+
+    def provider_thread(self, provider_thread_id: str) -> str | None:
+        if provider_thread_id not in self.provider_threads:
+            self.read_provider_threads([provider_thread_id])
+        return self.provider_threads[provider_thread_id]
+
+    def message_id(self, message_id: str) -> MessageRef | None:
+        if message_id not in self.message_ids:
+            self.read_message_ids([message_id])
+        return self.message_ids[message_id]
+
+    def thread(self, crm_thread_id: str) -> ThreadRecord | None:
+        if crm_thread_id not in self.threads:
+            self.read_threads([crm_thread_id])
+        return self.threads[crm_thread_id]
+
+    def record(self, ref: MessageRef) -> MessageRecord | None:
+        if _key(ref) not in self.records:
+            self.read_records([ref])
+        return self.records[_key(ref)]
+
+    # ---- what this batch wrote
+    def stored(self, record: MessageRecord, thread: ThreadRecord) -> None:
+        ref = MailSync._ref(record)
+        if record.provider_message_id:
+            self.provider_messages[record.provider_message_id] = ref
+        if record.provider_thread_id:
+            self.provider_threads[record.provider_thread_id] = record.crm_thread_id
+        if record.message_id:
+            self.message_ids[record.message_id] = ref
+        self.threads[thread.crm_thread_id] = thread
+        self.records[_key(record)] = record
+
+    def attached(self, message: ProviderMessage, ref: MessageRef) -> None:
+        self.provider_messages[message.provider_message_id] = ref
+        if message.provider_thread_id:
+            self.provider_threads[message.provider_thread_id] = ref.crm_thread_id
 
 
 class MailSync:
@@ -131,58 +287,133 @@ class MailSync:
         self._now = now
 
     # ------------------------------------------------------------------ inbound from a mailbox
-    def ingest_many(self, account: Account, messages: Sequence[ProviderMessage]) -> list[IngestOutcome]:
-        """A provider batch (the sync core's Sink port), in order."""
-        return [self.ingest(account, message) for message in messages]
-
-    def remove_many(self, account: Account, removals: Sequence[Removal]) -> int:
-        """The sync core's Sink port: MAIL-10 for each removal; how many were news to the CRM."""
-        return sum(self.mark_removed(account, r.item_id, cast(RemovalKind, r.how)) for r in removals)
-
     def ingest(self, account: Account, message: ProviderMessage) -> IngestOutcome:
-        """One mailbox message into the CRM: read what it needs, decide, then write.
+        """One mailbox message into the CRM (`ingest_many` of one)."""
+        return self.ingest_many(account, [message])[0]
+
+    def ingest_many(self, account: Account, messages: Sequence[ProviderMessage]) -> list[IngestOutcome]:
+        """A provider batch (the sync core's Sink port), in order: read together, decided one
+        by one, written in the order of the module docstring.
 
         A message is never allowed to stall its mailbox (SEC-5, SYNC-8): any failure while it is
         read and decided (hostile MIME, a parser's recursion limit, a container the type check
         cannot open, a bug of ours) is a recorded skip with its reason, and so is AWS refusing
         what it would write (a key or item too large). Only failures of the infrastructure
         (throttling, the network, a crash) propagate, and the job is retried."""
-        known = self._store.find_provider_message(account.account_id, message.provider_message_id)
-        if known is not None:  # MAIL-7: seen before (duplicate push, resync, redelivery)
-            self._publish_if_pending(account.tenant_id, known)
-            return IngestOutcome(
-                status="updated", crm_message_id=known.crm_message_id, crm_thread_id=known.crm_thread_id
-            )
+        if not messages:
+            return []
+        batch = _Batch(self._store, account)
         try:
-            plan = self._plan(account, message)
+            reads = self._read_ahead(account, messages, batch)
         except Exception as error:
             if self._classify(error) == "retry":
                 raise
-            return self._skip(account, message, _unprocessable(error))
+            if len(messages) > 1:  # one message's reads failed the batch's: each goes alone
+                return [outcome for m in messages for outcome in self.ingest_many(account, [m])]
+            outcomes = [self._skip(account, messages[0], _unprocessable(error), batch)]
+            self._flush(batch)
+            return outcomes
+        outcomes = [self._ingest_one(account, m, reads.get(i), batch) for i, m in enumerate(messages)]
+        self._flush(batch)
+        return outcomes
+
+    def _read_ahead(
+        self, account: Account, messages: Sequence[ProviderMessage], batch: _Batch
+    ) -> dict[int, ReadMessage | Exception]:
+        """Everything the batch's decisions read, in batched reads: the provider-id map; then
+        (each new message parsed once) the Message-ID index for the ids, In-Reply-To and
+        References, and the provider-thread map; then the threads and the messages found, and
+        the directory's answers for the participants. Parse failures are the message's own."""
+        batch.read_provider_messages([m.provider_message_id for m in messages])
+        reads: dict[int, ReadMessage | Exception] = {}
+        for index, message in enumerate(messages):
+            if batch.provider_messages.get(message.provider_message_id) is None:
+                try:
+                    reads[index] = read(message.raw)
+                except Exception as error:  # the message's own: decided when its turn comes
+                    reads[index] = error
+        parsed = [r.parsed for r in reads.values() if isinstance(r, ReadMessage)]
+        new = [messages[i] for i, r in reads.items() if isinstance(r, ReadMessage)]
+        batch.read_message_ids(
+            [i for p in parsed for i in [p.message_id, p.in_reply_to, *p.references] if i is not None]
+        )
+        batch.read_provider_threads([m.provider_thread_id for m in new if m.provider_thread_id])
+        thread_ids = [t for t in batch.provider_threads.values() if t is not None]
+        thread_ids += [ref.crm_thread_id for ref in batch.message_ids.values() if ref is not None]
+        batch.read_threads(thread_ids)
+        known = [ref for ref in batch.provider_messages.values() if ref is not None]
+        same = [batch.message_ids.get(p.message_id) for p in parsed if p.message_id]
+        batch.read_records([*known, *(ref for ref in same if ref is not None)])
+        addresses = [
+            a
+            for p in parsed
+            if not (p.message_id and batch.message_ids.get(p.message_id))
+            for a in self._participants(account, p)
+        ]
+        if addresses:
+            batch.lookups.update(
+                self._directory.lookup_many(account.tenant_id, list(dict.fromkeys(addresses)))
+            )
+        return reads
+
+    def _ingest_one(
+        self,
+        account: Account,
+        message: ProviderMessage,
+        reading: ReadMessage | Exception | None,
+        batch: _Batch,
+        again: bool = False,
+    ) -> IngestOutcome:
+        known = batch.provider_message(message.provider_message_id)
+        if known is not None:  # MAIL-7: seen before (duplicate push, resync, redelivery, this batch)
+            self._publish_if_pending(known, batch)
+            return IngestOutcome(
+                status="updated", crm_message_id=known.crm_message_id, crm_thread_id=known.crm_thread_id
+            )
+        if message.provider_message_id in batch.skipped:  # twice in this batch: recorded once
+            return IngestOutcome(status="skipped", reason=batch.skipped[message.provider_message_id])
+        try:
+            if reading is None:  # known when the batch was read, and not now (not seen in practice)
+                reading = read(message.raw)
+            if isinstance(reading, Exception):
+                raise reading
+            plan = self._plan(account, message, reading, batch)
+        except Malformed as error:
+            return self._skip(account, message, f"malformed_mime: {error}", batch)
+        except Exception as error:
+            if self._classify(error) == "retry":
+                raise
+            return self._skip(account, message, _unprocessable(error), batch)
         if isinstance(plan, str):
-            return self._skip(account, message, plan)
+            return self._skip(account, message, plan, batch)
         if isinstance(plan, MessageRef):  # MAIL-2/MAIL-7: this user's copy of a message the CRM has
             self._store.attach_copy(account, message, plan)
-            self._publish_if_pending(account.tenant_id, plan)
+            batch.attached(message, plan)
+            self._publish_if_pending(plan, batch)
             return IngestOutcome(
                 status="updated", crm_message_id=plan.crm_message_id, crm_thread_id=plan.crm_thread_id
             )
         try:
-            return self._store_new(plan)
+            return self._store_new(plan, batch)
+        except _Conflict as conflict:
+            if again:
+                raise TransientError("the thread changed meanwhile; the job is retried") from conflict
+            # another worker wrote meanwhile: read this message's world again, decide it alone
+            self._read_ahead(account, [message], batch)
+            return self._ingest_one(account, message, reading, batch, again=True)
         except Exception as error:
             if self._classify(error) != "refused":
                 raise
-            return self._skip(account, message, _unprocessable(error))
+            return self._skip(account, message, _unprocessable(error), batch)
 
-    def _plan(self, account: Account, message: ProviderMessage) -> _NewMessage | MessageRef | str:
-        """Reads and decisions only: a new message to store, this user's existing copy, or why
-        the message is skipped."""
-        try:
-            parsed = parse(message.raw)
-        except Malformed as error:
-            return f"malformed_mime: {error}"
+    def _plan(
+        self, account: Account, message: ProviderMessage, reading: ReadMessage, batch: _Batch
+    ) -> _NewMessage | MessageRef | str:
+        """Reads (from the batch) and decisions only: a new message to store, this user's
+        existing copy, or why the message is skipped."""
+        parsed = reading.parsed
         if parsed.message_id:
-            same = self._store.find_message_id(account.tenant_id, account.user_id, parsed.message_id)
+            same = batch.message_id(parsed.message_id)
             if same is not None:
                 return same
         blocked = self._blocklist(account).match(
@@ -190,8 +421,8 @@ class MailSync:
         )
         if blocked:  # MAIL-6: from or to a blocked address or domain
             return f"blocked: {blocked} is on the user's blocklist"
-        thread = self._thread_of(account, message, parsed)
-        lookups = self._lookups(account, parsed)
+        thread = self._thread_of(message, parsed, batch)
+        lookups = self._lookups(account, parsed, batch)
         direction = "outbound" if parsed.sender == account.address else "inbound"
         facts = self._facts(account, parsed, direction, thread is not None, lookups, message.labels)
         decision = decide(account.settings, facts)
@@ -199,15 +430,17 @@ class MailSync:
             return decision.reason or "skipped"
         left_out: list[str] = []
         if parsed.attachments:  # ATT-2, ATT-3: the provider's limits on what comes in
-            verdict = apply_limits(message.raw, self._limits(account.provider))
+            verdict = limit(reading, message.raw, self._limits(account.provider))
             if verdict.refused:
                 return f"attachment_limit: {verdict.refused}"
             if verdict.left_out:
                 message = message.model_copy(update={"raw": verdict.raw})
-                parsed = parse(verdict.raw)
+                parsed = parsed.model_copy(update={"attachments": verdict.attachments or []})
                 left_out = verdict.left_out
         raw_key = f"raw/{account.tenant_id}/{account.account_id}/{stable_id(message.provider_message_id)}.eml"
-        record = self._record(account, message, parsed, direction, thread, lookups, raw_key, message.labels)
+        record = self._record(
+            account, message, parsed, direction, thread, lookups, raw_key, message.labels, batch
+        )
         record.attachments_left_out = left_out
         return _NewMessage(
             raw=message.raw,
@@ -217,38 +450,59 @@ class MailSync:
         )
 
     def settled(self, account: Account, provider_message_id: str) -> bool:
-        """Whether this mailbox copy is in the CRM already, so that a source need not fetch it
-        again. A copy stored but not yet published (a crash in between) is published now, as a
-        redelivered ingest would do (MAIL-7)."""
-        ref = self._store.find_provider_message(account.account_id, provider_message_id)
-        if ref is None:
-            return False
-        self._publish_if_pending(account.tenant_id, ref)
-        return True
+        """Whether this mailbox copy is in the CRM already (`settled_many` of one)."""
+        return provider_message_id in self.settled_many(account, [provider_message_id])
+
+    def settled_many(self, account: Account, provider_message_ids: Sequence[str]) -> set[str]:
+        """Which of these mailbox copies the CRM holds already, so that a source need not fetch
+        them again. A copy stored but not yet published (a crash in between) is published now,
+        as a redelivered ingest would do (MAIL-7)."""
+        batch = _Batch(self._store, account)
+        batch.read_provider_messages(provider_message_ids)
+        known = {i: ref for i in provider_message_ids if (ref := batch.provider_message(i)) is not None}
+        batch.read_records(list(known.values()))
+        for ref in known.values():
+            self._publish_if_pending(ref, batch)
+        self._flush(batch)
+        return set(known)
 
     def mark_removed(self, account: Account, provider_message_id: str, how: RemovalKind) -> bool:
-        """MAIL-10: the mailbox no longer holds this message where we sync it. The CRM copy
-        stays, marked; the CRM is told once. Unknown messages (never synced) are nothing."""
-        ref = self._store.find_provider_message(account.account_id, provider_message_id)
-        record = self._store.get_message(account.tenant_id, ref.user_id, ref.crm_message_id) if ref else None
-        if record is None or record.removed_in_mailbox:
-            return False
-        if not record.published:  # stored, then a crash before its event: the CRM hears of it first
-            self._publish(record)
-        self._publisher.publish(
-            [
+        """MAIL-10 for one message (`remove_many` of one)."""
+        return self.remove_many(account, [_Removed(provider_message_id, how)]) == 1
+
+    def remove_many(self, account: Account, removals: Sequence[Removal]) -> int:
+        """MAIL-10 (the sync core's Sink port): the mailbox no longer holds these messages where
+        we sync them. The CRM copies stay, marked; the CRM is told once. Unknown messages (never
+        synced) are nothing. Read in batches; the events go out (a message stored but never
+        published first), then the marks. How many were news to the CRM."""
+        batch = _Batch(self._store, account)
+        batch.read_provider_messages([r.item_id for r in removals])
+        refs = {r.item_id: ref for r in removals if (ref := batch.provider_message(r.item_id)) is not None}
+        batch.read_records(list(refs.values()))
+        removed: dict[tuple[str, str], MessageRecord] = {}
+        for removal in removals:
+            ref = refs.get(removal.item_id)
+            record = batch.record(ref) if ref else None
+            if ref is None or record is None or record.removed_in_mailbox or _key(record) in removed:
+                continue
+            if not record.published:  # stored, then a crash before its event: the CRM hears of it first
+                self._publish_if_pending(ref, batch)
+            batch.events.append(
                 MessageRemovedInMailbox(
                     tenant_id=record.tenant_id,
                     user_id=record.user_id,
                     account_id=account.account_id,
                     message_id=record.crm_message_id,
                     thread_id=record.crm_thread_id,
-                    how=how,
+                    how=cast(RemovalKind, removal.how),
                 )
-            ]
-        )
-        self._store.mark_removed(record, True)  # after the event: a crash between repeats it
-        return True
+            )
+            removed[_key(record)] = record
+        self._flush(batch)
+        if removed:  # after the events: a crash between repeats them
+            first, *more = removed.values()
+            self._store.mark_removed(first, True, *more)
+        return len(removed)
 
     # ------------------------------------------------------------------ sent from the CRM
     def record_outgoing(
@@ -271,15 +525,15 @@ class MailSync:
             thread = self._store.get_thread(account.tenant_id, parent.crm_thread_id) if parent else None
         raw_key = f"raw/{account.tenant_id}/{account.account_id}/{stable_id('mid', parsed.message_id)}.eml"
         self._raw.put(raw_key, raw)
-        lookups = self._lookups(account, parsed)
-        record = self._record(
-            account, None, parsed, "outbound", thread, lookups, raw_key=raw_key, labels=["SENT"]
-        )
+        batch = _Batch(self._store, account)
+        lookups = self._lookups(account, parsed, batch)
+        record = self._record(account, None, parsed, "outbound", thread, lookups, raw_key, ["SENT"], batch)
         record.delivery = "sending"
         new_thread = self._thread_after(account, parsed, record, thread)
         self._store.record_message(record, new_thread, thread.version if thread else 0)
         if publish:
-            self._publish_if_pending(account.tenant_id, self._ref(record))
+            self._publish_if_pending(self._ref(record), batch)
+            self._flush(batch)
         return record
 
     def outgoing(self, account: Account, message_id: str) -> MessageRecord | None:
@@ -310,7 +564,9 @@ class MailSync:
             provider_message_id=provider_message_id,
             provider_thread_id=provider_thread_id,
         )
-        self._publish_if_pending(account.tenant_id, self._ref(record))
+        batch = _Batch(self._store, account)
+        self._publish_if_pending(self._ref(record), batch)
+        self._flush(batch)
         return updated
 
     def fail_sent(self, record: MessageRecord, reason: str) -> MessageRecord:
@@ -324,19 +580,18 @@ class MailSync:
         )
 
     # ------------------------------------------------------------------ pieces
-    def _thread_of(
-        self, account: Account, message: ProviderMessage, parsed: ParsedMessage
-    ) -> ThreadRecord | None:
+    @staticmethod
+    def _thread_of(message: ProviderMessage, parsed: ParsedMessage, batch: _Batch) -> ThreadRecord | None:
         thread_id = None
         if message.provider_thread_id:
-            thread_id = self._store.find_provider_thread(account.account_id, message.provider_thread_id)
+            thread_id = batch.provider_thread(message.provider_thread_id)
         if thread_id is None:  # the RFC 5322 chain: In-Reply-To, then References newest first
             for ref in [parsed.in_reply_to, *reversed(parsed.references)]:
-                found = self._store.find_message_id(account.tenant_id, account.user_id, ref) if ref else None
+                found = batch.message_id(ref) if ref else None
                 if found is not None:
                     thread_id = found.crm_thread_id
                     break
-        return self._store.get_thread(account.tenant_id, thread_id) if thread_id else None
+        return batch.thread(thread_id) if thread_id else None
 
     def _blocklist(self, account: Account) -> Blocklist:
         """The owner's blocklist, read at most once a minute per worker (a new entry applies
@@ -349,10 +604,19 @@ class MailSync:
             self._blocklists[key] = cached
         return cached[1]
 
-    def _lookups(self, account: Account, parsed: ParsedMessage) -> dict[str, LookupResult]:
-        """Who the other participants are; the mailbox's own address is never looked up."""
-        addresses = [a for a in [*parsed.participants, *parsed.bcc] if is_address(a) and a != account.address]
-        return {a: self._directory.lookup(account.tenant_id, a) for a in dict.fromkeys(addresses)}
+    @staticmethod
+    def _participants(account: Account, parsed: ParsedMessage) -> list[str]:
+        """The other participants; the mailbox's own address is never looked up."""
+        found = [a for a in [*parsed.participants, *parsed.bcc] if is_address(a) and a != account.address]
+        return list(dict.fromkeys(found))
+
+    def _lookups(self, account: Account, parsed: ParsedMessage, batch: _Batch) -> dict[str, LookupResult]:
+        """Who the other participants are (the batch looked them up together, as a rule)."""
+        addresses = self._participants(account, parsed)
+        missing = [a for a in addresses if a not in batch.lookups]
+        if missing:
+            batch.lookups.update(self._directory.lookup_many(account.tenant_id, missing))
+        return {a: batch.lookups[a] for a in addresses}
 
     @staticmethod
     def _facts(
@@ -377,7 +641,11 @@ class MailSync:
         )
 
     def _links(
-        self, account: Account, lookups: dict[str, LookupResult], thread: ThreadRecord | None
+        self,
+        account: Account,
+        lookups: dict[str, LookupResult],
+        thread: ThreadRecord | None,
+        batch: _Batch,
     ) -> tuple[list[str], list[str], str | None]:
         """LINK-1: contacts and leads among the participants. LINK-2: for a user whose deal
         linking is `automatic`, the contacts' open deal, the most recently updated; a thread
@@ -392,11 +660,9 @@ class MailSync:
             leads.update(dict.fromkeys(lead.id for lead in found.leads))
             deals += [d for d in found.deals if d.data.get("status") == "open"]
         deal_id = thread.deal_id if thread and thread.deal_id else None
-        if (
-            deal_id is None
-            and deals
-            and self._directory.deal_linking(account.tenant_id, account.user_id) == "automatic"
-        ):
+        if deal_id is None and deals and batch.deal_linking is None:  # read once per batch
+            batch.deal_linking = self._directory.deal_linking(account.tenant_id, account.user_id)
+        if deal_id is None and deals and batch.deal_linking == "automatic":
             newest = max(deals, key=lambda d: str(d.data.get("updated_at") or d.updated_at.isoformat()))
             deal_id = newest.id
         return list(contacts), list(leads), deal_id
@@ -411,6 +677,7 @@ class MailSync:
         lookups: dict[str, LookupResult],
         raw_key: str | None,
         labels: list[str],
+        batch: _Batch,
     ) -> MessageRecord:
         if parsed.message_id:  # each user who has the message has a copy of their own
             crm_message_id = stable_id(account.tenant_id, account.user_id, "mid", parsed.message_id)
@@ -423,7 +690,7 @@ class MailSync:
         else:
             root = parsed.references[0] if parsed.references else parsed.message_id or crm_message_id
             crm_thread_id = stable_id(account.tenant_id, account.user_id, "thread", root)
-        contacts, leads, deal = self._links(account, lookups, thread)
+        contacts, leads, deal = self._links(account, lookups, thread, batch)
         return MessageRecord(
             crm_message_id=crm_message_id,
             crm_thread_id=crm_thread_id,
@@ -473,64 +740,81 @@ class MailSync:
             }
         )
 
-    def _store_new(self, plan: _NewMessage) -> IngestOutcome:
-        """The writes, in the order that survives a crash between any two (module docstring)."""
+    def _store_new(self, plan: _NewMessage, batch: _Batch) -> IngestOutcome:
+        """The message's writes: the raw MIME, then its transaction (module docstring); its
+        event goes out with the batch's."""
         record = plan.record
         self._raw.put(record.raw_key or "", plan.raw)
-        if not self._store.record_message(record, plan.thread, plan.previous_version):
+        try:
+            created = self._store.record_message(record, plan.thread, plan.previous_version)
+        except TransientError as error:  # a condition failed: someone else wrote meanwhile
+            raise _Conflict(str(error)) from error
+        if not created:  # the provider copy was mapped meanwhile: the writer that did publishes it
             return IngestOutcome(
                 status="updated", crm_message_id=record.crm_message_id, crm_thread_id=record.crm_thread_id
             )
-        self._publish(record)
+        batch.stored(record, plan.thread)
+        self._publish(record, batch)
         return IngestOutcome(
             status="synced", crm_message_id=record.crm_message_id, crm_thread_id=record.crm_thread_id
         )
 
-    def _publish_if_pending(self, tenant_id: str, ref: MessageRef) -> None:
-        """A stored message whose event did not go out (a crash in between) is published now."""
-        record = self._store.get_message(tenant_id, ref.user_id, ref.crm_message_id)
+    def _publish_if_pending(self, ref: MessageRef, batch: _Batch) -> None:
+        """A stored message whose event did not go out (a crash in between) goes out with the batch."""
+        if _key(ref) in batch.publishing:
+            return  # its event goes out with this batch already
+        record = batch.record(ref)
         if record is not None and not record.published:
-            self._publish(record)
+            self._publish(record, batch)
 
-    def _publish(self, record: MessageRecord) -> None:
-        self._publisher.publish(
-            [
-                MessageSynced(
-                    tenant_id=record.tenant_id,
-                    user_id=record.user_id,
-                    account_id=record.account_id,
-                    message_id=record.crm_message_id,
-                    thread_id=record.crm_thread_id,
-                    direction=record.direction,
-                    subject=record.subject,
-                    sender=record.sender,
-                    to=record.to,
-                    cc=record.cc,
-                    date=record.date,
-                    contact_ids=record.contact_ids,
-                    lead_ids=record.lead_ids,
-                    deal_id=record.deal_id,
-                    raw_key=record.raw_key,
-                    attachments_left_out=record.attachments_left_out,
-                )
-            ]
-        )
-        self._store.mark_published(record)
-
-    def _skip(self, account: Account, message: ProviderMessage, reason: str) -> IngestOutcome:
-        if self._store.record_skip(account.account_id, message.provider_message_id, reason):
-            self._publisher.publish(
-                [
-                    MessageSkipped(
-                        tenant_id=account.tenant_id,
-                        user_id=account.user_id,
-                        account_id=account.account_id,
-                        provider_message_id=message.provider_message_id,
-                        reason=reason.split(":", 1)[0],
-                        detail=reason,
-                    )
-                ]
+    @staticmethod
+    def _publish(record: MessageRecord, batch: _Batch) -> None:
+        batch.events.append(
+            MessageSynced(
+                tenant_id=record.tenant_id,
+                user_id=record.user_id,
+                account_id=record.account_id,
+                message_id=record.crm_message_id,
+                thread_id=record.crm_thread_id,
+                direction=record.direction,
+                subject=record.subject,
+                sender=record.sender,
+                to=record.to,
+                cc=record.cc,
+                date=record.date,
+                contact_ids=record.contact_ids,
+                lead_ids=record.lead_ids,
+                deal_id=record.deal_id,
+                raw_key=record.raw_key,
+                attachments_left_out=record.attachments_left_out,
             )
-            # after the event: a worker that dies in between tells the CRM on redelivery
-            self._store.mark_skip_told(account.account_id, message.provider_message_id)
+        )
+        batch.publishing[_key(record)] = record
+
+    def _skip(self, account: Account, message: ProviderMessage, reason: str, batch: _Batch) -> IngestOutcome:
+        batch.skipped[message.provider_message_id] = reason
+        if self._store.record_skip(account.account_id, message.provider_message_id, reason):
+            batch.events.append(
+                MessageSkipped(
+                    tenant_id=account.tenant_id,
+                    user_id=account.user_id,
+                    account_id=account.account_id,
+                    provider_message_id=message.provider_message_id,
+                    reason=reason.split(":", 1)[0],
+                    detail=reason,
+                )
+            )
+            batch.told.append(message.provider_message_id)
         return IngestOutcome(status="skipped", reason=reason)
+
+    def _flush(self, batch: _Batch) -> None:
+        """The batch's events (10 per PutEvents, the publisher's part), then, only after they
+        went out, the published marks and the told skips, in batches: a worker that dies in
+        between publishes or tells again on redelivery."""
+        if batch.events:
+            self._publisher.publish(batch.events)
+        if batch.publishing:
+            self._store.mark_published(*batch.publishing.values())
+        if batch.told:
+            self._store.mark_skip_told(batch.account.account_id, *batch.told)
+        batch.events, batch.publishing, batch.told = [], {}, []

@@ -6,7 +6,9 @@ import email
 import email.policy
 import email.utils
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.message import EmailMessage
 
 from pydantic import BaseModel, Field
 
@@ -78,7 +80,40 @@ def _bounded_references(references: list[str]) -> list[str]:
     return [root, *reversed(kept)]
 
 
+@dataclass(frozen=True)
+class Part:
+    """An attachment as read: the part, its file name and type, and its payload decoded once."""
+
+    part: EmailMessage
+    filename: str | None
+    content_type: str
+    payload: bytes
+
+    def describe(self) -> Attachment:
+        return Attachment(filename=self.filename, content_type=self.content_type, size=len(self.payload))
+
+
+@dataclass(frozen=True)
+class ReadMessage:
+    """A message parsed once: what the CRM records of it, the parsed tree (which the attachment
+    limits may strip, mail/inbound.py) and every attachment with its decoded payload."""
+
+    parsed: ParsedMessage
+    message: EmailMessage
+    parts: list[Part]
+
+
+def attachments_of(parts: list[Part]) -> list[Attachment]:
+    return [p.describe() for p in parts[:MAX_ATTACHMENTS]]
+
+
 def parse(raw: bytes) -> ParsedMessage:
+    return read(raw).parsed
+
+
+def read(raw: bytes) -> ReadMessage:
+    """Parses `raw` once; each attachment's payload is decoded once (its size, its type check
+    and the limits all use that one decoding)."""
     ends = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
     head_size = min(ends) if ends else len(raw)  # bare LF line ends are common in stored mail
     if head_size > MAX_HEADER_BYTES:
@@ -96,14 +131,7 @@ def parse(raw: bytes) -> ParsedMessage:
         body = message.get_body(preferencelist=("plain", "html"))
         if body is not None:
             preview = " ".join(str(body.get_content()).split())[:200]
-        attachments = [
-            Attachment(
-                filename=part.get_filename(),
-                content_type=part.get_content_type(),
-                size=len(part.get_payload(decode=True) or b""),
-            )
-            for part in message.iter_attachments()
-        ][:MAX_ATTACHMENTS]
+        parts = [_part(part) for part in message.iter_attachments()] if message.is_multipart() else []
         message_ids = _ids(str(message.get("Message-ID", "")))
         in_reply_to = _ids(str(message.get("In-Reply-To", "")))
         references = _ids(str(message.get("References", "")))
@@ -114,7 +142,7 @@ def parse(raw: bytes) -> ParsedMessage:
     except (ValueError, TypeError, LookupError, email.errors.MessageError, RecursionError) as error:
         raise Malformed(f"unreadable message: {type(error).__name__}") from error
     references = _bounded_references(references)
-    return ParsedMessage(
+    parsed = ParsedMessage(
         message_id=message_ids[0] if message_ids else None,
         in_reply_to=in_reply_to[0] if in_reply_to else None,
         references=references,
@@ -125,5 +153,18 @@ def parse(raw: bytes) -> ParsedMessage:
         bcc=bcc[:MAX_ADDRESSES],
         date=date,
         preview=preview,
-        attachments=attachments,
+        attachments=attachments_of(parts),
+    )
+    if not isinstance(message, EmailMessage):  # policy.default always builds EmailMessage
+        raise Malformed("unreadable message: not an EmailMessage")
+    return ReadMessage(parsed=parsed, message=message, parts=parts)
+
+
+def _part(part: EmailMessage) -> Part:
+    payload = part.get_payload(decode=True)
+    return Part(
+        part=part,
+        filename=part.get_filename(),
+        content_type=part.get_content_type(),
+        payload=payload if isinstance(payload, bytes) else b"",
     )

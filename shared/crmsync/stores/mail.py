@@ -15,6 +15,8 @@ MESSAGES_TABLE items:
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +37,10 @@ from crmsync.mail.models import (
 from crmsync.pagetoken import InvalidPageToken
 from crmsync.stores.aws import client, dynamodb
 from crmsync.stores.dynamo import is_condition_failure, plain
+
+BATCH_GET_KEYS = 100  # BatchGetItem: at most 100 keys per call
+TRANSACT_ITEMS = 100  # TransactWriteItems: at most 100 actions per call
+_BATCH_ATTEMPTS = 8  # unprocessed keys are asked for again, with backoff, this many times
 
 
 def _iso(moment: datetime | None) -> str:
@@ -105,6 +111,71 @@ class DynamoMailStore:
     def get_thread(self, tenant_id: str, crm_thread_id: str) -> ThreadRecord | None:
         item = self._get({"pk": f"T#{tenant_id}#THR#{crm_thread_id}", "sk": "THREAD"})
         return ThreadRecord.model_validate_json(item["thread"]) if item else None
+
+    # ---- batched reads: one BatchGetItem per 100 keys, as consistent as the single reads
+    def _batch_get(self, table: str, keys: Iterable[dict[str, str]]) -> list[dict[str, Any]]:
+        """The items at `keys` (those that exist; duplicates asked once). Keys DynamoDB leaves
+        unprocessed (throttling) are asked for again with backoff; TransientError if they stay."""
+        unique = list({(k["pk"], k["sk"]): k for k in keys}.values())
+        found: list[dict[str, Any]] = []
+        resource = dynamodb()
+        for start in range(0, len(unique), BATCH_GET_KEYS):
+            request: dict[str, Any] = {
+                table: {"Keys": unique[start : start + BATCH_GET_KEYS], "ConsistentRead": True}
+            }
+            for attempt in range(_BATCH_ATTEMPTS):
+                response = resource.batch_get_item(RequestItems=request)
+                found += [plain(item) for item in response.get("Responses", {}).get(table, [])]
+                request = dict(response.get("UnprocessedKeys") or {})
+                if not request:
+                    break
+                time.sleep(min(0.05 * 2**attempt, 1.0))
+            else:
+                raise TransientError(f"DynamoDB left {len(request[table]['Keys'])} keys unread; retried")
+        return found
+
+    def find_provider_messages(
+        self, account_id: str, provider_message_ids: Sequence[str]
+    ) -> dict[str, MessageRef]:
+        """`find_provider_message` for many: the ids that are mapped, with their message."""
+        by_key = {f"PMSG#{id_key(i)}": i for i in provider_message_ids}
+        items = self._batch_get(self._threads_name, [{"pk": f"ACC#{account_id}", "sk": k} for k in by_key])
+        return {by_key[i["sk"]]: MessageRef.model_validate(i) for i in items}
+
+    def find_provider_threads(self, account_id: str, provider_thread_ids: Sequence[str]) -> dict[str, str]:
+        """`find_provider_thread` for many: the provider threads that are mapped, with the CRM's."""
+        by_key = {f"PTHR#{id_key(i)}": i for i in provider_thread_ids}
+        items = self._batch_get(self._threads_name, [{"pk": f"ACC#{account_id}", "sk": k} for k in by_key])
+        return {by_key[i["sk"]]: str(i["crm_thread_id"]) for i in items}
+
+    def find_message_ids(
+        self, tenant_id: str, user_id: str, message_ids: Sequence[str]
+    ) -> dict[str, MessageRef]:
+        """`find_message_id` for many: this user's entry of each id (an entry from before
+        per-user keys, sk=MID, first, as the Query finds it)."""
+        by_pk = {_mid_pk(tenant_id, m): m for m in message_ids}
+        keys = [{"pk": pk, "sk": sk} for pk in by_pk for sk in ("MID", f"U#{user_id}")]
+        found: dict[str, MessageRef] = {}
+        for item in sorted(self._batch_get(self._threads_name, keys), key=lambda i: str(i["sk"])):
+            if item.get("user_id") == user_id:
+                found.setdefault(by_pk[item["pk"]], MessageRef.model_validate(item))
+        return found
+
+    def get_threads(self, tenant_id: str, crm_thread_ids: Sequence[str]) -> dict[str, ThreadRecord]:
+        """`get_thread` for many: the threads that exist, by id."""
+        keys = [{"pk": f"T#{tenant_id}#THR#{t}", "sk": "THREAD"} for t in crm_thread_ids]
+        threads = [
+            ThreadRecord.model_validate_json(i["thread"]) for i in self._batch_get(self._threads_name, keys)
+        ]
+        return {t.crm_thread_id: t for t in threads}
+
+    def get_messages(
+        self, tenant_id: str, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], MessageRecord]:
+        """`get_message` for many (user id, CRM message id): the messages that exist, so keyed."""
+        wanted = [{"pk": f"T#{tenant_id}#U#{user}", "sk": f"MSG#{crm_id}"} for user, crm_id in keys]
+        records = [_message(i) for i in self._batch_get(self._messages_name, wanted)]
+        return {(r.user_id, r.crm_message_id): r for r in records}
 
     def record_message(self, record: MessageRecord, thread: ThreadRecord, previous_version: int) -> bool:
         """Creates the message with its maps and thread in one transaction. False when the
@@ -227,8 +298,34 @@ class DynamoMailStore:
             return None
         return _message(plain(item))
 
-    def mark_published(self, record: MessageRecord) -> None:
-        self._update(record, published=True)
+    def mark_published(self, *records: MessageRecord) -> None:
+        """Marks the messages published: one UpdateItem for one, one TransactWriteItems of
+        updates per 100 for more. Each update requires its message (a missing one fails its
+        transaction whole)."""
+        self._update_many(records, published=True)
+
+    def _update_many(self, records: Sequence[MessageRecord], **changes: Any) -> None:
+        unique = list({(r.user_id, r.crm_message_id): r for r in records}.values())
+        if len(unique) == 1:
+            self._update(unique[0], **changes)
+            return
+        names = {f"#{k}": k for k in changes}
+        values = {f":{k}": v for k, v in changes.items()}
+        for start in range(0, len(unique), TRANSACT_ITEMS):
+            actions = [
+                {
+                    "Update": {
+                        "TableName": self._messages_name,
+                        "Key": {"pk": f"T#{r.tenant_id}#U#{r.user_id}", "sk": f"MSG#{r.crm_message_id}"},
+                        "UpdateExpression": "SET " + ", ".join(f"#{k} = :{k}" for k in changes),
+                        "ConditionExpression": "attribute_exists(pk)",
+                        "ExpressionAttributeNames": names,
+                        "ExpressionAttributeValues": values,
+                    }
+                }
+                for r in unique[start : start + TRANSACT_ITEMS]
+            ]
+            self._messages.meta.client.transact_write_items(TransactItems=actions)  # type: ignore[arg-type]
 
     def _update(self, record: MessageRecord, **changes: Any) -> MessageRecord:
         names = {f"#{k}": k for k in changes}
@@ -256,8 +353,11 @@ class DynamoMailStore:
     def set_crm_state(self, record: MessageRecord, state: str) -> MessageRecord:
         return self._update(record, crm_state=state)
 
-    def mark_removed(self, record: MessageRecord, removed: bool) -> MessageRecord:
-        return self._update(record, removed_in_mailbox=removed)
+    def mark_removed(self, record: MessageRecord, removed: bool, *more: MessageRecord) -> MessageRecord:
+        """Marks `record`, and any `more`, removed in the mailbox or not (batched as
+        `mark_published`); `record` as marked."""
+        self._update_many([record, *more], removed_in_mailbox=removed)
+        return record.model_copy(update={"removed_in_mailbox": removed})
 
     def record_skip(self, account_id: str, provider_message_id: str, reason: str) -> bool:
         """Records the skip; True unless the CRM was told of it already (`mark_skip_told`): a
@@ -280,12 +380,30 @@ class DynamoMailStore:
             raise
         return True
 
-    def mark_skip_told(self, account_id: str, provider_message_id: str) -> None:
-        self._threads.update_item(
-            Key={"pk": f"ACC#{account_id}", "sk": f"SKIP#{id_key(provider_message_id)}"},
-            UpdateExpression="SET told = :yes",
-            ExpressionAttributeValues={":yes": True},
-        )
+    def mark_skip_told(self, account_id: str, *provider_message_ids: str) -> None:
+        """The CRM was told of these skips: one UpdateItem for one, TransactWriteItems of
+        updates per 100 for more."""
+        keys = list({k: None for k in (f"SKIP#{id_key(i)}" for i in provider_message_ids)})
+        if len(keys) == 1:
+            self._threads.update_item(
+                Key={"pk": f"ACC#{account_id}", "sk": keys[0]},
+                UpdateExpression="SET told = :yes",
+                ExpressionAttributeValues={":yes": True},
+            )
+            return
+        for start in range(0, len(keys), TRANSACT_ITEMS):
+            actions = [
+                {
+                    "Update": {
+                        "TableName": self._threads_name,
+                        "Key": {"pk": f"ACC#{account_id}", "sk": sk},
+                        "UpdateExpression": "SET told = :yes",
+                        "ExpressionAttributeValues": {":yes": True},
+                    }
+                }
+                for sk in keys[start : start + TRANSACT_ITEMS]
+            ]
+            self._threads.meta.client.transact_write_items(TransactItems=actions)  # type: ignore[arg-type]
 
     def thread_messages(self, tenant_id: str, crm_thread_id: str) -> list[MessageRecord]:
         """Every message of the thread: a Query returns at most 1 MB, so its pages are followed."""

@@ -28,6 +28,8 @@ from crmsync.mail.models import (
 )
 from crmsync.resync import ResyncProgress
 
+_TRANSACT_ITEMS = 100  # DynamoMailStore's marks: one transaction per 100 messages
+
 
 class ConditionFailed(Exception):
     """An update of an item that is not there (DynamoDB: ConditionalCheckFailedException)."""
@@ -84,6 +86,33 @@ class MemoryMailStore:
         with self._lock:
             found = self._messages.get((tenant_id, user_id, crm_message_id))
             return found.record() if found else None
+
+    # ---- batched reads (DynamoMailStore: BatchGetItem)
+    def find_provider_messages(
+        self, account_id: str, provider_message_ids: Sequence[str]
+    ) -> dict[str, MessageRef]:
+        found = {i: self.find_provider_message(account_id, i) for i in provider_message_ids}
+        return {i: ref for i, ref in found.items() if ref is not None}
+
+    def find_provider_threads(self, account_id: str, provider_thread_ids: Sequence[str]) -> dict[str, str]:
+        found = {i: self.find_provider_thread(account_id, i) for i in provider_thread_ids}
+        return {i: thread for i, thread in found.items() if thread is not None}
+
+    def find_message_ids(
+        self, tenant_id: str, user_id: str, message_ids: Sequence[str]
+    ) -> dict[str, MessageRef]:
+        found = {m: self.find_message_id(tenant_id, user_id, m) for m in message_ids}
+        return {m: ref for m, ref in found.items() if ref is not None}
+
+    def get_threads(self, tenant_id: str, crm_thread_ids: Sequence[str]) -> dict[str, ThreadRecord]:
+        found = {t: self.get_thread(tenant_id, t) for t in crm_thread_ids}
+        return {t: thread for t, thread in found.items() if thread is not None}
+
+    def get_messages(
+        self, tenant_id: str, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], MessageRecord]:
+        found = {(user, crm_id): self.get_message(tenant_id, user, crm_id) for user, crm_id in keys}
+        return {key: record for key, record in found.items() if record is not None}
 
     def thread_messages(self, tenant_id: str, crm_thread_id: str) -> list[MessageRecord]:
         with self._lock:
@@ -154,18 +183,28 @@ class MemoryMailStore:
                 )
 
     def _update(self, record: MessageRecord, **changes: Any) -> MessageRecord:
-        with self._lock:
-            found = self._messages.get((record.tenant_id, record.user_id, record.crm_message_id))
-            if found is None:
-                raise ConditionFailed(f"no message {record.crm_message_id}")
-            found.changes.update(changes)
+        self._update_many([record], **changes)
         return record.model_copy(update=changes)
 
-    def mark_published(self, record: MessageRecord) -> None:
-        self._update(record, published=True)
+    def _update_many(self, records: Sequence[MessageRecord], **changes: Any) -> None:
+        """As DynamoMailStore's: all or nothing per 100 (one transaction each)."""
+        for start in range(0, len(records), _TRANSACT_ITEMS):
+            with self._lock:
+                chunk = records[start : start + _TRANSACT_ITEMS]
+                found = [self._messages.get((r.tenant_id, r.user_id, r.crm_message_id)) for r in chunk]
+                missing = [r.crm_message_id for r, f in zip(chunk, found, strict=True) if f is None]
+                if missing:
+                    raise ConditionFailed(f"no message {', '.join(missing)}")
+                for stored in found:
+                    if stored is not None:
+                        stored.changes.update(changes)
 
-    def mark_removed(self, record: MessageRecord, removed: bool) -> MessageRecord:
-        return self._update(record, removed_in_mailbox=removed)
+    def mark_published(self, *records: MessageRecord) -> None:
+        self._update_many(records, published=True)
+
+    def mark_removed(self, record: MessageRecord, removed: bool, *more: MessageRecord) -> MessageRecord:
+        self._update_many([record, *more], removed_in_mailbox=removed)
+        return record.model_copy(update={"removed_in_mailbox": removed})
 
     def set_crm_state(self, record: MessageRecord, state: str) -> MessageRecord:
         return self._update(record, crm_state=state)
@@ -189,9 +228,9 @@ class MemoryMailStore:
             self._skips[key] = reason[:2000]
         return True
 
-    def mark_skip_told(self, account_id: str, provider_message_id: str) -> None:
+    def mark_skip_told(self, account_id: str, *provider_message_ids: str) -> None:
         with self._lock:
-            self._skips_told.add((account_id, id_key(provider_message_id)))
+            self._skips_told.update((account_id, id_key(i)) for i in provider_message_ids)
 
 
 class MemoryRawStore:
