@@ -1,15 +1,12 @@
 """`python -m bench [name ...]`: the benchmarks (all by default), figures printed as ratios to a
-baseline of the same run. Names: cold_start, gmail_sync, graph_sync."""
+baseline of the same run, with their targets. Names: cold_start, gmail_sync, graph_sync,
+push_latency, back_import. Sizes: BENCH_SYNC_SIZES=100,1000, BENCH_PUSHES=200,
+BENCH_IMPORT_N=20000 (see bench/README.md)."""
 
+import importlib
 import sys
 
-from bench import cold_start, gmail_sync, graph_sync
-
-BENCHES = {
-    "cold_start": cold_start.main,
-    "gmail_sync": gmail_sync.main,
-    "graph_sync": graph_sync.main,
-}
+BENCHES = ["cold_start", "gmail_sync", "graph_sync", "push_latency", "back_import"]
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or list(BENCHES)
@@ -19,4 +16,4 @@ if __name__ == "__main__":
     for number, name in enumerate(chosen):
         if number:
             print()
-        BENCHES[name]()
+        importlib.import_module(f"bench.{name}").main()

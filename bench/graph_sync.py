@@ -1,6 +1,6 @@
 """Incremental Outlook sync through Microsoft Graph of N new messages: what it asks of Graph and of
 DynamoDB per message, how many of its requests are in flight at once, and how long the worker
-takes next to a bare client that only fetches the same messages.
+takes next to the least a store of them costs (the bare store).
 
 The Microsoft emulator serves Graph mail over HTTPS on loopback with a local CA, passed as
 `verify` (the client pins it per request over REQUESTS_CA_BUNDLE). A WSGI wrapper counts the
@@ -10,9 +10,11 @@ requests of the mailbox in flight at once, and refuses with 429 any request past
 Outlook does. The worker is the real CursorLoop with the real GraphDeltaSource (per-folder delta
 over inbox and sentitems, MIME by `$value` in `$batch` of 20, up to 4 in flight), engine and
 stores on moto, built from template.yaml by the local stack; the account's first cursor is what
-GraphMailHooks.on_connected stores. AWS requests are counted by a botocore `before-call` hook.
-The baseline follows the same delta links with plain requests (one session) and fetches the same
-messages' MIME in `$batch` of 20, 4 in flight, nothing stored, in the same run."""
+GraphMailHooks.on_connected stores. AWS requests are counted on every boto3 client
+(bench/common.py). Baselines, in the same run: the bare fetch follows the same delta links with
+plain requests (one session) and fetches the same messages' MIME in `$batch` of 20, 4 in flight,
+nothing stored; the bare store is the bare fetch, then one S3 put and one DynamoDB item (in
+BatchWriteItem of 25) per message on the same moto."""
 
 from __future__ import annotations
 
@@ -23,7 +25,6 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,13 +37,26 @@ from urllib.parse import quote
 import requests
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from bench.gmail_sync import AwsCalls, CountingApp
+from bench.common import (
+    TARGET_DYNAMODB_PER_MSG,
+    TARGET_EVENTS_PER_MSG,
+    TARGET_WORKER_VS_BARE_STORE,
+    AwsMeter,
+    BareStore,
+    Usage,
+    cost_model,
+    dynamodb_line,
+    layer_services,
+    mark,
+    print_cost,
+)
+from bench.gmail_sync import WORKER_MEMORY_MB, CountingApp, sizes_from_env
 from local.emulators.microsoft import MicrosoftEmulator
 from local.emulators.tls import make_local_tls
 from local.moto_patch import moto_transactions_without_table_copies
 from local.stack import LocalStack
 
-SIZES = (1, 10, 100, 1000)
+SIZES = (100, 1000)
 CONTACT = "carla@client.test"
 MAILBOX_LIMIT = 4  # Outlook's MailboxConcurrency: requests of one app and mailbox in flight at once
 IMMUTABLE = 'IdType="ImmutableId"'
@@ -64,10 +78,12 @@ class Row:
     inner: int
     http: int
     in_flight: int
-    aws: Counter[str]
+    aws: Usage
     worker_s: float
     bare_s: float
     bare_batches: int
+    store_s: float
+    store_aws: Usage
 
 
 @dataclass
@@ -87,9 +103,9 @@ def _message(address: str, n: int) -> bytes:
     return mail.as_bytes()
 
 
-def bare_fetch(token: str, links: dict[str, str], verify: str) -> tuple[int, int]:
+def bare_fetch(token: str, links: dict[str, str], verify: str) -> tuple[list[bytes], int]:
     """Each folder's delta from its link (pages of 50), then the added messages' MIME by `$value`,
-    20 per `$batch`, 4 in flight; nothing kept. Returns (messages fetched, $batch requests)."""
+    20 per `$batch`, 4 in flight. Returns (the messages' MIME, $batch requests)."""
     session = requests.Session()
     headers = {"Authorization": f"Bearer {token}", "Prefer": IMMUTABLE}
     ids: list[str] = []
@@ -108,7 +124,7 @@ def bare_fetch(token: str, links: dict[str, str], verify: str) -> tuple[int, int
             url = page.get("@odata.nextLink")
     base = links["inbox"].split("/v1.0/", 1)[0] + "/v1.0"
 
-    def fetch(chunk: list[str]) -> int:
+    def fetch(chunk: list[str]) -> list[bytes]:
         calls = [
             {"id": str(n), "method": "GET", "url": f"/me/messages/{quote(i, safe='')}/$value"}
             for n, i in enumerate(chunk)
@@ -117,12 +133,11 @@ def bare_fetch(token: str, links: dict[str, str], verify: str) -> tuple[int, int
             f"{base}/$batch", json={"requests": calls}, headers=headers, verify=verify, timeout=30
         )
         answer.raise_for_status()
-        got = [base64.b64decode(r["body"]) for r in answer.json()["responses"] if r["status"] == 200]
-        return len(got)
+        return [base64.b64decode(r["body"]) for r in answer.json()["responses"] if r["status"] == 200]
 
     chunks = [ids[i : i + BARE_BATCH] for i in range(0, len(ids), BARE_BATCH)]
     with ThreadPoolExecutor(max_workers=MAILBOX_LIMIT) as pool:
-        fetched = sum(pool.map(fetch, chunks))
+        fetched = [raw for got in pool.map(fetch, chunks) for raw in got]
     session.close()
     return fetched, len(chunks)
 
@@ -130,15 +145,15 @@ def bare_fetch(token: str, links: dict[str, str], verify: str) -> tuple[int, int
 class Bench:
     def __init__(
         self,
+        stack: LocalStack,
         microsoft: MicrosoftEmulator,
         counting: CountingApp,
         base: str,
         ca: str,
-        aws: AwsCalls,
+        aws: AwsMeter,
     ) -> None:
         self.microsoft, self.counting = microsoft, counting
         self.base, self.ca, self.aws = base, ca, aws
-        from crmsync import services
         from crmsync.accounts.models import Account, AccountSettings, TokenSet
         from crmsync.auth import Principal
         from crmsync.directory import ContactEntry
@@ -146,6 +161,8 @@ class Bench:
         from crmsync.settings import get_settings
         from crmsync.stores.cursors import DynamoCursorStore
 
+        services = layer_services(stack)
+        self.bare_store = BareStore(stack)
         self.tenant = f"bench-{uuid.uuid4().hex[:8]}"
         admin = Principal(tenant_id=self.tenant, user_id="admin", role="admin")
         services.directory().upsert(admin, "contacts", "c1", ContactEntry(name="Carla", emails=[CONTACT]))
@@ -203,7 +220,15 @@ class Bench:
                 began = time.perf_counter()
                 fetched, bare_batches = bare_fetch(token, links, self.ca)
                 bare_times.append(time.perf_counter() - began)
-                assert fetched == n, (fetched, n)
+                assert len(fetched) == n, (len(fetched), n)
+            store_times = []
+            store_aws = Usage()
+            for _ in range(3):  # the bare store: fetch, then store under keys of its own each time
+                before = self.aws.snapshot()
+                began = time.perf_counter()
+                assert self.bare_store.store(bare_fetch(token, links, self.ca)[0]) == n
+                store_times.append(time.perf_counter() - began)
+                store_aws = self.aws.snapshot() - before
             with graph.lock:
                 box.max_in_flight = 0  # the worker's own highest count from here
             http_before, aws_before = self.counting.snapshot(), self.aws.snapshot()
@@ -229,9 +254,11 @@ class Bench:
                     worker_s=worker_s,
                     bare_s=statistics.median(bare_times),
                     bare_batches=bare_batches,
+                    store_s=statistics.median(store_times),
+                    store_aws=store_aws,
                 )
             )
-        rows.sort(key=lambda r: r.worker_s / r.bare_s)
+        rows.sort(key=lambda r: r.worker_s / r.store_s)
         return rows[len(rows) // 2]  # the median run by ratio
 
     def probe(self, n: int, latency_s: float) -> Probe:
@@ -242,7 +269,7 @@ class Bench:
         box = graph.mailbox(address)
         graph.slow_down(address, latency_s)
         fetched, _ = bare_fetch(self.tokens[account.account_id], links, self.ca)
-        assert fetched == n, (fetched, n)
+        assert len(fetched) == n, (len(fetched), n)
         bare = graph.max_concurrency(address)
         with graph.lock:
             box.max_in_flight = 0
@@ -269,23 +296,21 @@ def run(sizes: Iterable[int] = SIZES, say: Callable[[str], None] = print) -> tup
         base = microsoft.base_url = f"https://127.0.0.1:{server.server_port}"
         serving = threading.Thread(target=server.serve_forever, name="bench:microsoft", daemon=True)
         serving.start()
+        meter = AwsMeter()
         try:
             with (
                 moto_transactions_without_table_copies(),
                 LocalStack(
                     run_schedules=False, parameters={"GraphApiBase": base, "ProviderCaBundle": str(ca)}
-                ),
+                ) as stack,
+                meter.installed(),
             ):
-                from crmsync.stores import aws
-
-                calls = AwsCalls()
-                calls.hook([aws.dynamodb().meta.client, aws.client("s3"), aws.client("events")])
-                bench = Bench(microsoft, counting, base, str(ca), calls)
-                bench.measure(1, 1)  # warm-up: imports, clients, TLS
+                bench = Bench(stack, microsoft, counting, base, str(ca), meter)
+                bench.measure(5, 1)  # warm-up: imports, clients, TLS
                 rows = []
                 for n in sizes:
                     say(f"  N={n} ...")  # N=1000 takes minutes on moto
-                    rows.append(bench.measure(n, repeats=5 if n == 1 else 3 if n <= 10 else 1))
+                    rows.append(bench.measure(n, repeats=3 if n <= 10 else 1))
                 return rows, bench.probe(PROBE_N, PROBE_LATENCY_S)
         finally:
             server.shutdown()
@@ -298,33 +323,57 @@ def main() -> None:
         " (emulator over HTTPS on loopback; the sync core's CursorLoop, engine, stores on moto)"
     )
     print("(moto's whole-table copy per transaction is replaced by a per-item backup: linear, same answers)")
-    rows, probe = run()
+    rows, probe = run(sizes_from_env())
     print(
-        f"{'N':>5} {'delta':>5} {'$batch':>6} {'calls/msg':>9} {'HTTP/msg':>8}"
-        f" {'in flight':>9} {'DynamoDB/msg':>12} {'S3/msg':>6} {'Events/msg':>10}"
-        f" {'worker s':>9} {'bare s':>7} {'x bare':>7} {'bare $batch':>11}"
+        f"{'N':>5} {'delta':>5} {'$batch':>6} {'HTTP/msg':>8} {'in flight':>9}"
+        f" {'DDB/msg':>7} {'EB/msg':>6} {'S3/msg':>6} {'SQS':>4}"
+        f" {'worker s':>8} {'bare s':>7} {'store s':>7} {'x bare':>6} {'x store':>7}"
     )
     for r in rows:
         print(
-            f"{r.n:5d} {r.deltas:5d} {r.batches:6d} {r.inner / r.n:9.2f} {r.http / r.n:8.2f}"
-            f" {r.in_flight:9d} {r.aws['dynamodb'] / r.n:12.2f}"
-            f" {r.aws['s3'] / r.n:6.2f} {r.aws['events'] / r.n:10.2f} {r.worker_s:9.2f}"
-            f" {r.bare_s:7.3f} {r.worker_s / r.bare_s:7.1f} {r.bare_batches:11d}"
+            f"{r.n:5d} {r.deltas:5d} {r.batches:6d} {r.http / r.n:8.2f} {r.in_flight:9d}"
+            f" {r.aws['dynamodb'] / r.n:7.2f} {r.aws['events'] / r.n:6.2f} {r.aws['s3'] / r.n:6.2f}"
+            f" {r.aws['sqs']:4d} {r.worker_s:8.2f} {r.bare_s:7.3f} {r.store_s:7.3f}"
+            f" {r.worker_s / r.bare_s:6.1f} {r.worker_s / r.store_s:7.2f}"
         )
     print(
-        "delta: delta pages over inbox and sentitems; $batch: batch requests; calls/msg: $value GETs"
-        " inside them; HTTP/msg: requests on the wire (delta + $batch);"
-        " in flight: the mailbox's most requests at once (Outlook refuses past 4);"
-        " x bare: worker time / the same delta pages + $batch of 20 with plain requests, nothing"
-        " stored (median of 3)"
+        "delta: delta pages over inbox and sentitems; $batch: batch requests; HTTP/msg: requests on the"
+        " wire (delta + $batch); in flight: the mailbox's most requests at once (Outlook refuses past 4);"
+        " DDB, EB, S3: DynamoDB, EventBridge, S3 requests per message; SQS: the worker's SQS requests;"
+        " x bare: worker s / bare fetch s (the same delta pages + $batch of 20 with plain requests);"
+        " x store: worker s / bare store s (bare fetch + 1 S3 put and 1 DynamoDB item per message in"
+        " BatchWriteItem of 25), medians of 3"
     )
     print(
         f"in flight with {probe.latency_s * 1000:.0f} ms added to each request (N={probe.n}, not timed):"
         f" worker {probe.worker}, bare {probe.bare} (limit {MAILBOX_LIMIT}; the emulator refuses past it)"
     )
     largest = rows[-1]
-    per_call_ms = largest.worker_s * 1000 / max(1, sum(largest.aws.values()))
+    aws, n = largest.aws, largest.n
+    print(dynamodb_line(aws, n))
     print(
-        f"note: moto in-process dominates the worker's seconds ({per_call_ms:.1f} ms per AWS request"
-        f" at N={largest.n}); the request counts, not the seconds, carry over to AWS and Graph"
+        f"EventBridge at N={n}: {aws['events']} PutEvents requests carrying {aws.events} events"
+        " (billed by event)"
+    )
+    print(
+        f"bare store at N={n}: {largest.store_aws['dynamodb']} DynamoDB requests,"
+        f" {largest.store_aws['s3']} S3 requests"
+    )
+    print(
+        f"targets at N={n}: DynamoDB/msg {aws['dynamodb'] / n:.2f} <= {TARGET_DYNAMODB_PER_MSG}"
+        f" {mark(aws['dynamodb'] / n <= TARGET_DYNAMODB_PER_MSG)};"
+        f" EventBridge requests/msg {aws['events'] / n:.3f} <= {TARGET_EVENTS_PER_MSG}"
+        f" {mark(aws['events'] / n <= TARGET_EVENTS_PER_MSG)};"
+        f" worker/bare store {largest.worker_s / largest.store_s:.2f} <= {TARGET_WORKER_VS_BARE_STORE}"
+        f" {mark(largest.worker_s / largest.store_s <= TARGET_WORKER_VS_BARE_STORE)}"
+    )
+    per_call_ms = largest.worker_s * 1000 / max(1, aws.total())
+    print(
+        f"note: moto in-process takes much of the worker's seconds ({per_call_ms:.1f} ms per AWS request"
+        f" at N={n}); the request counts, not the seconds, carry over to AWS and Graph"
+    )
+    print_cost(
+        f"modelled cost per million messages synced by Outlook (from the N={n} run, one worker"
+        " invocation per run)",
+        cost_model(aws, n, invocations=1, memory_mb=WORKER_MEMORY_MB),
     )
