@@ -6,7 +6,7 @@ import base64
 from functools import cache
 from typing import Any
 
-from crmsync.mail.graph_notify import validation_response, validation_token
+from crmsync.providers.microsoft.notify import validation_response, validation_token
 
 
 @cache
@@ -25,7 +25,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 def _notifications(event: dict[str, Any]) -> dict[str, Any]:
     from crmsync import services
-    from crmsync.mail.graph_notify import BadNotification, TooManyNotifications
+    from crmsync.providers.microsoft.notify import BadNotification, TooManyNotifications
 
     logger = _logger()
     body = event.get("body") or ""

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from crmsync.jobs import Job, JobRunner
     from crmsync.mail.actions import MailActions
     from crmsync.mail.engine import MailSync
-    from crmsync.mail.graph_notify import GraphNotifications
     from crmsync.mail.jobs import MailSyncJob
     from crmsync.mail.models import ProviderMessage
     from crmsync.mail.push import GmailPush
@@ -33,6 +32,7 @@ if TYPE_CHECKING:
     from crmsync.mail.send import Outbox
     from crmsync.mail.watch import MailWatchJob, SyncSchedule, Watcher
     from crmsync.providers.bundle import MailBundle
+    from crmsync.providers.microsoft.notify import GraphNotifications
     from crmsync.resync import Resync, ResyncRequests
     from crmsync.schedule import Scheduler
     from crmsync.settings import Settings
@@ -336,7 +336,7 @@ class Services:
     @_once
     def graph_notifications(self) -> GraphNotifications:
         """Graph's webhook (SEC-2): subscriptions looked up, jobs queued."""
-        from crmsync.mail.graph_notify import GraphNotifications
+        from crmsync.providers.microsoft.notify import GraphNotifications
         from crmsync.stores.subscriptions import DynamoGraphSubscriptionStore
 
         return GraphNotifications(DynamoGraphSubscriptionStore(self.settings.cursors_table), self.queue())

@@ -448,3 +448,76 @@ def test_disconnect_deletes_the_subscriptions_and_leaves_nothing_scheduled(
     service(stack, "SchedulerFunction", "scheduler").run(int(time.time()) + 8 * 86_400)
     time.sleep(0.5)
     assert _jobs_of(handled, account_id) == [] and _jobs_of(handled, account_id, "mail.watch") == []
+
+
+@pytest.mark.rule("SYNC-2")
+def test_each_subscription_record_names_the_job_its_notifications_queue(stack: LocalStack) -> None:
+    """A Graph calendar subscription plugs into the same webhook: the job a notification (or a
+    `missed` lifecycle event) queues is the one its subscription record names, per account and
+    job, and records written before the field existed still queue `mail.sync`."""
+    from crmsync.providers.microsoft.notify import GraphNotifications
+    from crmsync.providers.microsoft.subscriptions import SubscriptionRecord, client_state_digest
+    from crmsync.stores.queue import SqsJobQueue
+    from crmsync.stores.subscriptions import DynamoGraphSubscriptionStore
+
+    store = DynamoGraphSubscriptionStore(stack.services.settings.cursors_table)
+    account = f"acc-{uuid.uuid4().hex[:8]}"
+    records = {
+        "mail": SubscriptionRecord(
+            subscription_id=f"m-{uuid.uuid4()}",
+            account_id=account,
+            tenant_id="t-jobs",
+            folder="inbox",
+            resource="/me/mailFolders('inbox')/messages",
+            expires_at=int(time.time()) + 3600,
+            client_state_sha256=client_state_digest("secret-mail"),
+        ),
+        "calendar": SubscriptionRecord(
+            subscription_id=f"c-{uuid.uuid4()}",
+            account_id=account,
+            tenant_id="t-jobs",
+            folder="calendar",
+            resource="/me/events",
+            expires_at=int(time.time()) + 3600,
+            client_state_sha256=client_state_digest("secret-cal"),
+            sync_job="calendar.sync",
+        ),
+    }
+    for record in records.values():
+        store.put(record)
+    sqs = boto3.client("sqs")
+    url = sqs.create_queue(
+        QueueName=f"jobs-{uuid.uuid4().hex[:8]}.fifo",
+        Attributes={"FifoQueue": "true", "ContentBasedDeduplication": "false"},
+    )["QueueUrl"]
+    notifications = GraphNotifications(store, SqsJobQueue(url))
+
+    def item(kind: str, secret: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "subscriptionId": records[kind].subscription_id,
+            "clientState": secret,
+            "changeType": "created",
+            "resourceData": {"id": f"{kind}-{uuid.uuid4().hex[:6]}"},
+            **extra,
+        }
+
+    body = {
+        "value": [item("mail", "secret-mail"), item("calendar", "secret-cal"), item("calendar", "secret-cal")]
+    }
+    outcome = notifications.accept(json.dumps(body))
+    assert outcome.accepted == 3
+    assert sorted(j["type"] for j in outcome.jobs) == [
+        "calendar.sync",
+        "mail.sync",
+    ]  # one per job, not per item
+    missed = notifications.accept(
+        json.dumps({"value": [item("calendar", "secret-cal", lifecycleEvent="missed")]})
+    )
+    assert [j["type"] for j in missed.jobs] == ["calendar.sync"]
+    queued = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    assert sorted(Job.model_validate_json(m["Body"]).type for m in queued) == [
+        "calendar.sync",
+        "calendar.sync",
+        "mail.sync",
+    ]
+    assert all(Job.model_validate_json(m["Body"]).account_id == account for m in queued)

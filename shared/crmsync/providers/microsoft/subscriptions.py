@@ -12,7 +12,7 @@ mailbox's synced folders, their renewal, their lifecycle events, and their remov
   one on a folder no longer synced (the settings changed) is deleted.
 - Lifecycle: `reauthorizationRequired` → `POST /subscriptions/{id}/reauthorize` (404: created
   again); `subscriptionRemoved` → created again, then a `mail.sync` catch-up; `missed` is a plain
-  `mail.sync` queued by the webhook (mail/graph_notify.py).
+  `mail.sync` queued by the webhook (providers/microsoft/notify.py).
 - Disconnect: the schedule goes, each subscription is deleted at Graph and forgotten.
 
 Without a public base URL (setting PUBLIC_API_BASE) there is nothing Graph could call: no
@@ -61,6 +61,8 @@ class SubscriptionRecord(BaseModel):
     resource: str
     expires_at: int  # epoch seconds, as Graph returned it
     client_state_sha256: str
+    # the job its change notifications queue: what the subscribed resource syncs with
+    sync_job: str = JobType.MAIL_SYNC
 
 
 def client_state_digest(client_state: str) -> str:
@@ -433,7 +435,7 @@ class AccountOfJob(Protocol):
 
 
 class GraphLifecycleJobs:
-    """The worker's jobs for Graph's lifecycle events (queued by mail/graph_notify.py)."""
+    """The worker's jobs for Graph's lifecycle events (queued by providers/microsoft/notify.py)."""
 
     def __init__(self, accounts: AccountOfJob, watcher: GraphWatcher, queue: JobQueue) -> None:
         self._accounts = accounts  # MailSyncJob: raises Paused for an account that may not sync

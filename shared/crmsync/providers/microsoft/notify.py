@@ -15,11 +15,12 @@ in one consistent BatchGetItem of at most MAX_SUBSCRIPTIONS ids (the first disti
 order). Items naming further subscriptions are dropped with one log line; Graph's own
 deliveries stay far below both bounds, and a change whose notification is lost this way is
 caught up by the mailbox's poll (SYNC-2).
-- change notifications: one `mail.sync` job per account and request, deduplicated by the
+- change notifications: one job per account and request (the `sync_job` its subscription
+  record names: `mail.sync` for mail folders), deduplicated by the
   items' ids (Graph's notification `id`, else subscription, change and message), so a
   redelivered notification collapses on the FIFO queue;
 - `reauthorizationRequired` → `graph.reauthorize`; `subscriptionRemoved` → `graph.resubscribe`
-  (recreate, then a catch-up); `missed` → `mail.sync` (the delta catch-up).
+  (recreate, then a catch-up); `missed` → the subscription's sync job (the delta catch-up).
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ class GraphNotifications:
         read = set(wanted)
         outcome = NotifyOutcome()
         beyond = 0
-        changes: dict[str, tuple[SubscriptionRecord, list[str]]] = {}
+        changes: dict[tuple[str, str], tuple[SubscriptionRecord, list[str]]] = {}
         for item, subscription_id in zip(items, named, strict=True):
             if subscription_id is None:
                 outcome.dropped.append({"subscription_id": "", "reason": "malformed item"})
@@ -167,7 +168,9 @@ class GraphNotifications:
                     )
                     continue
             else:
-                changes.setdefault(record.account_id, (record, []))[1].append(_item_key(item))
+                changes.setdefault((record.account_id, record.sync_job), (record, []))[1].append(
+                    _item_key(item)
+                )
             outcome.accepted += 1
         if beyond:
             outcome.dropped.append(
@@ -177,20 +180,23 @@ class GraphNotifications:
                     "in one request",
                 }
             )
-        for account_id, (record, keys) in changes.items():
+        for (account_id, sync_job), (record, keys) in changes.items():
+            # each subscription's record says which job its notifications queue (mail or calendar)
             self._send(
-                JobType.MAIL_SYNC,
+                sync_job,
                 record,
                 {"reason": "graph-notification"},
-                _dedup("notify", account_id, *sorted(keys)),
+                _dedup("notify", account_id, sync_job, *sorted(keys)),
             )
-            outcome.jobs.append({"type": JobType.MAIL_SYNC, "account_id": account_id})
+            outcome.jobs.append({"type": sync_job, "account_id": account_id})
         return outcome
 
     def _lifecycle(
         self, record: SubscriptionRecord, event: object, item: dict[str, Any], outcome: NotifyOutcome
     ) -> bool:
-        job_type = LIFECYCLE_JOBS.get(event) if isinstance(event, str) else None
+        job_type: str | None = LIFECYCLE_JOBS.get(event) if isinstance(event, str) else None
+        if event == "missed":  # the catch-up of what the subscription syncs
+            job_type = record.sync_job
         if job_type is None:
             return False
         assert isinstance(event, str)
