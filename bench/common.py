@@ -8,7 +8,7 @@ import math
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -182,7 +182,8 @@ class AwsMeter:
     def __init__(self) -> None:
         self.usage = Usage()
         self._lock = threading.Lock()
-        self._original: Any = None
+        # called after every request of any thread: (service, operation, params, response)
+        self.listeners: list[Callable[[str, str, dict[str, Any], Any], None]] = []
 
     def snapshot(self) -> Usage:
         with self._lock:
@@ -197,8 +198,11 @@ class AwsMeter:
 
         def counted(client: Any, operation: str, params: dict[str, Any]) -> Any:
             response = original(client, operation, params)
+            service = client.meta.service_model.service_name
             if not threading.current_thread().name.startswith(_HARNESS_THREADS):
-                meter._count(client.meta.service_model.service_name, operation, params, response)
+                meter._count(service, operation, params, response)
+            for listener in meter.listeners:
+                listener(service, operation, params, response)
             return response
 
         BaseClient._make_api_call = counted  # type: ignore[attr-defined]
