@@ -175,7 +175,7 @@ class Services:
 
         s = self.settings
         return Accounts(
-            hooks=self._mail_parts(lambda b: b.hooks),
+            hooks=registry.ByPurpose(self._hooks),
             store=self.account_store(),
             box=self.secret_box(),
             directory=self.directory(),
@@ -185,6 +185,11 @@ class Services:
             oauth=self.oauth_client,
             verifier=ImapSmtpVerifier(s.imap_ca_bundle or None, s.imap_allow_private_hosts),
         )
+
+    def _hooks(self, provider: str, purpose: str) -> ProviderHooks:
+        if purpose != "mail":
+            raise KeyError((provider, purpose))  # the calendar bundles come with the calendar engine
+        return self.mail_bundle(provider).hooks
 
     def gmail_hooks(self) -> ProviderHooks:
         """What connecting and disconnecting a Gmail mailbox starts and stops."""

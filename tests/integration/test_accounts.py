@@ -410,15 +410,14 @@ class RecordingHooks:
 def hooks(stack: LocalStack) -> Iterator[RecordingHooks]:
     recording = RecordingHooks()
     services = [
-        service(stack, "AccountsFunction", "accounts"),
-        service(stack, "OAuthCallbackFunction", "accounts"),
+        stack.services.accounts(),
+        stack.services.accounts(),
     ]
-    previous = [accounts._hooks.get("google") for accounts in services]
     for accounts in services:
         accounts.register_hooks("google", recording)
     yield recording
-    for accounts, hooks_before in zip(services, previous, strict=True):
-        accounts._hooks["google"] = hooks_before  # put the Gmail hooks back
+    for accounts in services:
+        accounts.register_hooks("google", None)  # the Gmail bundle's hooks again
 
 
 @pytest.mark.rule("ACC-7")
@@ -446,7 +445,7 @@ def test_replace_moves_sending_to_the_new_account_and_stops_the_old(
         and by_id[new]["replaces"] == old
     )
     # the old account's threads stop: no credentials, no sync, the provider watch removed
-    credentials = service(stack, "OAuthCallbackFunction", "services").credentials()
+    credentials = stack.services.credentials()
     with pytest.raises(AccountPaused):
         credentials.access_token(old)
     assert credentials.access_token(new)
@@ -467,7 +466,7 @@ def test_disconnect_removes_tokens_and_watches_at_once(
     assert not any(i["pk"] == f"ACC#{account_id}" and i["sk"] == "SECRET" for i in account_items(stack))
     assert (account_id, True) in hooks.stopped
     with pytest.raises(AccountPaused):
-        service(stack, "OAuthCallbackFunction", "services").credentials().access_token(account_id)
+        stack.services.credentials().access_token(account_id)
     last_status_event(stack, account_id, "disconnected")
     # the slot is free again, and the account (and what it synced) is still listed
     assert api.call("POST", "/v1/accounts/connect", user, json={"provider": "google"}).status_code == 200
@@ -485,14 +484,13 @@ def test_a_provider_that_cannot_start_leaves_nothing_behind(
 ) -> None:
     set_plan(api, tenant, "advanced")
     user = api.token(tenant, "u1")
-    callback_accounts = service(stack, "OAuthCallbackFunction", "accounts")
-    previous = callback_accounts._hooks.get("google")
+    callback_accounts = stack.services.accounts()
     callback_accounts.register_hooks("google", FailingHooks())
     try:
         before = len(account_items(stack))
         result = connect(api, browser, user, "google", mail_address())
     finally:
-        callback_accounts._hooks["google"] = previous
+        callback_accounts.register_hooks("google", None)
     assert result["status"] == "error" and result["reason"] == "provider_start_failed"
     assert "try again" in result["message"]
     assert accounts_of(api, user) == []
@@ -512,17 +510,17 @@ def test_invalid_grant_pauses_the_account_and_reconnecting_resumes(
     email = mail_address()
     account_id = connect(api, browser, user, provider, email)["account_id"]
     emulator = emulators.google if provider == "google" else emulators.microsoft
-    credentials = service(stack, "OAuthCallbackFunction", "services").credentials()
+    credentials = stack.services.credentials()
     cursors = boto3.resource("dynamodb").Table(stack.tables["CursorsTable"])
     cursors.put_item(Item={"pk": f"ACC#{account_id}", "sk": "CUR#INBOX", "cursor": "12345"})
 
     # two hours on, the stored access token has expired: it is refreshed
-    services = service(stack, "OAuthCallbackFunction", "services")
+    layer = stack.services
     later = Credentials(
-        services.current().account_store(),
-        services.current().secret_box(),
-        services.oauth_client,
-        services.current().publisher(),
+        layer.account_store(),
+        layer.secret_box(),
+        layer.oauth_client,
+        layer.publisher(),
         clock=lambda: time.time() + 7200,
     )
     first = credentials.access_token(account_id)
@@ -573,23 +571,21 @@ def test_two_workers_refreshing_at_once_do_not_fight(
 ) -> None:
     set_plan(api, tenant, "advanced")
     account_id = connect(api, browser, api.token(tenant, "u1"), "google", mail_address())["account_id"]
-    services = service(stack, "OAuthCallbackFunction", "services")
-    store = services.current().account_store()
+    layer = stack.services
+    store = layer.account_store()
 
     def later() -> float:
         return time.time() + 7200
 
     other = Credentials(
         store,
-        services.current().secret_box(),
-        services.oauth_client,
-        services.current().publisher(),
+        layer.secret_box(),
+        layer.oauth_client,
+        layer.publisher(),
         clock=later,
     )
-    racing = RacingProvider(services.current().oauth_client("google"), other, account_id)
-    loser = Credentials(
-        store, services.current().secret_box(), lambda _: racing, services.current().publisher(), clock=later
-    )
+    racing = RacingProvider(layer.oauth_client("google"), other, account_id)
+    loser = Credentials(store, layer.secret_box(), lambda _: racing, layer.publisher(), clock=later)
     token = loser.access_token(account_id)
     assert racing.winner is not None and token == racing.winner  # the loser uses the winner's token
     assert store.get_secret(account_id)[1] == 2  # one refresh stored, not two
@@ -713,10 +709,7 @@ def test_imap_account_connects_only_when_the_login_works(
     assert wrong.status_code == 422
     assert "login failed" in wrong.json()["error"]["message"] and other in wrong.json()["error"]["message"]
     assert [a["address"] for a in accounts_of(api, user)] == [address]
-    assert (
-        service(stack, "AccountsFunction", "services").credentials().password(account["account_id"])
-        == password
-    )
+    assert stack.services.credentials().password(account["account_id"]) == password
 
 
 @pytest.mark.rule("ACC-3")
@@ -767,9 +760,7 @@ def test_no_token_or_password_in_tables_logs_or_responses(
     responses.append(api.call("GET", "/v1/admin/accounts", api.token(tenant, "boss", "admin")).text)
     for account in api.call("GET", "/v1/accounts", user).json()["accounts"]:
         if account["provider"] != "imap":
-            service(stack, "OAuthCallbackFunction", "services").credentials().access_token(
-                account["account_id"]
-            )
+            stack.services.credentials().access_token(account["account_id"])
 
     secrets = {password}
     for emulator in (emulators.google, emulators.microsoft):

@@ -29,7 +29,6 @@ from tests.integration.test_accounts import (
     connect,
     last_status_event,
     mail_address,
-    service,
     set_plan,
     status_events,
 )
@@ -41,17 +40,17 @@ def _has_secret(stack: LocalStack, account_id: str) -> bool:
 
 
 def _services(stack: LocalStack) -> Any:
-    return service(stack, "OAuthCallbackFunction", "services")
+    return stack.services
 
 
 def _later_credentials(stack: LocalStack, store: Any = None) -> Credentials:
     """The worker's Credentials two hours on: the stored access token has expired."""
     services = _services(stack)
     return Credentials(
-        store or services.current().account_store(),
-        services.current().secret_box(),
+        store or services.account_store(),
+        services.secret_box(),
         services.oauth_client,
-        services.current().publisher(),
+        services.publisher(),
         clock=lambda: time.time() + 7200,
     )
 
@@ -59,7 +58,7 @@ def _later_credentials(stack: LocalStack, store: Any = None) -> Credentials:
 def _expire_stored_token(stack: LocalStack, account_id: str) -> None:
     """The stored access token as the service sees it an hour on: expired, to be refreshed."""
     services = _services(stack)
-    store, box = services.current().account_store(), services.current().secret_box()
+    store, box = services.account_store(), services.secret_box()
     account = store.get_by_id(account_id)
     sealed, version = store.get_secret(account_id)
     context = secret_context(account)
@@ -130,7 +129,7 @@ def test_a_gmail_401_after_revocation_pauses_the_account_instead_of_retrying(
     # Google revokes the grant and with it the access tokens it issued: Gmail answers 401 to
     # a token the service still holds as valid, and the refresh answers invalid_grant
     emulators.google.state.revoke(address)
-    runner = service(stack, "SyncWorkerFunction", "batch").runner
+    runner = stack.services.sync_batch().runner
     job = Job(type="mail.sync", tenant_id=tenant, account_id=account_id, payload={"reason": "test"})
     outcome = runner.handle(job.model_dump_json(), f"m-{uuid.uuid4().hex}", account_id)
     assert outcome == "dropped"
@@ -152,7 +151,7 @@ def test_a_graph_401_gets_a_new_token_or_pauses_instead_of_retrying_until_expiry
     emulators.microsoft.state.expire(address)
     if grant == "revoked":
         emulators.microsoft.state.revoke(address)
-    runner = service(stack, "SyncWorkerFunction", "batch").runner
+    runner = stack.services.sync_batch().runner
     job = Job(type="mail.sync", tenant_id=tenant, account_id=account_id, payload={"reason": "test"})
 
     def run() -> str:
@@ -268,7 +267,7 @@ def test_two_default_calls_at_once_leave_exactly_one_default(
     browser = Browser(emulators)
     a, b, c = (connect(api, browser, user, "google", mail_address())["account_id"] for _ in range(3))
     principal = Principal(tenant_id=tenant, user_id="u1", role="member")
-    accounts = service(stack, "AccountsFunction", "accounts")
+    accounts = stack.services.accounts()
     real = accounts._store
 
     def other_call() -> None:

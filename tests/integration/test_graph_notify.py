@@ -32,7 +32,7 @@ from local.emulators.servers import Emulators
 from local.stack import LocalStack
 from tests.conftest import Api
 from tests.integration.helpers import wait_until
-from tests.integration.test_accounts import Browser, connect, service, set_plan
+from tests.integration.test_accounts import Browser, connect, set_plan
 from tests.integration.test_mail_engine import mail
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,7 +52,7 @@ def subs(emulators: Emulators) -> Iterator[GraphSubscriptions]:
 @pytest.fixture
 def handled(stack: LocalStack) -> Iterator[list[Job]]:
     """The jobs the real worker ran (a pass-through tap on its job runner), in order."""
-    runner = service(stack, "SyncWorkerFunction", "batch").runner
+    runner = stack.services.sync_batch().runner
     lifecycle = services.current().graph_lifecycle_jobs()  # Graph's own job types, from its bundle
     real: dict[str, Any] = {
         "mail.sync": services.current().mail_sync_job(),
@@ -228,7 +228,7 @@ def test_renewal_patches_each_subscription_and_schedules_by_the_expiry_graph_ret
     # Graph now grants an hour at most: asking for more gets less, and the schedule follows it
     subs.lifetime = timedelta(hours=1)
     subs.expire(first["sentitems"].id)  # and one subscription lapsed: PATCH answers 404
-    enqueued: int = service(stack, "SchedulerFunction", "scheduler").run(renewal["due_at"] + 1)
+    enqueued: int = stack.services.scheduler().run(renewal["due_at"] + 1)
     assert enqueued >= 1
 
     def moved() -> dict[str, Any] | None:
@@ -445,7 +445,7 @@ def test_disconnect_deletes_the_subscriptions_and_leaves_nothing_scheduled(
     }
     assert requests.post(mine[0].notification_url, json=late, timeout=10).status_code == 202
     # and the scheduler, long after any renewal or catch-up would have come due, has nothing of it
-    service(stack, "SchedulerFunction", "scheduler").run(int(time.time()) + 8 * 86_400)
+    stack.services.scheduler().run(int(time.time()) + 8 * 86_400)
     time.sleep(0.5)
     assert _jobs_of(handled, account_id) == [] and _jobs_of(handled, account_id, "mail.watch") == []
 

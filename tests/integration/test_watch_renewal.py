@@ -24,7 +24,7 @@ from local.emulators.servers import Emulators
 from local.stack import LocalStack
 from tests.conftest import Api
 from tests.integration.helpers import wait_until
-from tests.integration.test_accounts import Browser, connect, service, set_plan
+from tests.integration.test_accounts import Browser, connect, set_plan
 from tests.integration.test_mail_engine import mail
 from tests.integration.test_mailbox_sync import cursor_of
 
@@ -37,10 +37,10 @@ def watching(stack: LocalStack) -> Iterator[None]:
     """The service as deployed with a Pub/Sub topic: the connect hook and the worker's
     `mail.watch` job call users.watch. Put back as configured afterwards."""
     owners = [
-        service(stack, "AccountsFunction", "accounts"),
-        service(stack, "OAuthCallbackFunction", "accounts"),
+        stack.services.accounts(),
+        stack.services.accounts(),
     ]
-    runner = service(stack, "SyncWorkerFunction", "batch").runner
+    runner = stack.services.sync_batch().runner
 
     def install(topic: str | None) -> None:
         hooks = services.current().with_settings(gmail_push_topic=topic or "").gmail_hooks()
@@ -88,7 +88,7 @@ def _subjects(api: Api, tenant: str) -> list[str]:
 
 def _tick(stack: LocalStack, now: int) -> int:
     """What the SchedulerFunction does on its rate(5 minutes) tick, at `now`."""
-    enqueued: int = service(stack, "SchedulerFunction", "scheduler").run(now)
+    enqueued: int = stack.services.scheduler().run(now)
     return enqueued
 
 
@@ -208,7 +208,7 @@ def test_disconnect_leaves_nothing_scheduled_and_late_work_cannot_bring_it_back(
     # the scheduler, long after any renewal or catch-up would have come due: nothing of it
     _tick(stack, int(time.time()) + 8 * DAY)
     # a renewal that was already queued is dropped by the worker (its account may not sync) ...
-    runner = service(stack, "SyncWorkerFunction", "batch").runner
+    runner = stack.services.sync_batch().runner
     job = {"type": "mail.watch", "tenant_id": tenant, "account_id": account_id, "payload": {}}
     assert runner.handle(json.dumps(job), f"m-{uuid.uuid4().hex}", account_id) == "dropped"
     # ... and one that was already running when the disconnect came cannot schedule it again

@@ -126,6 +126,11 @@ class Account(BaseModel):
         return self.purpose in ("mail", "both")
 
     @property
+    def purposes(self) -> tuple[str, ...]:
+        """What the account syncs: "mail", "calendar" or both (the keys of its providers' bundles)."""
+        return {"mail": ("mail",), "calendar": ("calendar",)}.get(self.purpose, ("mail", "calendar"))
+
+    @property
     def holds_plan_slot(self) -> bool:
         return self.is_mailbox and self.status in ACTIVE
 

@@ -197,7 +197,7 @@ class Accounts:
         signer: StateSigner,
         oauth: Callable[[str], OAuthClient],
         verifier: MailLoginVerifier,
-        hooks: Mapping[str, ProviderHooks] | None = None,
+        hooks: Mapping[tuple[str, str], ProviderHooks] | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._store = store
@@ -208,11 +208,28 @@ class Accounts:
         self._signer = signer
         self._oauth = oauth
         self._verifier = verifier
-        self._hooks: dict[str, ProviderHooks] = dict(hooks or {})
+        # (provider, purpose) → what connecting and disconnecting starts and stops there; a
+        # Google account used for mail and calendar runs both purposes' hooks
+        self._hooks: Mapping[tuple[str, str], ProviderHooks] = hooks if hooks is not None else {}
+        self._overrides: dict[tuple[str, str], ProviderHooks] = {}
         self._now = now
 
-    def register_hooks(self, provider: str, hooks: ProviderHooks) -> None:
-        self._hooks[provider] = hooks
+    def register_hooks(self, provider: str, hooks: ProviderHooks | None, purpose: str = "mail") -> None:
+        """Hooks in place of the bundle's (a test's recorder); None puts the bundle's back."""
+        if hooks is None:
+            self._overrides.pop((provider, purpose), None)
+        else:
+            self._overrides[(provider, purpose)] = hooks
+
+    def _hooks_of(self, account: Account) -> list[ProviderHooks]:
+        """The hooks of each purpose the account syncs, for its provider (none for IMAP today)."""
+        found = []
+        for purpose in account.purposes:
+            key = (account.provider, purpose)
+            hooks = self._overrides.get(key) or self._hooks.get(key)
+            if hooks is not None:
+                found.append(hooks)
+        return found
 
     # ------------------------------------------------------------------ reading
     def list(self, principal: Principal) -> list[Account]:
@@ -517,8 +534,7 @@ class Accounts:
         return saved
 
     def _start_provider(self, account: Account, tokens: TokenSet) -> None:
-        hooks = self._hooks.get(account.provider)
-        if hooks is not None:
+        for hooks in self._hooks_of(account):
             hooks.on_connected(account, tokens)
 
     def _start_import(self, account: Account) -> None:
@@ -610,9 +626,9 @@ class Accounts:
                 )
             ]
         )
-        hooks = self._hooks.get(account.provider)
-        if isinstance(hooks, SettingsHooks):
-            hooks.on_settings_changed(account, before)
+        for hooks in self._hooks_of(account):
+            if isinstance(hooks, SettingsHooks):
+                hooks.on_settings_changed(account, before)
         return account
 
     def set_default(self, principal: Principal, account_id: str) -> Account:
@@ -700,16 +716,18 @@ class Accounts:
             return tokens
 
     def _stop_provider(self, account: Account, tokens: TokenSet | None) -> None:
-        hooks = self._hooks.get(account.provider)
-        if hooks is None:  # nothing at the provider to stop (IMAP): no token is refreshed either
+        found = self._hooks_of(account)
+        if not found:  # nothing at the provider to stop (IMAP): no token is refreshed either
             return
-        try:
-            hooks.on_disconnected(account, self._fresh(account, tokens))
-        except Exception as error:  # the provider's side lapses on its own (a watch in 7 days)
-            logger.warning(
-                "the provider's watch could not be stopped; it lapses on its own",
-                extra={"provider": account.provider, "error_type": type(error).__name__},
-            )
+        fresh = self._fresh(account, tokens)
+        for hooks in found:
+            try:
+                hooks.on_disconnected(account, fresh)
+            except Exception as error:  # the provider's side lapses on its own (a watch in 7 days)
+                logger.warning(
+                    "the provider's watch could not be stopped; it lapses on its own",
+                    extra={"provider": account.provider, "error_type": type(error).__name__},
+                )
 
     # ------------------------------------------------------------------ secrets
     def tokens(self, account: Account) -> TokenSet | None:

@@ -65,3 +65,26 @@ class ByProvider[T](Mapping[str, T]):
 
     def __len__(self) -> int:
         return len(self._names)
+
+
+class ByPurpose[T](Mapping[tuple[str, str], T]):
+    """(provider, purpose) → one part of that bundle, each built on first use: what the neutral
+    code takes where one account may serve several purposes (the connect hooks)."""
+
+    def __init__(self, part: Callable[[str, str], T]) -> None:
+        self._keys = [key for key in BUNDLES if key[1] != "oauth"]
+        self._part = part
+        self._built: dict[tuple[str, str], T] = {}
+
+    def __getitem__(self, key: tuple[str, str]) -> T:
+        if key not in self._keys:
+            raise KeyError(key)
+        if key not in self._built:
+            self._built[key] = self._part(*key)
+        return self._built[key]
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
