@@ -257,9 +257,7 @@ class BlockingPages:
 
 @pytest.fixture
 def resync_pages(stack: LocalStack) -> Any:
-    function = stack.functions["ResyncFunction"]
-    function.load()
-    resync = function.module.resync
+    resync = stack.services.resync()  # the one the stack's ResyncFunction runs
     before = dict(resync._sources)
 
     def plug(source: BlockingPages) -> BlockingPages:

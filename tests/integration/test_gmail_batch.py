@@ -1,5 +1,5 @@
 """Gmail messages are fetched in batch requests of at most 50 calls (one history.list per page):
-over the real the sync core's CursorLoop, engine and stores, and through the real push → queue → worker path.
+over the real sync core (CursorLoop), engine and stores, and through the real push → queue → worker path.
 A 429 or 5xx, of the batch or of one call in it, leaves the cursor where it was (SYNC-4)."""
 
 from __future__ import annotations
@@ -77,8 +77,9 @@ def test_120_new_messages_take_one_history_list_and_three_batches(
     assert each_once(api, tenant, subjects)
     calls = box.requests[before:]
     assert calls.count("gmail.users.history.list") == 1
-    assert calls.count("batch") == 3 and box.batches[-3:] == [50, 50, 20]
-    assert calls.count("gmail.users.messages.get") == 120  # every get inside a batch, none alone
+    # the page's sizes first (format=minimal), then the raw mail: both in batches of at most 50
+    assert calls.count("batch") == 6 and box.batches[-6:] == [50, 50, 20, 50, 50, 20]
+    assert calls.count("gmail.users.messages.get") == 240  # every get inside a batch, none alone
     assert cursor_of(stack, account_id) == str(box.history_id)
 
 
@@ -94,8 +95,8 @@ def test_a_429_inside_a_batch_leaves_the_cursor_and_the_retry_syncs_everything(
     subjects = [f"Invoice {n}" for n in range(55)]
     arrive_from_carla(emulators, address, subjects)
     gmail = emulators.google.gmail
-    # the 53rd get, in the second batch, is refused; the batch itself answers 200
-    gmail.throttle(address, requests=1, retry_after=2, method="gmail.users.messages.get", skip=52)
+    # after the 55 sizes, the 53rd raw get, in the second batch, is refused; the batch answers 200
+    gmail.throttle(address, requests=1, retry_after=2, method="gmail.users.messages.get", skip=55 + 52)
     source = services.current().change_sources()["google"]
     with pytest.raises(TransientError, match="429"):
         services.current().mailbox_sync().run(account, source)
@@ -147,3 +148,30 @@ def test_a_message_deleted_before_its_batch_is_skipped_and_the_rest_syncs(
     assert (result.synced, result.skipped) == (2, 0)
     assert each_once(api, tenant, ["Kept 1", "Kept 2"])
     assert cursor_of(stack, account_id) == str(gmail.mailbox(address).history_id)
+
+
+@pytest.mark.rule("SYNC-1")
+def test_a_batch_is_bounded_by_bytes_as_well_as_by_count(
+    stack: LocalStack, emulators: Emulators, api: Api, tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large mail is fetched a few at a time, by the sizes Gmail estimates, so that a worker holds
+    a bounded amount of raw mail whatever the backlog; small mail still goes 50 to a batch."""
+    from crmsync.providers.google import gmail
+
+    monkeypatch.setattr(gmail, "BATCH_BYTES", 1_200_000)
+    address, account_id = connected_mailbox(api, emulators, tenant)
+    start = cursor_of(stack, account_id)
+    heavy = [f"Drawings {n}" for n in range(5)]
+    box = emulators.google.gmail.mailbox(address)
+    for subject in heavy:
+        message = mail("carla@client.test", [address], subject)
+        message.add_attachment(b"%PDF-1.4 " + b"x" * 400_000, maintype="application", subtype="pdf")
+        emulators.google.gmail.arrive(address, message.as_bytes())
+    before = len(box.batches)
+    assert emulators.google.deliver_push(f"{api.base}/webhooks/gmail", address, box.history_id) == 204
+    wait_until(lambda: cursor_of(stack, account_id) != start, timeout=60)
+    assert each_once(api, tenant, heavy)
+    # five sizes in one batch; then, at about 550 KB each, two, two and one per batch
+    assert box.batches[before:] == [5, 2, 2, 1]
+    assert gmail.by_weight(["a", "b", "c"], {"a": 10, "b": 10, "c": 10}, budget=25) == (["a", "b"], ["c"])
+    assert gmail.by_weight(["a", "b"], {"a": 99, "b": 1}, budget=25) == (["a"], ["b"])  # one is never too big

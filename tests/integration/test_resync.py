@@ -17,9 +17,7 @@ from tests.integration.helpers import executions, run_execution, wait_until
 
 
 def _resync(stack: LocalStack) -> Any:
-    function = stack.functions["ResyncFunction"]
-    function.load()
-    return function.module.resync
+    return stack.services.resync()  # the one the stack's ResyncFunction runs
 
 
 def _job(tenant: str, kind: str = "mail_import") -> dict[str, Any]:

@@ -29,6 +29,10 @@ logger = Logger()
 HISTORY_TYPES = ["messageAdded", "labelAdded", "labelRemoved", "messageDeleted"]
 _HELD = "held:"  # a page token of ours: the rest of a history page's messages, still to fetch
 BATCH_SIZE = 50  # Gmail allows 100 calls per batch and advises at most 50 (larger ones get throttled)
+# Raw mail one batch may hold: a worker fetches a batch, hands it over and lets it go, so this and
+# one message over it (Gmail takes up to 25 MB, base64 makes it a third larger on the wire) bound
+# the raw mail it holds at once.
+BATCH_BYTES = 24 * 1024 * 1024
 _TIMEOUT = 20
 
 
@@ -147,6 +151,59 @@ def fetch_raw_batched(gmail: Any, api_base: str, message_ids: Sequence[str]) -> 
     return found
 
 
+def sizes_of(gmail: Any, api_base: str, message_ids: Sequence[str]) -> dict[str, int]:
+    """Each message's `sizeEstimate` (`format=minimal`, only `id,sizeEstimate` asked for), in
+    batch requests of BATCH_SIZE; one deleted meanwhile is left out. A single message needs no
+    size: it is a batch of its own whatever it weighs."""
+    from googleapiclient.errors import HttpError
+    from googleapiclient.http import BatchHttpRequest
+
+    if len(message_ids) < 2:
+        return {}
+    found: dict[str, int] = {}
+
+    def answered(request_id: str, response: Any, error: HttpError | None) -> None:
+        if error is None:
+            found[str(response["id"])] = int(response.get("sizeEstimate") or 0)
+        elif _status(error) != 404:
+            _raise_transient(error, "a message's size")
+            raise error
+
+    uri = f"{api_base.rstrip('/')}/{_batch_path()}"
+    for start in range(0, len(message_ids), BATCH_SIZE):
+        batch = BatchHttpRequest(callback=answered, batch_uri=uri)
+        for message_id in message_ids[start : start + BATCH_SIZE]:
+            call = (
+                gmail.users()
+                .messages()
+                .get(userId="me", id=message_id, format="minimal", fields="id,sizeEstimate")
+            )
+            batch.add(call)
+        try:
+            batch.execute()
+        except HttpError as error:
+            _raise_transient(error, "a batch request")
+            raise
+    return found
+
+
+def by_weight(
+    ids: Sequence[str], sizes: dict[str, int], count: int = BATCH_SIZE, budget: int | None = None
+) -> tuple[list[str], list[str]]:
+    """The first batch to fetch and the rest: at most `count` messages and, past the first one,
+    no more than `budget` (BATCH_BYTES) bytes by their sizes (an unknown size counts as nothing)."""
+    budget = BATCH_BYTES if budget is None else budget
+    taken: list[str] = []
+    weight = 0
+    for message_id in ids[:count]:
+        size = sizes.get(message_id, 0)
+        if taken and weight + size > budget:
+            break
+        taken.append(message_id)
+        weight += size
+    return taken, list(ids[len(taken) :])
+
+
 def _provider_message(found: dict[str, Any]) -> ProviderMessage:
     raw = base64.urlsafe_b64decode(found["raw"] + "=" * (-len(found["raw"]) % 4))
     return ProviderMessage(
@@ -196,18 +253,21 @@ class GmailHistorySource:
         self._refused = refused  # Credentials.refused: after a 401
 
     def changes(self, account: Account, cursor: str, page_token: str | None) -> ChangePage[ProviderMessage]:
-        """One batch of messages at a time: a history page (up to 500 records) is read once, and
-        its added messages are fetched and handed over BATCH_SIZE at a time, so a worker holds at
-        most one batch of raw messages in memory; the page's removals come after its last batch."""
+        """One batch of messages at a time: a history page (up to 500 records) is read once with
+        its messages' sizes, and its added messages are fetched and handed over in batches of at
+        most BATCH_SIZE messages and BATCH_BYTES, so a worker holds at most one batch of raw mail;
+        the page's removals come after its last batch."""
         gmail = account_gmail(account.account_id, self._token, self._base, self._refused)
         if page_token is not None and page_token.startswith(_HELD):
             held = json.loads(page_token[len(_HELD) :])
         else:
             held = self._history_page(gmail, account, cursor, page_token)
-        now, later = held["ids"][:BATCH_SIZE], held["ids"][BATCH_SIZE:]
+            held["sizes"] = sizes_of(gmail, self._base, held["ids"])
+        now, later = by_weight(held["ids"], held.get("sizes") or {})
         messages = fetch_raw_batched(gmail, self._base, now)
         if later:
-            following = _HELD + json.dumps({**held, "ids": later})
+            sizes = {i: n for i, n in (held.get("sizes") or {}).items() if i in set(later)}
+            following = _HELD + json.dumps({**held, "ids": later, "sizes": sizes})
             return ChangePage(items=messages, next_page=following, cursor=held["history_id"])
         return ChangePage(
             items=messages,
@@ -309,6 +369,9 @@ class GmailImport:
         from googleapiclient.errors import HttpError
 
         gmail = account_gmail(account.account_id, self._token, self._base, self._refused)
+        if job.page_token is not None and job.page_token.startswith(_HELD):  # the rest of a listed page
+            held = json.loads(job.page_token[len(_HELD) :])
+            return self._batch(gmail, held["ids"], held["sizes"], held["next"], job.cursor)
         try:
             cursor = job.cursor
             if job.page_token is None and job.kind == "mail_resync":
@@ -321,9 +384,21 @@ class GmailImport:
             _raise_transient(error, "a page of messages")
             raise
         ids = [m["id"] for m in listed.get("messages", [])]
+        return self._batch(gmail, ids, sizes_of(gmail, self._base, ids), listed.get("nextPageToken"), cursor)
+
+    def _batch(
+        self, gmail: Any, ids: list[str], sizes: dict[str, int], following: str | None, cursor: str | None
+    ) -> ChangePage[ProviderMessage]:
+        """One batch by weight (by_weight) per step; the rest of the listed page is held in the
+        step's page token, so a step holds at most one batch of raw mail."""
+        now, later = by_weight(ids, sizes)
+        next_page = following
+        if later:
+            rest = {"ids": later, "sizes": {i: sizes[i] for i in later if i in sizes}, "next": following}
+            next_page = _HELD + json.dumps(rest)
         return ChangePage(
-            items=fetch_raw_batched(gmail, self._base, ids),
-            next_page=listed.get("nextPageToken"),
+            items=fetch_raw_batched(gmail, self._base, now),
+            next_page=next_page,
             cursor=cursor,
-            listed=len(ids),
+            listed=len(now),
         )
