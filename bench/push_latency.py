@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -76,26 +77,24 @@ class _Api:
         return answer.json()
 
 
-def run(pushes: int = PUSHES) -> Latencies:
-    with tempfile.TemporaryDirectory(prefix="bench-push-") as state:
+@dataclass
+class GmailStack:
+    stack: LocalStack
+    emulators: Any
+    server: LocalServer
+    tenant: str
+    address: str
+    account_id: str
+
+
+@contextlib.contextmanager
+def connected_gmail_stack(meter: AwsMeter) -> Iterator[GmailStack]:
+    """The local stack served over HTTP with the provider emulators, a tenant with a contact,
+    and one Gmail account connected through OAuth as a user would; AWS metered."""
+    with tempfile.TemporaryDirectory(prefix="bench-stack-") as state:
         emulators = start_emulators(Path(state) / "emulators")
         server = LocalServer(None, port=0)
         issuer = DevIssuer(key_dir=Path(state) / "issuer")
-        meter = AwsMeter()
-        on_bus: dict[str, float] = {}
-        lock = threading.Lock()
-
-        def published(service: str, operation: str, params: dict[str, Any], _: Any) -> None:
-            if service != "events" or operation != "PutEvents":
-                return
-            now = time.perf_counter()
-            for entry in params.get("Entries") or []:
-                if entry.get("DetailType") == "MessageSynced":
-                    subject = json.loads(entry.get("Detail") or "{}").get("subject")
-                    with lock:
-                        on_bus.setdefault(str(subject), now)
-
-        meter.listeners.append(published)
         try:
             with (
                 LocalStack(
@@ -110,18 +109,9 @@ def run(pushes: int = PUSHES) -> Latencies:
                 server.start()
                 api = _Api(server.url, issuer)
                 tenant = f"bench-{uuid.uuid4().hex[:8]}"
-                api.call(
-                    "PUT",
-                    "/v1/directory/settings",
-                    issuer.mint(tenant, "crm", "service"),
-                    json={"plan": "advanced"},
-                )
-                api.call(
-                    "PUT",
-                    "/v1/directory/contacts/c1",
-                    issuer.mint(tenant, "crm", "service"),
-                    json={"name": "Carla", "emails": [CONTACT]},
-                )
+                crm = issuer.mint(tenant, "crm", "service")
+                api.call("PUT", "/v1/directory/settings", crm, json={"plan": "advanced"})
+                api.call("PUT", "/v1/directory/contacts/c1", crm, json={"name": "Carla", "emails": [CONTACT]})
                 user = issuer.mint(tenant, "u1", "member")
                 address = f"inbox-{uuid.uuid4().hex[:8]}@gmail.test"
                 started = api.call("POST", "/v1/accounts/connect", user, json={"provider": "google"})
@@ -129,42 +119,66 @@ def run(pushes: int = PUSHES) -> Latencies:
                     started["authorization_url"], address
                 )
                 if result.get("status") == "confirm_required":
-                    api.call(
+                    account = api.call(
                         "POST",
                         "/v1/accounts/connect/confirm",
                         user,
                         json={"confirmation": result["confirmation"]},
                     )
-                elif result.get("status") != "connected":
+                    account_id = account["account_id"]
+                elif result.get("status") == "connected":
+                    account_id = result["account_id"]
+                else:
                     raise RuntimeError(f"the bench's Gmail account did not connect: {result}")
-                layer_services(stack)  # the same composition root the handlers use
-                google = emulators.google
-                webhook = f"{server.url}/webhooks/gmail"
-                worker = stack.functions["SyncWorkerFunction"]
-                invocations_before = worker.invocations
-                bus: list[float] = []
-                tap: list[float] = []
-                for n in range(pushes + 1):  # the first one warms the functions up: not counted
-                    subject = f"Meeting {n} {uuid.uuid4().hex[:6]}"
-                    google.gmail.arrive(address, _mail(address, subject))
-                    history = google.gmail.mailbox(address).history_id
-                    began = time.perf_counter()
-                    status = google.deliver_push(webhook, address, history, message_id=f"bench-{subject}")
-                    if status != 204:
-                        raise RuntimeError(f"the webhook answered {status}")
-                    stack.wait_for_event(
-                        lambda e, s=subject: e.get("detail", {}).get("subject") == s,  # type: ignore[misc]
-                        timeout=30,
-                    )
-                    arrived = time.perf_counter()
-                    if n:
-                        with lock:
-                            bus.append(on_bus[subject] - began)
-                        tap.append(arrived - began)
-                return Latencies(pushes, bus, tap, worker.invocations - invocations_before)
+                yield GmailStack(stack, emulators, server, tenant, address, account_id)
         finally:
             server.stop()
             emulators.stop()
+
+
+def run(pushes: int = PUSHES) -> Latencies:
+    meter = AwsMeter()
+    on_bus: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def published(service: str, operation: str, params: dict[str, Any], _: Any) -> None:
+        if service != "events" or operation != "PutEvents":
+            return
+        now = time.perf_counter()
+        for entry in params.get("Entries") or []:
+            if entry.get("DetailType") == "MessageSynced":
+                subject = json.loads(entry.get("Detail") or "{}").get("subject")
+                with lock:
+                    on_bus.setdefault(str(subject), now)
+
+    meter.listeners.append(published)
+    with connected_gmail_stack(meter) as env:
+        stack, address = env.stack, env.address
+        layer_services(stack)  # the same composition root the handlers use
+        google = env.emulators.google
+        webhook = f"{env.server.url}/webhooks/gmail"
+        worker = stack.functions["SyncWorkerFunction"]
+        invocations_before = worker.invocations
+        bus: list[float] = []
+        tap: list[float] = []
+        for n in range(pushes + 1):  # the first one warms the functions up: not counted
+            subject = f"Meeting {n} {uuid.uuid4().hex[:6]}"
+            google.gmail.arrive(address, _mail(address, subject))
+            history = google.gmail.mailbox(address).history_id
+            began = time.perf_counter()
+            status = google.deliver_push(webhook, address, history, message_id=f"bench-{subject}")
+            if status != 204:
+                raise RuntimeError(f"the webhook answered {status}")
+            stack.wait_for_event(
+                lambda e, s=subject: e.get("detail", {}).get("subject") == s,  # type: ignore[misc]
+                timeout=30,
+            )
+            arrived = time.perf_counter()
+            if n:
+                with lock:
+                    bus.append(on_bus[subject] - began)
+                tap.append(arrived - began)
+        return Latencies(pushes, bus, tap, worker.invocations - invocations_before)
 
 
 def main() -> None:

@@ -25,8 +25,6 @@ from crmsync.resync import ResyncProgress
 
 logger = Logger()
 app = build_api()
-accounts = services.current().accounts()
-resync = services.current().resync()
 
 AccountId = Annotated[str, Path(description="The account's id.")]
 TAGS = ["accounts"]
@@ -43,7 +41,7 @@ class SyncProgress(BaseModel):
 
 @app.post("/v1/accounts/connect", summary="Start connecting a Google or Microsoft account", tags=TAGS)
 def connect(body: Annotated[ConnectRequest, Body()]) -> ConnectStarted:
-    return accounts.start_connect(current_principal(app), body, public_base_url(app))
+    return services.current().accounts().start_connect(current_principal(app), body, public_base_url(app))
 
 
 @app.post(
@@ -52,51 +50,57 @@ def connect(body: Annotated[ConnectRequest, Body()]) -> ConnectStarted:
     tags=TAGS,
 )
 def confirm_connect(body: Annotated[ConfirmConnect, Body()]) -> Account:
-    return accounts.confirm_connect(current_principal(app), body)
+    return services.current().accounts().confirm_connect(current_principal(app), body)
 
 
 @app.post("/v1/accounts/imap", summary="Connect an IMAP/SMTP account (the login is tried first)", tags=TAGS)
 def connect_imap(body: Annotated[ImapConnectRequest, Body()]) -> Response[Account]:
-    account = accounts.connect_imap(current_principal(app), body)
+    account = services.current().accounts().connect_imap(current_principal(app), body)
     return Response(status_code=201, body=account, content_type="application/json")
 
 
 @app.get("/v1/accounts", summary="Your accounts", tags=TAGS)
 def list_accounts() -> AccountList:
-    return AccountList(accounts=accounts.list(current_principal(app)))
+    return AccountList(accounts=services.current().accounts().list(current_principal(app)))
 
 
 @app.get("/v1/accounts/<account_id>", summary="One of your accounts", tags=TAGS)
 def get_account(account_id: AccountId) -> Account:
-    return accounts.get(current_principal(app), account_id)
+    return services.current().accounts().get(current_principal(app), account_id)
 
 
 @app.patch("/v1/accounts/<account_id>", summary="Change an account's settings", tags=TAGS)
 def patch_account(account_id: AccountId, body: Annotated[AccountSettingsPatch, Body()]) -> Account:
-    return accounts.update_settings(current_principal(app), account_id, body)
+    return services.current().accounts().update_settings(current_principal(app), account_id, body)
 
 
 @app.post("/v1/accounts/<account_id>/default", summary="Make this the default sender", tags=TAGS)
 def make_default(account_id: AccountId) -> Account:
-    return accounts.set_default(current_principal(app), account_id)
+    return services.current().accounts().set_default(current_principal(app), account_id)
 
 
 @app.post(
     "/v1/accounts/<account_id>/replace", summary="Connect another account in this one's place", tags=TAGS
 )
 def replace(account_id: AccountId, body: Annotated[ConnectRequest, Body()]) -> ConnectStarted:
-    return accounts.start_replace(current_principal(app), account_id, body, public_base_url(app))
+    return (
+        services.current()
+        .accounts()
+        .start_replace(current_principal(app), account_id, body, public_base_url(app))
+    )
 
 
 @app.delete("/v1/accounts/<account_id>", summary="Disconnect: stop syncing now, delete the tokens", tags=TAGS)
 def disconnect(account_id: AccountId) -> Account:
-    return accounts.disconnect(current_principal(app), account_id)
+    return services.current().accounts().disconnect(current_principal(app), account_id)
 
 
 @app.get("/v1/accounts/<account_id>/sync", summary="Progress of the account's imports", tags=TAGS)
 def sync_progress(account_id: AccountId) -> SyncProgress:
-    account = accounts.get(current_principal(app), account_id)
-    return SyncProgress(account_id=account.account_id, imports=resync.progress_of(account.account_id))
+    account = services.current().accounts().get(current_principal(app), account_id)
+    return SyncProgress(
+        account_id=account.account_id, imports=services.current().resync().progress_of(account.account_id)
+    )
 
 
 @app.get(
@@ -105,7 +109,7 @@ def sync_progress(account_id: AccountId) -> SyncProgress:
     tags=["admin"],
 )
 def admin_accounts() -> AdminAccounts:
-    return accounts.admin_overview(current_principal(app))
+    return services.current().accounts().admin_overview(current_principal(app))
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True)

@@ -13,7 +13,6 @@ from crmsync.mail.read import ThreadPage, ThreadView
 
 logger = Logger()
 app = build_api()
-mailbox = services.current().mailbox()
 TAGS = ["mail"]
 
 
@@ -25,12 +24,12 @@ def list_threads(
         str | None, Query(max_length=128, description="Only this account's threads")
     ] = None,
 ) -> ThreadPage:
-    return mailbox.threads(current_principal(app), limit, next, account_id)
+    return services.current().mailbox().threads(current_principal(app), limit, next, account_id)
 
 
 @app.get("/v1/threads/<thread_id>", summary="One of your threads with its messages", tags=TAGS)
 def get_thread(thread_id: Annotated[str, Path()]) -> ThreadView:
-    return mailbox.thread(current_principal(app), thread_id)
+    return services.current().mailbox().thread(current_principal(app), thread_id)
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True)

@@ -8,7 +8,6 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from crmsync import services
 
 logger = Logger()
-resync = services.current().resync()
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -18,4 +17,4 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if not isinstance(step, str) or not isinstance(job, dict):
         raise ValueError("a resync step needs {'step': str, 'job': object}")
     logger.append_keys(account_id=job.get("account_id"), step=step)
-    return resync.step(step, job)
+    return services.current().resync().step(step, job)

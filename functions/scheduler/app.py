@@ -9,11 +9,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from crmsync import services
 
 logger = Logger()
-scheduler = services.current().scheduler()
 
 
 @logger.inject_lambda_context(clear_state=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, int]:
-    enqueued = scheduler.run(int(time.time()))
+    enqueued = services.current().scheduler().run(int(time.time()))
     logger.info("scheduled work enqueued", extra={"enqueued": enqueued})
     return {"enqueued": enqueued}

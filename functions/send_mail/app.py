@@ -17,8 +17,6 @@ from crmsync.mail.send import SentMessage, StagedUpload
 
 logger = Logger()
 app = build_api()
-outbox = services.current().outbox()
-actions = services.current().mail_actions()
 TAGS = ["mail"]
 
 
@@ -35,7 +33,7 @@ def send_message(
         Header(alias="Idempotency-Key", description="Retry with the same key: never sent twice"),
     ] = None,
 ) -> Response[SentMessage]:
-    sent = outbox.send(current_principal(app), request, idempotency_key)
+    sent = services.current().outbox().send(current_principal(app), request, idempotency_key)
     return Response(status_code=201, content_type=content_types.APPLICATION_JSON, body=sent)
 
 
@@ -46,7 +44,7 @@ def send_message(
     responses={201: {"description": "Upload the file with the returned form"}},
 )
 def stage_attachment(request: Annotated[StageRequest, Body()]) -> Response[StagedUpload]:
-    staged = outbox.stage(current_principal(app), request)
+    staged = services.current().outbox().stage(current_principal(app), request)
     return Response(status_code=201, content_type=content_types.APPLICATION_JSON, body=staged)
 
 
@@ -54,12 +52,12 @@ def stage_attachment(request: Annotated[StageRequest, Body()]) -> Response[Stage
     "/v1/threads/<thread_id>/archive", summary="Archive a thread (in the mailbox too: MAIL-9)", tags=TAGS
 )
 def archive_thread(thread_id: Annotated[str, Path()]) -> ActionResult:
-    return actions.archive_thread(current_principal(app), thread_id)
+    return services.current().mail_actions().archive_thread(current_principal(app), thread_id)
 
 
 @app.delete("/v1/messages/<message_id>", summary="Delete a message (mailbox: to trash, MAIL-9)", tags=TAGS)
 def delete_message(message_id: Annotated[str, Path()]) -> ActionResult:
-    return actions.delete_message(current_principal(app), message_id)
+    return services.current().mail_actions().delete_message(current_principal(app), message_id)
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True)
