@@ -107,7 +107,7 @@ class Outlook(ContractMailbox):
     def _mine(self) -> set[str]:
         return {s.id for s in self.subs.of(self.address)}
 
-    def _deliveries(self) -> list[Any]:
+    def deliveries(self) -> list[Any]:
         mine = self._mine()
         return [
             d
@@ -138,7 +138,7 @@ class Outlook(ContractMailbox):
         folder, message_id = self._made[change]
         found = self.subscription(folder)
         body = {"value": [notification(self.subs, found, message_id, found.client_state)]}
-        logged = len(self._deliveries())
+        logged = len(self.deliveries())
         status = requests.post(found.notification_url, json=body, timeout=10).status_code
         fate: Literal["delivered", "failed"] = "delivered" if 200 <= status < 300 else "failed"
         self._late.append((logged, Notice(change, body["value"][0]["id"], fate, status)))
@@ -154,7 +154,7 @@ class Outlook(ContractMailbox):
 
     def notices(self) -> list[Notice]:
         found: list[Notice] = []
-        deliveries = self._deliveries()
+        deliveries = self.deliveries()
         for position, delivery in enumerate(deliveries):
             found += [n for at, n in self._late if at == position]
             status = int(delivery.status or 0)
