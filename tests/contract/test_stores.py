@@ -379,6 +379,139 @@ def test_thread_messages_in_date_order_within_the_tenant(mail_store: Any) -> Non
     assert mail_store.thread_messages(box.tenant, _id("thr")) == []
 
 
+def _stored(mail_store: Any, box: Mailbox, count: int, **kwargs: Any) -> list[MessageRecord]:
+    records = []
+    for n in range(count):
+        record = box.record(f"p-{n}", f"<m{n}@mail.test>", provider_thread_id=f"gt-{n}", **kwargs)
+        assert mail_store.record_message(record, box.thread(record), 0) is True
+        records.append(record)
+    return records
+
+
+def test_batched_reads_answer_as_the_single_reads_do(mail_store: Any) -> None:
+    box = Mailbox()
+    records = _stored(mail_store, box, 3)
+    account = box.account.account_id
+    provider_ids = ["p-0", "p-2", "p-missing", "p-0"]  # one not there, one asked twice
+    assert mail_store.find_provider_messages(account, provider_ids) == {
+        "p-0": _ref(records[0]),
+        "p-2": _ref(records[2]),
+    }
+    assert mail_store.find_provider_threads(account, ["gt-1", "gt-missing"]) == {
+        "gt-1": records[1].crm_thread_id
+    }
+    assert mail_store.find_message_ids(box.tenant, box.user, ["<m0@mail.test>", "<none@mail.test>"]) == {
+        "<m0@mail.test>": _ref(records[0])
+    }
+    assert mail_store.find_message_ids(box.tenant, "u2", ["<m0@mail.test>"]) == {}  # per user
+    assert mail_store.find_message_ids(_id("t"), box.user, ["<m0@mail.test>"]) == {}
+    threads = mail_store.get_threads(box.tenant, [records[0].crm_thread_id, "nothing"])
+    assert threads == {records[0].crm_thread_id: mail_store.get_thread(box.tenant, records[0].crm_thread_id)}
+    mail_store.mark_published(records[1])
+    keys = [(box.user, r.crm_message_id) for r in records] + [
+        (box.user, "nothing"),
+        ("u2", records[0].crm_message_id),
+    ]
+    found = mail_store.get_messages(box.tenant, keys)
+    assert found == {
+        (box.user, r.crm_message_id): mail_store.get_message(box.tenant, box.user, r.crm_message_id)
+        for r in records
+    }
+    assert [found[(box.user, r.crm_message_id)].published for r in records] == [False, True, False]
+    for read in (
+        lambda: mail_store.find_provider_messages(account, []),
+        lambda: mail_store.find_provider_threads(account, []),
+        lambda: mail_store.find_message_ids(box.tenant, box.user, []),
+        lambda: mail_store.get_threads(box.tenant, []),
+        lambda: mail_store.get_messages(box.tenant, []),
+    ):
+        assert read() == {}
+
+
+@pytest.mark.rule("MAIL-2")
+def test_batched_message_id_reads_find_entries_from_before_per_user_keys(mail_store: Any) -> None:
+    if isinstance(mail_store, memory.MemoryMailStore):
+        pytest.skip("entries from before per-user keys exist only in DynamoDB")
+    from crmsync.stores.mail import _mid_pk
+
+    box = Mailbox()
+    record = box.record("p-1", "<old@mail.test>")
+    old = {"pk": _mid_pk(box.tenant, "<old@mail.test>"), "sk": "MID", **_ref(record).model_dump()}
+    mail_store._threads.put_item(Item=old)
+    theirs = {**old, "pk": _mid_pk(box.tenant, "<theirs@mail.test>"), "user_id": "u2"}
+    mail_store._threads.put_item(Item=theirs)
+    found = mail_store.find_message_ids(box.tenant, box.user, ["<old@mail.test>", "<theirs@mail.test>"])
+    assert found == {"<old@mail.test>": _ref(record)}
+    assert mail_store.find_message_id(box.tenant, box.user, "<old@mail.test>") == _ref(record)
+    assert mail_store.find_message_id(box.tenant, box.user, "<theirs@mail.test>") is None
+
+
+def test_batched_reads_of_more_than_a_hundred_keys_and_long_ids(mail_store: Any) -> None:
+    box = Mailbox()
+    long_pid, long_mid = "p" * 3000, "<" + "x" * 3000 + "@mail.test>"
+    record = box.record(long_pid, long_mid, provider_thread_id="t" * 3000)
+    assert mail_store.record_message(record, box.thread(record), 0) is True
+    records = _stored(mail_store, box, 120)  # past BatchGetItem's 100 keys per call
+    account = box.account.account_id
+    found = mail_store.find_provider_messages(account, [long_pid, *(f"p-{n}" for n in range(120))])
+    assert found == {long_pid: _ref(record), **{f"p-{n}": _ref(r) for n, r in enumerate(records)}}
+    mids = [long_mid, *(f"<m{n}@mail.test>" for n in range(120))]
+    assert mail_store.find_message_ids(box.tenant, box.user, mids) == dict(
+        zip(mids, [_ref(record), *map(_ref, records)], strict=True)
+    )
+    assert mail_store.find_provider_threads(account, ["t" * 3000]) == {"t" * 3000: record.crm_thread_id}
+    threads = mail_store.get_threads(box.tenant, [r.crm_thread_id for r in records])
+    assert sorted(threads) == sorted(r.crm_thread_id for r in records)
+    messages = mail_store.get_messages(box.tenant, [(box.user, r.crm_message_id) for r in records])
+    assert len(messages) == 120
+
+
+@pytest.mark.rule("MAIL-7")
+@pytest.mark.rule("MAIL-10")
+def test_marks_in_batches(mail_store: Any) -> None:
+    box = Mailbox()
+    records = _stored(mail_store, box, 130)  # past TransactWriteItems' 100 actions per call
+    mail_store.mark_published(*records, records[0])  # the same message twice is marked once
+    found = mail_store.get_messages(box.tenant, [(box.user, r.crm_message_id) for r in records])
+    assert all(m.published and not m.removed_in_mailbox for m in found.values()) and len(found) == 130
+    marked = mail_store.mark_removed(records[0], True, *records[1:])
+    assert marked.removed_in_mailbox is True and marked.crm_message_id == records[0].crm_message_id
+    found = mail_store.get_messages(box.tenant, [(box.user, r.crm_message_id) for r in records])
+    assert all(m.published and m.removed_in_mailbox for m in found.values())
+    mail_store.mark_removed(records[5], False, records[6])
+    assert [
+        mail_store.get_message(box.tenant, box.user, r.crm_message_id).removed_in_mailbox
+        for r in records[4:8]
+    ] == [True, False, False, True]
+    mail_store.mark_published()  # nothing to mark: nothing asked
+
+
+def test_a_batch_of_marks_naming_a_message_that_is_not_there_fails_whole(mail_store: Any) -> None:
+    box = Mailbox()
+    records = _stored(mail_store, box, 3)
+    missing = box.record("p-9", "<nine@mail.test>")
+    with pytest.raises((ClientError, memory.ConditionFailed)):
+        mail_store.mark_published(records[0], missing, records[1])
+    with pytest.raises((ClientError, memory.ConditionFailed)):
+        mail_store.mark_removed(records[2], True, missing)
+    found = mail_store.get_messages(box.tenant, [(box.user, r.crm_message_id) for r in records])
+    assert not any(m.published or m.removed_in_mailbox for m in found.values())  # all or nothing
+    assert mail_store.get_message(box.tenant, box.user, missing.crm_message_id) is None
+
+
+def test_skips_are_told_in_batches(mail_store: Any) -> None:
+    box = Mailbox()
+    account = box.account.account_id
+    ids = [f"p-{n}" for n in range(130)] + ["q" * 3000]
+    assert all(mail_store.record_skip(account, i, "blocked: x") for i in ids)
+    mail_store.mark_skip_told(account, *ids[:-1], ids[0])
+    assert not any(mail_store.record_skip(account, i, "blocked: x") for i in ids[:-1])
+    assert mail_store.record_skip(account, ids[-1], "blocked: x") is True  # not among those told
+    mail_store.mark_skip_told(account, ids[-1])
+    assert mail_store.record_skip(account, ids[-1], "blocked: x") is False
+    mail_store.mark_skip_told(account)  # nothing to tell
+
+
 # ---------------------------------------------------------------- cursors
 
 

@@ -324,7 +324,8 @@ class MailSync:
         (each new message parsed once) the Message-ID index for the ids, In-Reply-To and
         References, and the provider-thread map; then the threads and the messages found, and
         the directory's answers for the participants. Parse failures are the message's own."""
-        batch.read_provider_messages([m.provider_message_id for m in messages])
+        provider_ids = [m.provider_message_id for m in messages]
+        batch.read_provider_messages(provider_ids)
         reads: dict[int, ReadMessage | Exception] = {}
         for index, message in enumerate(messages):
             if batch.provider_messages.get(message.provider_message_id) is None:
@@ -334,16 +335,16 @@ class MailSync:
                     reads[index] = error
         parsed = [r.parsed for r in reads.values() if isinstance(r, ReadMessage)]
         new = [messages[i] for i, r in reads.items() if isinstance(r, ReadMessage)]
-        batch.read_message_ids(
-            [i for p in parsed for i in [p.message_id, p.in_reply_to, *p.references] if i is not None]
-        )
-        batch.read_provider_threads([m.provider_thread_id for m in new if m.provider_thread_id])
-        thread_ids = [t for t in batch.provider_threads.values() if t is not None]
-        thread_ids += [ref.crm_thread_id for ref in batch.message_ids.values() if ref is not None]
-        batch.read_threads(thread_ids)
-        known = [ref for ref in batch.provider_messages.values() if ref is not None]
-        same = [batch.message_ids.get(p.message_id) for p in parsed if p.message_id]
-        batch.read_records([*known, *(ref for ref in same if ref is not None)])
+        message_ids = [i for p in parsed for i in [p.message_id, p.in_reply_to, *p.references] if i]
+        provider_threads = [m.provider_thread_id for m in new if m.provider_thread_id]
+        batch.read_message_ids(message_ids)
+        batch.read_provider_threads(provider_threads)
+        mapped = [batch.message_ids[i] for i in message_ids]
+        threads = [batch.provider_threads[t] for t in provider_threads]
+        batch.read_threads([*(t for t in threads if t), *(ref.crm_thread_id for ref in mapped if ref)])
+        same = [batch.message_ids[p.message_id] for p in parsed if p.message_id]  # MAIL-2: a copy
+        known = [batch.provider_messages[i] for i in provider_ids]
+        batch.read_records([ref for ref in [*known, *same] if ref is not None])
         addresses = [
             a
             for p in parsed
