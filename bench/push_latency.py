@@ -188,6 +188,7 @@ def main() -> None:
         " message each (local stack over HTTP: webhook -> FIFO queue -> worker -> EventBridge)"
     )
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log per request
+    logging.getLogger("crmsync").setLevel(logging.WARNING)  # the handlers' JSON info logs
     with contextlib.redirect_stdout(io.StringIO()):  # the handlers' JSON logs
         result = run(pushes)
     print(f"{'to':26} {'p50 s':>7} {'p99 s':>7} {'max s':>7} {'mean s':>7}")
