@@ -171,9 +171,7 @@ class Bench:
         self.tokens: dict[str, str] = {}
         graph = GraphMailbox(lambda account_id: self.tokens[account_id], base, ca)
         self.hooks = GraphMailHooks(graph, self.cursors)
-        self.source = GraphDeltaSource(
-            graph, lambda a, ids: {i for i in ids if services.mail_sync().settled(a, i)}
-        )
+        self.source = GraphDeltaSource(graph, services.mail_sync().settled_many)  # as the bundle wires it
         self._account = Account
         self._settings = AccountSettings
         self._token_set = TokenSet

@@ -68,11 +68,18 @@ class Services:
     """The layer's services for one deployment's settings (from the environment by default)."""
 
     def __init__(self, settings: Settings | None = None) -> None:
-        from crmsync.settings import Settings
-
-        self.settings: Settings = settings if settings is not None else Settings()  # from the environment
+        self._settings = settings
         self._built: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.RLock()
+
+    @property
+    def settings(self) -> Settings:
+        """Read from the environment when first needed (a function that needs none reads none)."""
+        if self._settings is None:
+            from crmsync.settings import Settings
+
+            self._settings = Settings()
+        return self._settings
 
     def with_settings(self, **changes: Any) -> Services:
         """Services over the same resources with some settings changed (a test's Pub/Sub topic)."""

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from crmsync.accounts.failures import InvalidGrant
 from crmsync.accounts.models import Account, Status, TokenSet
-from crmsync.accounts.oauth import InvalidGrant, OAuthClient
 from crmsync.accounts.service import (
     AccountStore,
     ConcurrentSecretUpdate,
@@ -24,6 +25,9 @@ from crmsync.accounts.service import (
 from crmsync.crypto import SecretBox
 from crmsync.errors import Paused
 from crmsync.events import EventPublisher
+
+if TYPE_CHECKING:
+    from crmsync.accounts.oauth import OAuthClient
 
 REFRESH_MARGIN_S = 300
 

@@ -28,6 +28,8 @@ from typing import Protocol
 
 from aws_lambda_powertools import Logger
 
+from crmsync.accounts.failures import LoginRefused as LoginRefused
+from crmsync.accounts.failures import ServerUnreachable as ServerUnreachable
 from crmsync.accounts.models import ImapServer
 
 logger = Logger(child=True)
@@ -36,14 +38,6 @@ _TIMEOUT = 15.0
 
 # host, port -> the addresses the name resolves to (a seam: tests pass a resolver that rebinds)
 Resolver = Callable[[str, int], list[str]]
-
-
-class LoginRefused(Exception):
-    """The server answered, and said no to these credentials."""
-
-
-class ServerUnreachable(Exception):
-    """No TLS conversation with the server could be had."""
 
 
 class MailLoginVerifier(Protocol):

@@ -15,6 +15,8 @@ from urllib.parse import urlencode
 
 import requests
 
+from crmsync.accounts.failures import InvalidGrant as InvalidGrant
+from crmsync.accounts.failures import ProviderRefused as ProviderRefused
 from crmsync.accounts.models import Purpose, TokenSet
 from crmsync.errors import TransientError
 
@@ -36,19 +38,6 @@ MICROSOFT_SCOPES = {
 def scopes_for(table: dict[str, list[str]], purpose: Purpose) -> list[str]:
     parts = ["mail", "calendar"] if purpose == "both" else [purpose]
     return [scope for part in parts for scope in table[part]]
-
-
-class ProviderRefused(Exception):
-    """The provider or the user said no; `reason` is a short code, `message` is readable."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.message = message
-
-
-class InvalidGrant(Exception):
-    """The provider no longer accepts the stored grant (revoked, expired, password changed)."""
 
 
 class OAuthClient(Protocol):

@@ -8,13 +8,13 @@ import secrets
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from urllib.parse import urlencode
 
 from aws_lambda_powertools import Logger
 from pydantic import BaseModel
 
-from crmsync.accounts.imap import LoginRefused, MailLoginVerifier, ServerUnreachable
+from crmsync.accounts.failures import LoginRefused, ProviderRefused, ServerUnreachable
 from crmsync.accounts.models import (
     Account,
     AccountSettings,
@@ -31,7 +31,6 @@ from crmsync.accounts.models import (
     Status,
     TokenSet,
 )
-from crmsync.accounts.oauth import OAuthClient, ProviderRefused
 from crmsync.accounts.state import StateError, StateSigner
 from crmsync.auth import Principal
 from crmsync.crypto import SecretBox
@@ -51,6 +50,10 @@ from crmsync.ids import is_address, normalize_address
 from crmsync.jobs import Job
 from crmsync.jobtypes import JobType
 from crmsync.schedule import JobQueue
+
+if TYPE_CHECKING:
+    from crmsync.accounts.imap import MailLoginVerifier
+    from crmsync.accounts.oauth import OAuthClient
 
 logger = Logger()
 

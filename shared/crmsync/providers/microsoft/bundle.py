@@ -31,10 +31,7 @@ class MicrosoftMail(MailBundle):
     def source(self) -> GraphDeltaSource:
         from crmsync.providers.microsoft.mail import GraphDeltaSource
 
-        engine = self.wiring.engine()
-        return GraphDeltaSource(
-            self.mailbox, lambda account, ids: {i for i in ids if engine.settled(account, i)}
-        )
+        return GraphDeltaSource(self.mailbox, self.wiring.engine().settled_many)
 
     @cached_property
     def pages(self) -> GraphImport:
