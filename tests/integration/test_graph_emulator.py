@@ -801,3 +801,67 @@ def test_a_subscription_on_a_user_folder_gets_its_changes_only(emulators: Emulat
             subs.expire(found.id)
         for webhook in hooks.values():
             webhook.close()
+
+
+SIZE = "singleValueExtendedProperties($filter=id eq 'Long 0x0E08')"
+
+
+def test_expand_gives_each_message_its_size_on_delta_list_and_get(box: Box) -> None:
+    """`$expand=singleValueExtendedProperties($filter=id eq 'Long 0x0E08')` (PidTagMessageSizeExtended)
+    answers the size of each message as Graph does: the id with its tag normalised, the value a
+    string; the delta's next and delta links (and a 410's Location) keep the expansion; an unknown
+    navigation property is refused with a 400."""
+    graph = box.graph
+    small = graph.arrive(box.address, _mail("a@client.test", box.address, "small").as_bytes())
+    big = _mail("a@client.test", box.address, "big")
+    big.add_attachment(b"x" * 50_000, maintype="application", subtype="octet-stream", filename="x.bin")
+    large = graph.arrive(box.address, big.as_bytes())
+
+    def size(message: Any) -> list[dict[str, str]]:
+        return [{"id": "Long 0xe08", "value": str(len(graph.raw_of(box.address, message.immutable_id)))}]
+
+    headers = {**IMMUTABLE, "Prefer": 'IdType="ImmutableId", odata.maxpagesize=1'}
+    items, delta_link, pages = _delta_round(
+        box, f"/me/mailFolders/inbox/messages/delta?$select=id,conversationId&$expand={SIZE}", headers
+    )
+    assert pages == 2  # the nextLink carried the expansion
+    by_id = {i["id"]: i for i in items}
+    assert by_id[small.immutable_id]["singleValueExtendedProperties"] == size(small)
+    assert by_id[large.immutable_id]["singleValueExtendedProperties"] == size(large)
+    assert int(size(large)[0]["value"]) > 50_000 > int(size(small)[0]["value"])
+    newcomer = graph.arrive(box.address, _mail("b@client.test", box.address, "new").as_bytes())
+    changes, _, _ = _delta_round(box, delta_link, IMMUTABLE)  # so did the deltaLink
+    assert [(c["id"], c["singleValueExtendedProperties"]) for c in changes] == [
+        (newcomer.immutable_id, size(newcomer))
+    ]
+
+    listed = box.call("GET", f"/me/mailFolders/inbox/messages?$select=subject&$expand={SIZE}", IMMUTABLE)
+    assert listed.status_code == 200, listed.text
+    assert {m["id"]: m["singleValueExtendedProperties"] for m in listed.json()["value"]} == {
+        m.immutable_id: size(m) for m in (small, large, newcomer)
+    }
+    both = "singleValueExtendedProperties($filter=id eq 'Integer 0x0E08' or id eq 'String 0x0037')"
+    got = box.call("GET", f"/me/messages/{small.immutable_id}?$expand={both}", IMMUTABLE).json()
+    # PidTagMessageSize (PT_LONG) too; a property the message does not have is left out
+    assert got["singleValueExtendedProperties"] == [{"id": "Integer 0xe08", "value": size(small)[0]["value"]}]
+    plain = box.call("GET", f"/me/messages/{small.immutable_id}", IMMUTABLE).json()
+    assert "singleValueExtendedProperties" not in plain
+    none = box.call("GET", f"/me/messages/{small.immutable_id}?$expand={both.replace('0x0E08', '0x1234')}")
+    assert none.status_code == 200 and "singleValueExtendedProperties" not in none.json()
+
+    for path in (
+        "/me/mailFolders/inbox/messages/delta?$expand=sizes",
+        "/me/mailFolders/inbox/messages?$expand=sizes",
+        f"/me/messages/{small.immutable_id}?$expand=sizes",
+        f"/me/messages/{small.immutable_id}?$expand=singleValueExtendedProperties($filter=value eq '1')",
+    ):
+        refused = box.call("GET", path)
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "BadRequest", path
+
+    graph.expire_delta(box.address, "inbox", how="410")
+    gone = box.call("GET", delta_link)
+    assert gone.status_code == 410
+    again, _, _ = _delta_round(box, gone.headers["Location"], IMMUTABLE)  # the Location keeps it too
+    assert {i["id"]: i["singleValueExtendedProperties"] for i in again} == {
+        m.immutable_id: size(m) for m in (small, large, newcomer)
+    }

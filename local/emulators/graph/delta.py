@@ -16,7 +16,13 @@ from typing import Any
 from werkzeug.wrappers import Request, Response
 
 from local.emulators.graph.model import Change, Cursor, Mailbox, Message, iso, parse_iso
-from local.emulators.graph.odata import DEFAULT_PAGE_SIZE, max_page_size, select_of, wants_immutable
+from local.emulators.graph.odata import (
+    DEFAULT_PAGE_SIZE,
+    expand_of,
+    max_page_size,
+    select_of,
+    wants_immutable,
+)
 from local.emulators.graph.resources import message_resource
 from local.emulators.graph.responses import graph_error, json_response, not_found
 from local.emulators.graph.store import MailStore
@@ -48,6 +54,9 @@ class Delta(MailStore):
                 return self._delta_changes(request, box, cursor, immutable, folder_id)
             # the first round: what the folder holds now
             select = select_of(request)
+            expand = expand_of(request)  # kept in the tokens, like $select: later links carry it
+            if isinstance(expand, Response):
+                return expand
             received_after = None
             if args.get("$filter"):
                 found = re.fullmatch(
@@ -73,7 +82,9 @@ class Delta(MailStore):
                 key=lambda m: m.received,
                 reverse=True,
             )
-            cursor = Cursor(box.address, key, "skip", select, received_after, change_type, page_size)
+            cursor = Cursor(
+                box.address, key, "skip", select, received_after, change_type, page_size, expand=expand
+            )
             cursor.pending = (
                 []
                 if change_type in ("updated", "deleted")
@@ -122,6 +133,7 @@ class Delta(MailStore):
             max_page_size(request) or cursor.page_size,
             pending=pending,
             end_seq=box.seq,
+            expand=cursor.expand,
         )
         return self._delta_page(request, box, follow, immutable, folder_id)
 
@@ -143,7 +155,7 @@ class Delta(MailStore):
             value.append(
                 {
                     "@odata.type": "#microsoft.graph.message",
-                    **message_resource(box, message, immutable, cursor.select),
+                    **message_resource(box, message, immutable, cursor.select, cursor.expand),
                 }
             )
         result: dict[str, Any] = {
@@ -167,6 +179,7 @@ class Delta(MailStore):
                 cursor.change_type,
                 cursor.page_size,
                 seq=cursor.end_seq,
+                expand=cursor.expand,
             )
             result["@odata.deltaLink"] = self._url(path, {"$deltatoken": token})
         return json_response(result)
@@ -180,6 +193,13 @@ class Delta(MailStore):
             if cursor.received_after:
                 op, moment = cursor.received_after
                 query["$filter"] = f"receivedDateTime {op} {iso(moment)}"
+            if cursor.expand is not None:
+                ids = " or ".join(f"id eq '{i}'" for i in cursor.expand)
+                query["$expand"] = (
+                    f"singleValueExtendedProperties($filter={ids})"
+                    if ids
+                    else "singleValueExtendedProperties"
+                )
             location = self._url(f"me/mailFolders('{folder_id}')/messages/delta", query)
             return graph_error(
                 cursor.expired_status or 410,

@@ -14,6 +14,7 @@ from local.emulators.graph.attachments import attachment_from
 from local.emulators.graph.mime import generate_mime
 from local.emulators.graph.model import Mailbox, Message, address_of, new_id, recipient
 from local.emulators.graph.odata import (
+    expand_of,
     matches,
     next_query,
     select_and_filter,
@@ -37,6 +38,9 @@ class Messages(MailStore):
         if isinstance(paged, Response):
             return paged
         top, skip = paged
+        expand = expand_of(request)
+        if isinstance(expand, Response):
+            return expand
         immutable = wants_immutable(request)
         with self.lock:
             key = None
@@ -58,7 +62,7 @@ class Messages(MailStore):
             page = found[skip : skip + top]
             result: dict[str, Any] = {
                 "@odata.context": self._url("$metadata#users('me')/messages"),
-                "value": [message_resource(box, m, immutable, select) for m in page],
+                "value": [message_resource(box, m, immutable, select, expand) for m in page],
             }
         if skip + top < len(found):
             query = next_query(request, top, skip)
@@ -69,11 +73,14 @@ class Messages(MailStore):
     # ------------------------------------------------------------------ messages
     def _message_get(self, request: Request, box: Mailbox, message_id: str) -> Response:
         select = select_of(request)
+        expand = expand_of(request)
+        if isinstance(expand, Response):
+            return expand
         with self.lock:
             message = box.find(message_id)
             if message is None:
                 return not_found()
-            return json_response(message_resource(box, message, wants_immutable(request), select))
+            return json_response(message_resource(box, message, wants_immutable(request), select, expand))
 
     def _message_value(self, request: Request, box: Mailbox, message_id: str) -> Response:
         with self.lock:

@@ -161,6 +161,7 @@ class Cursor:
     reasons: dict[str, str] = field(default_factory=dict)  # skip: immutable id -> @removed reason
     expired: str | None = None  # how it answers once expired
     expired_status: int | None = None
+    expand: list[str] | None = None  # the extended properties each message comes with ($expand)
 
 
 @dataclass

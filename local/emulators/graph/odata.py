@@ -1,5 +1,6 @@
-"""The OData query reader: `$select`, `$filter`, `$top`/`$skip`, and the `Prefer` headers
-(`IdType="ImmutableId"`, `odata.maxpagesize`) that shape a Graph answer."""
+"""The OData query reader: `$select`, `$filter`, `$top`/`$skip`, `$expand` (a message's
+single-value extended properties), and the `Prefer` headers (`IdType="ImmutableId"`,
+`odata.maxpagesize`) that shape a Graph answer."""
 
 from __future__ import annotations
 
@@ -17,6 +18,25 @@ MAX_PAGE_PREFER = re.compile(r"odata\.maxpagesize\s*=\s*(\d+)", re.IGNORECASE)
 FILTER_CLAUSE = re.compile(
     r"^\s*(?P<field>\w+)\s+(?P<op>eq|ne|ge|gt|le|lt)\s+(?P<value>'(?:[^']|'')*'|\S+)\s*$", re.IGNORECASE
 )
+
+EXTENDED_ID = re.compile(r"^\s*(?P<type>[A-Za-z]+)\s+0x(?P<tag>[0-9A-Fa-f]{1,4})\s*$")
+EXTENDED_TYPES = {
+    t.lower(): t
+    for t in (
+        "Binary",
+        "Boolean",
+        "Currency",
+        "DateTime",
+        "Double",
+        "Float",
+        "Integer",
+        "Long",
+        "Short",
+        "String",
+    )
+}
+NOT_EMULATED_EXPANSIONS = ("attachments", "extensions", "multivalueextendedproperties", "mentions")
+ID_EQ = re.compile(r"^\s*id\s+eq\s+'(?P<id>(?:[^']|'')*)'\s*$", re.IGNORECASE)
 
 Clause = tuple[str, str, str]  # (field, lowercased; op; value, unquoted)
 
@@ -121,3 +141,79 @@ def matches(message: Message, clauses: list[Clause]) -> bool | Response:
         if equal != (op == "eq"):
             return False
     return True
+
+
+def extended_id(given: str) -> str:
+    """An extended property's id as Graph answers it: the type's canonical casing and the tag in
+    lower-case hex without leading zeros ("Long 0x0E08" is "Long 0xe08"); a named property's id
+    (GUID and name) as it was given."""
+    found = EXTENDED_ID.match(given)
+    if found is None or found.group("type").lower() not in EXTENDED_TYPES:
+        return given.strip()
+    return f"{EXTENDED_TYPES[found.group('type').lower()]} 0x{int(found.group('tag'), 16):x}"
+
+
+def _top_level(text: str, separator: str) -> list[str]:
+    """`text` split on `separator` outside parentheses and quotes."""
+    parts, depth, quoted, start = [], 0, False, 0
+    for n, char in enumerate(text):
+        if char == "'":
+            quoted = not quoted
+        elif not quoted and char == "(":
+            depth += 1
+        elif not quoted and char == ")":
+            depth -= 1
+        elif not quoted and depth == 0 and char == separator:
+            parts.append(text[start:n])
+            start = n + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts]
+
+
+def _expand_refused(name: str) -> Response:
+    return graph_error(
+        400,
+        "BadRequest",
+        f"Parsing OData Select and Expand failed: Could not find a property named '{name}' on type "
+        "'microsoft.graph.message'.",
+    )
+
+
+def expand_of(request: Request) -> list[str] | Response | None:
+    """A message request's `$expand`: the ids of the single-value extended properties asked for
+    (`singleValueExtendedProperties($filter=id eq '…' or id eq '…')`, ids as Graph answers them),
+    None when nothing is expanded, a 400 for anything else (as Graph refuses a navigation property
+    the message type does not have). Expanding without a $filter asks for the properties set on the
+    message by clients, which the emulator keeps none of: []."""
+    text = request.args.get("$expand", "")
+    if not text.strip():
+        return None
+    wanted: list[str] = []
+    for part in _top_level(text, ","):
+        name, _, rest = part.partition("(")
+        name = name.strip()
+        if name.lower() in NOT_EMULATED_EXPANSIONS:  # Graph has them; the sync asks for none
+            return graph_error(400, "BadRequest", f"$expand={name} is not emulated.")
+        if name.lower() != "singlevalueextendedproperties":
+            return _expand_refused(name)
+        if not rest:
+            continue
+        if not rest.endswith(")"):
+            return graph_error(400, "BadRequest", f"Syntax error in $expand: {part!r}.")
+        options = [o for o in _top_level(rest[:-1], ";") if o]
+        for option in options:
+            key, _, value = option.partition("=")
+            if key.strip().lower() != "$filter":
+                return graph_error(
+                    400, "BadRequest", f"The query option {key.strip()!r} is not supported here."
+                )
+            for clause in re.split(
+                r"\s+or\s+(?=(?:[^']*'[^']*')*[^']*$)", value.strip(), flags=re.IGNORECASE
+            ):
+                found = ID_EQ.match(clause)
+                if found is None:
+                    return graph_error(
+                        400, "BadRequest", f"Invalid filter clause on extended properties: {clause!r}"
+                    )
+                wanted.append(extended_id(found.group("id").replace("''", "'")))
+    return wanted
