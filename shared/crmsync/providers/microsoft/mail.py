@@ -11,6 +11,11 @@
   messages not yet in the CRM are fetched as MIME (`$value`) in batches; `@removed` items
   become MAIL-10 removals, except a move into another synced folder. 410 Gone or
   `syncStateNotFound` (any casing) raise CursorExpired: a full resync (SYNC-3).
+- Batches by weight: delta asks for each message's size (PidTagMessageSizeExtended, expanded
+  as a single-value extended property; Graph keeps the `$expand` in its next and delta links),
+  and a delta page's messages are fetched and handed over in batches of at most PAGE_SIZE
+  messages and BATCH_BYTES by those sizes; the rest of the page waits in a `held:` page token,
+  so a worker or an import step holds one batch of MIME at a time.
 - `GraphImport`: resync and back-import through the state machine, folder by folder.
 - `GraphMailHooks`: a new account's first cursor (delta from the connection time on).
 - `GraphActions`: send (draft with our Message-ID, or `createReply` for a reply, attach,
@@ -51,6 +56,13 @@ if TYPE_CHECKING:
 logger = Logger()
 
 PAGE_SIZE = 80  # four full $batch requests of 20 per delta page, one per slot
+# MIME one batch may hold: a worker fetches a batch, hands it over and lets it go, so this and one
+# message over it (Exchange Online takes 35 MB by default, 150 MB at most) bound what it holds.
+BATCH_BYTES = 24 * 1024 * 1024
+_HELD = "held:"  # a page token of ours: the rest of a delta page's messages, still to fetch
+# PidTagMessageSizeExtended (PT_I8, property tag 0x0E08): the message's size in bytes, as a string
+SIZE_PROPERTY = "Long 0x0E08"
+_EXPAND_SIZE = f"singleValueExtendedProperties($filter=id eq '{SIZE_PROPERTY}')"
 SINGLE_POST_MAX = 3 * 1024 * 1024  # an attachment under 3 MB goes in one POST
 UPLOAD_CHUNK = 12 * 320 * 1024  # 3.75 MiB: upload ranges are multiples of 320 KiB
 CLIENT_REUSE_S = 120
@@ -178,6 +190,7 @@ class GraphMailbox:
 
 def _delta_start(where: str, since: datetime | None) -> str:
     path = f"/me/mailFolders/{quote(where, safe='')}/messages/delta?$select={_SELECT}"
+    path += f"&$expand={quote(_EXPAND_SIZE, safe='$()=')}"  # each message's size, in every later link
     if since is not None:
         stamp = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         path += f"&$filter=receivedDateTime+ge+{stamp}"
@@ -192,6 +205,73 @@ def _page(client: GraphClient, url: str) -> dict[str, Any]:
     if response.status_code >= 400:
         raise PermanentError(f"graph answered {response.status_code} to a delta page: {error_code(body)}")
     return dict(body)
+
+
+def _is_size(property_id: Any) -> bool:
+    """Whether an extended property's id names SIZE_PROPERTY: Graph answers "Long 0xe08"."""
+    kind, _, tag = str(property_id).strip().partition(" ")
+    try:
+        return kind.lower() == "long" and int(tag.strip(), 16) == 0x0E08
+    except ValueError:
+        return False
+
+
+def size_of(item: dict[str, Any]) -> int:
+    """A delta item's size in bytes from its expanded SIZE_PROPERTY; 0 when it has none."""
+    for prop in item.get("singleValueExtendedProperties") or []:
+        if isinstance(prop, dict) and _is_size(prop.get("id")):
+            try:
+                return max(0, int(str(prop.get("value"))))
+            except ValueError:
+                return 0
+    return 0
+
+
+def by_weight(
+    items: Sequence[dict[str, Any]], count: int = PAGE_SIZE, budget: int | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The first batch to fetch and the rest: at most `count` items and, past the first one, no
+    more than `budget` (BATCH_BYTES) bytes by their `size` (one over the budget goes alone)."""
+    budget = BATCH_BYTES if budget is None else budget
+    taken: list[dict[str, Any]] = []
+    weight = 0
+    for item in items[:count]:
+        size = int(item.get("size") or 0)
+        if taken and weight + size > budget:
+            break
+        taken.append(item)
+        weight += size
+    return taken, list(items[len(taken) :])
+
+
+def _held_item(item: dict[str, Any]) -> dict[str, Any]:
+    """What a message still to fetch needs: its id, its conversation and its size."""
+    return {"id": item["id"], "conversationId": item.get("conversationId"), "size": size_of(item)}
+
+
+def _hand_over(
+    mailbox: GraphMailbox, client: GraphClient, held: dict[str, Any]
+) -> tuple[list[ProviderMessage], list[dict[str, Any]], str | None]:
+    """One batch by weight of a read delta page (`held`): its messages, the page's items still to
+    fetch, and the page token that goes on (the held rest, else the run's next place or None)."""
+    now, later = by_weight(held["items"])
+    messages = mailbox.fetch(client, now, held["folder"])
+    if later:
+        return messages, now, _HELD + json.dumps({**held, "items": later})
+    following = held["after"]
+    return messages, now, json.dumps(following) if following["todo"] else None
+
+
+def _nothing_left(state: dict[str, Any]) -> dict[str, Any]:
+    """A run with no folder left to read: no messages, and its place (the links) as it is."""
+    return {"folder": "", "items": [], "removed": [], "after": state}
+
+
+def _held(page_token: str | None) -> dict[str, Any] | None:
+    if page_token is None or not page_token.startswith(_HELD):
+        return None
+    found: dict[str, Any] = json.loads(page_token[len(_HELD) :])
+    return found
 
 
 def _removal(item: dict[str, Any]) -> Removal:
@@ -255,28 +335,46 @@ class GraphDeltaSource:
         self._known = known  # MailSync.settled_many: what the CRM holds is not fetched again
 
     def changes(self, account: Account, cursor: str, page_token: str | None) -> ChangePage[ProviderMessage]:
+        """One batch of messages at a time: a delta page (up to PAGE_SIZE items, each with its
+        size) is read once, and its added messages are fetched and handed over in batches of at
+        most PAGE_SIZE messages and BATCH_BYTES (by_weight); the rest waits in a `held:` page
+        token. The page's removals come with its last batch; the cursor each page carries is the
+        run's links after the delta page (it moves once the last page is in, as before)."""
+        client = self._mailbox.client(account)
+        held = _held(page_token) or self._read(client, account, cursor, page_token)
+        messages, _, following = _hand_over(self._mailbox, client, held)
+        last = following is None or not following.startswith(_HELD)
+        return ChangePage(
+            items=messages,
+            removed=[Removal.model_validate(r) for r in held["removed"]] if last else [],
+            next_page=following,
+            cursor=json.dumps(held["after"]["links"], sort_keys=True),
+        )
+
+    def _read(
+        self, client: GraphClient, account: Account, cursor: str, page_token: str | None
+    ) -> dict[str, Any]:
+        """The next delta page of the run, as what its batches need: the folder, the messages
+        not yet in the CRM (id, conversation, size), the removals, and the run's place after it
+        (with no folder left to read: nothing, and the place as it is)."""
         folders = synced_folders(account)
         stored: dict[str, str] = json.loads(cursor) if cursor.startswith("{") else {}
         state = _run_state(page_token, folders, stored)
-        client = self._mailbox.client(account)
         url = _first_readable(client, account, state, account.connected_at)
         if url is None:
-            return ChangePage(items=[], next_page=None, cursor=json.dumps(state["links"], sort_keys=True))
+            return _nothing_left(state)
         folder = state["todo"][0]
         body = _page(client, url)
         items = list(body.get("value", []))
         removed = self._removals(client, [i for i in items if "@removed" in i], folders)
         added = [i for i in items if "@removed" not in i]
-        held = self._known(account, [i["id"] for i in added]) if added else set()
-        wanted = [i for i in added if i["id"] not in held]
-        messages = self._mailbox.fetch(client, wanted, folder)
-        following = _advance(state, body)
-        return ChangePage(
-            items=messages,
-            removed=removed,
-            next_page=json.dumps(following) if following["todo"] else None,
-            cursor=json.dumps(following["links"], sort_keys=True),
-        )
+        known = self._known(account, [i["id"] for i in added]) if added else set()
+        return {
+            "folder": folder,
+            "items": [_held_item(i) for i in added if i["id"] not in known],
+            "removed": [r.model_dump(mode="json") for r in removed],
+            "after": _advance(state, body),
+        }
 
     @staticmethod
     def _removals(
@@ -353,30 +451,32 @@ class GraphImport:
         self._mailbox = mailbox
 
     def page(self, account: Account, job: ResyncJob) -> ChangePage[ProviderMessage]:
+        """One batch by weight per step (by_weight): a delta page is read once, and the messages
+        still to fetch wait in the step's `held:` page token, so a step holds one batch of MIME."""
+        client = self._mailbox.client(account)
+        held = _held(job.page_token) or self._read(client, account, job)
+        messages, now, following = _hand_over(self._mailbox, client, held)
+        done = following is None
+        cursor = (
+            json.dumps(held["after"]["links"], sort_keys=True) if done and job.kind == "mail_resync" else None
+        )
+        return ChangePage(items=messages, next_page=following, cursor=cursor, listed=len(now))
+
+    @staticmethod
+    def _read(client: GraphClient, account: Account, job: ResyncJob) -> dict[str, Any]:
+        """The step's next delta page: the folder, its messages (id, conversation, size) and the
+        run's place after it (with no folder left to read: nothing, and the place as it is)."""
         since = job.since if job.kind == "mail_import" else None
         state = _run_state(job.page_token, synced_folders(account), {})
-        client = self._mailbox.client(account)
         url = _first_readable(client, account, state, since)
         if url is None:
-            cursor = json.dumps(state["links"], sort_keys=True) if job.kind == "mail_resync" else None
-            return ChangePage(items=[], next_page=None, cursor=cursor, listed=0)
-        folder = state["todo"][0]
+            return _nothing_left(state)
         try:
             body = _page(client, url)
         except CursorExpired as error:  # a page link went stale mid-run: this folder starts over
             raise TransientError(str(error)) from error
-        items = [i for i in body.get("value", []) if "@removed" not in i]
-        following = _advance(state, body)
-        done = not following["todo"]
-        cursor = (
-            json.dumps(following["links"], sort_keys=True) if done and job.kind == "mail_resync" else None
-        )
-        return ChangePage(
-            items=self._mailbox.fetch(client, items, folder),
-            next_page=None if done else json.dumps(following),
-            cursor=cursor,
-            listed=len(items),
-        )
+        items = [_held_item(i) for i in body.get("value", []) if "@removed" not in i]
+        return {"folder": state["todo"][0], "items": items, "removed": [], "after": _advance(state, body)}
 
 
 def _recipients(values: list[str]) -> list[dict[str, Any]]:
