@@ -36,7 +36,7 @@ import boto3
 
 from local.cfn import PSEUDO_DEFAULTS, Resolver, load_template
 from local.devissuer import DevIssuer
-from local.moto_patch import moto_transactions_without_table_copies
+from local.moto_patch import moto_event_paths_parsed_once, moto_transactions_without_table_copies
 
 if TYPE_CHECKING:
     from crmsync.services import Services
@@ -191,9 +191,18 @@ class ScheduleSource:
     fired: int = 0
 
 
+_CLIENTS: dict[str, Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
 def _aws(service: str) -> Any:
-    """A moto-backed client; untyped because the stack passes CloudFormation-shaped values through."""
-    return boto3.client(service)  # type: ignore[call-overload]
+    """A moto-backed client, one per service while a stack runs (the pollers ask ten times a
+    second; a client costs milliseconds of CPU to make); untyped because the stack passes
+    CloudFormation-shaped values through."""
+    with _CLIENTS_LOCK:
+        if service not in _CLIENTS:
+            _CLIENTS[service] = boto3.client(service)  # type: ignore[call-overload]
+        return _CLIENTS[service]
 
 
 def _rate_seconds(expression: str) -> float:
@@ -233,6 +242,7 @@ class LocalStack:
         parameters: dict[str, Any] | None = None,
         say: Callable[[str], None] | None = None,
         run_schedules: bool = True,
+        tap_events: bool = True,
     ) -> None:
         self.template_path = template_path
         self.template = load_template(template_path)
@@ -247,6 +257,7 @@ class LocalStack:
         }
         self.say = say or (lambda _: None)
         self.run_schedules = run_schedules
+        self.tap_events = tap_events  # False: no rule copies the bus's events to a local queue
         self.functions: dict[str, FunctionRuntime] = {}
         self.routes: list[Route] = []
         self.sqs_sources: list[SqsSource] = []
@@ -301,6 +312,7 @@ class LocalStack:
         self._mock.start()
         # moto copies every table for each transaction; the stack's tables grow as it runs
         self._patches.enter_context(moto_transactions_without_table_copies())
+        self._patches.enter_context(moto_event_paths_parsed_once())
         self._serialize_dynamodb()
         self._install_lambda_dispatch()
         self.resolver = Resolver(self.template, self.parameters, PSEUDO_DEFAULTS)
@@ -328,6 +340,8 @@ class LocalStack:
         self._patches.close()
         if self._mock is not None:
             self._mock.stop()
+        with _CLIENTS_LOCK:
+            _CLIENTS.clear()
         for key, value in self._saved_env.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -812,7 +826,7 @@ class LocalStack:
     # ------------------------------------------------------------------ events to the CRM
     def _install_events_tap(self) -> None:
         """A rule on every bus sends every event to a local queue, which is printed and listed."""
-        if not self.buses:
+        if not self.buses or not self.tap_events:
             return
         sqs, events = _aws("sqs"), _aws("events")
         self._tap_queue_url = sqs.create_queue(QueueName="crmsync-local-events-tap")["QueueUrl"]

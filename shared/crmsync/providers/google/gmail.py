@@ -130,11 +130,12 @@ def fetch_raw_batched(gmail: Any, api_base: str, message_ids: Sequence[str]) -> 
         answers[request_id] = (response, error)
 
     uri = f"{api_base.rstrip('/')}/{_batch_path()}"
+    messages = gmail.users().messages()  # made once: each resource is built from the discovery document
     for start in range(0, len(message_ids), BATCH_SIZE):
         chunk = range(start, min(start + BATCH_SIZE, len(message_ids)))
         batch = BatchHttpRequest(callback=answered, batch_uri=uri)
         for index in chunk:
-            call = gmail.users().messages().get(userId="me", id=message_ids[index], format="raw")
+            call = messages.get(userId="me", id=message_ids[index], format="raw")
             batch.add(call, request_id=str(index))
         try:
             batch.execute()
@@ -170,15 +171,11 @@ def sizes_of(gmail: Any, api_base: str, message_ids: Sequence[str]) -> dict[str,
             raise error
 
     uri = f"{api_base.rstrip('/')}/{_batch_path()}"
+    messages = gmail.users().messages()
     for start in range(0, len(message_ids), BATCH_SIZE):
         batch = BatchHttpRequest(callback=answered, batch_uri=uri)
         for message_id in message_ids[start : start + BATCH_SIZE]:
-            call = (
-                gmail.users()
-                .messages()
-                .get(userId="me", id=message_id, format="minimal", fields="id,sizeEstimate")
-            )
-            batch.add(call)
+            batch.add(messages.get(userId="me", id=message_id, format="minimal", fields="id,sizeEstimate"))
         try:
             batch.execute()
         except HttpError as error:
