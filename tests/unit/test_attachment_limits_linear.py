@@ -18,7 +18,7 @@ from crmsync.accounts.models import Account, AccountSettings
 from crmsync.auth import Principal
 from crmsync.directory import ContactEntry, Directory
 from crmsync.mail.engine import MailSync
-from crmsync.mail.limits import DEFAULTS, AttachmentLimits
+from crmsync.mail.limits import AttachmentLimits, limits_for
 from crmsync.mail.models import ProviderMessage
 from crmsync.stores import memory
 
@@ -116,7 +116,7 @@ def test_a_microsoft_message_of_many_parts_is_checked_with_one_decode_per_part(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     names = [f"scan-{n}.txt" for n in range(PARTS - 1)] + ["setup.exe"]
-    engine, _ = _engine(DEFAULTS["microsoft"])
+    engine, _ = _engine(limits_for("microsoft"))
     decodes = Decodes(monkeypatch)
     outcome = engine.ingest(
         _account("microsoft"), ProviderMessage(provider_message_id="p-2", raw=_many_parts(names))

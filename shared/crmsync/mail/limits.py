@@ -1,12 +1,10 @@
-"""Attachment limits per provider (ATT-5): one table, overridable by configuration.
+"""Attachment limits per provider (ATT-5), overridable by configuration.
 
-Gmail: 25 MB of attachments in total per message (ATT-2). Microsoft: 3 MB per file and a
-type allowlist (ATT-3), and 35 MB in total per message sent from the CRM: Graph itself takes up
-to 150 MB through upload sessions, but the send function holds the message in memory (the
-staged files and its MIME), so its memory is the real bound. IMAP/SMTP servers set their own
-limits; 25 MB in total is the common default and an operator can change it. The environment
-variable ATTACHMENT_LIMITS holds a JSON object of provider → fields to override, e.g.
-{"imap": {"total_bytes": 10485760}}.
+Each vendor's mail bundle states its provider's limits (`MailBundle.limits`: Gmail's 25 MB in
+total per message, ATT-2; Microsoft's 3 MB per file and type allowlist, ATT-3). A provider with
+no bundle of its own (IMAP/SMTP servers, which set their own limits) gets 25 MB in total, the
+common default. The environment variable ATTACHMENT_LIMITS holds a JSON object of provider →
+fields to override, e.g. {"imap": {"total_bytes": 10485760}}.
 """
 
 from __future__ import annotations
@@ -53,33 +51,23 @@ class AttachmentLimits(BaseModel):
         return min(v for v in (self.per_file_bytes, self.send_max_total) if v is not None)
 
 
-DEFAULTS: dict[str, AttachmentLimits] = {
-    "google": AttachmentLimits(provider_label="Gmail", total_bytes=25 * MB),
-    "microsoft": AttachmentLimits(
-        provider_label="Microsoft 365",
-        per_file_bytes=3 * MB,
-        send_total_bytes=SEND_MAX_BYTES,
-        allowed_types=frozenset(
-            {"jpg", "jpeg", "png", "mp4", "mpeg", "zip", "rar", "pdf", "doc", "docx", "txt"}
-        ),
-        inbound="skip",
-    ),
-    "imap": AttachmentLimits(provider_label="IMAP/SMTP", total_bytes=25 * MB),
-}
+COMMON_TOTAL_BYTES = 25 * MB  # what most mail servers take, for a provider without a bundle
+
+
+def default_limits(provider: str) -> AttachmentLimits:
+    """The provider's limits as its mail bundle states them; a provider without one gets the
+    common default."""
+    from crmsync.providers import registry
+
+    stated = registry.mail_limits(provider)
+    if stated is not None:
+        return stated
+    return AttachmentLimits(provider_label=provider.upper(), total_bytes=COMMON_TOTAL_BYTES)
 
 
 @cache
-def _overrides(raw: str) -> dict[str, AttachmentLimits]:
-    table = dict(DEFAULTS)
-    for provider, fields in (json.loads(raw) if raw else {}).items():
-        base = table.get(provider, AttachmentLimits(provider_label=provider))
-        table[provider] = AttachmentLimits.model_validate({**base.model_dump(), **fields})
-    return table
-
-
 def limits_for(provider: str, overrides: str = "") -> AttachmentLimits:
     """The limits of a provider's accounts; `overrides` is ATTACHMENT_LIMITS' JSON."""
-    table = _overrides(overrides)
-    if provider not in table:
-        raise KeyError(f"no attachment limits for provider {provider!r}")
-    return table[provider]
+    base = default_limits(provider)
+    fields = (json.loads(overrides) if overrides else {}).get(provider)
+    return AttachmentLimits.model_validate({**base.model_dump(), **fields}) if fields else base

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from crmsync.accounts.service import ProviderHooks
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from crmsync.mail.actions import MailboxActions
     from crmsync.mail.engine import MailSync
     from crmsync.mail.jobs import MailSyncJob
+    from crmsync.mail.limits import AttachmentLimits
     from crmsync.mail.models import ProviderMessage
     from crmsync.mail.send import MailSender
     from crmsync.mail.watch import SyncSchedule, Watcher
@@ -56,6 +57,9 @@ class MailBundle(ABC):
     what a resync or back-import lists; both only read, and the sync core hands what they return
     to the engine. `jobs` are job types of the vendor's own (Graph's lifecycle events),
     registered with the worker beside the neutral ones."""
+
+    # the provider's attachment limits (ATT-5), overridable by ATTACHMENT_LIMITS
+    limits: ClassVar[AttachmentLimits]
 
     def __init__(self, wiring: MailWiring) -> None:
         self.wiring = wiring

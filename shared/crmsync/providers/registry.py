@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from crmsync.accounts.oauth import OAuthClient
+    from crmsync.mail.limits import AttachmentLimits
     from crmsync.providers.bundle import MailBundle, MailWiring
     from crmsync.settings import Settings
 
@@ -36,6 +37,15 @@ def mail_bundle(provider: str, wiring: MailWiring) -> MailBundle:
     """The provider's mail bundle; KeyError for a provider with none."""
     bundle: MailBundle = _load(provider, "mail")(wiring)
     return bundle
+
+
+def mail_limits(provider: str) -> AttachmentLimits | None:
+    """What the provider's mail bundle states as its attachment limits (ATT-5); None without one.
+    Read from the bundle's class: nothing is built."""
+    if (provider, "mail") not in BUNDLES:
+        return None
+    limits: AttachmentLimits = _load(provider, "mail").limits
+    return limits
 
 
 def oauth_client(provider: str, config: Mapping[str, str], settings: Settings) -> OAuthClient:

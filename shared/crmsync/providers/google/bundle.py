@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from crmsync.mail.limits import MB, AttachmentLimits
 from crmsync.providers.bundle import MailBundle
 
 if TYPE_CHECKING:
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
 
 
 class GoogleMail(MailBundle):
+    limits = AttachmentLimits(provider_label="Gmail", total_bytes=25 * MB)  # in total per message (ATT-2)
+
     @property
     def _topic(self) -> str | None:
         return self.wiring.settings.gmail_push_topic or None  # None: no push watch is kept

@@ -8,6 +8,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from crmsync.jobtypes import JobType
+from crmsync.mail.limits import MB, SEND_MAX_BYTES, AttachmentLimits
 from crmsync.providers.bundle import MailBundle
 
 if TYPE_CHECKING:
@@ -19,6 +20,19 @@ if TYPE_CHECKING:
 
 
 class MicrosoftMail(MailBundle):
+    # 3 MB per file and a type allowlist (ATT-3), and 35 MB in total per message sent from the
+    # CRM: Graph itself takes up to 150 MB through upload sessions, but the send function holds
+    # the message in memory (the staged files and its MIME), so its memory is the real bound
+    limits = AttachmentLimits(
+        provider_label="Microsoft 365",
+        per_file_bytes=3 * MB,
+        send_total_bytes=SEND_MAX_BYTES,
+        allowed_types=frozenset(
+            {"jpg", "jpeg", "png", "mp4", "mpeg", "zip", "rar", "pdf", "doc", "docx", "txt"}
+        ),
+        inbound="skip",
+    )
+
     @cached_property
     def mailbox(self) -> GraphMailbox:
         from crmsync.providers.microsoft.mail import GraphMailbox
