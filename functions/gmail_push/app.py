@@ -8,7 +8,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from crmsync import services
 from crmsync.api import public_base_url_of
-from crmsync.mail.push import PushRefused, headers_get
+from crmsync.providers.google.push import PushRefused, headers_get
 
 logger = Logger()
 

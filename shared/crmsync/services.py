@@ -22,16 +22,16 @@ if TYPE_CHECKING:
     from crmsync.accounts.service import Accounts, ProviderHooks
     from crmsync.crypto import SecretBox
     from crmsync.directory import Directory
-    from crmsync.jobs import Job, JobRunner
+    from crmsync.jobs import JobRunner
     from crmsync.mail.actions import MailActions
     from crmsync.mail.engine import MailSync
     from crmsync.mail.jobs import MailSyncJob
     from crmsync.mail.models import ProviderMessage
-    from crmsync.mail.push import GmailPush
     from crmsync.mail.read import Mailbox
     from crmsync.mail.send import Outbox
-    from crmsync.mail.watch import MailWatchJob, SyncSchedule, Watcher
+    from crmsync.mail.watch import MailWatchJob, SyncSchedule
     from crmsync.providers.bundle import MailBundle
+    from crmsync.providers.google.push import GmailPush
     from crmsync.providers.microsoft.notify import GraphNotifications
     from crmsync.resync import Resync, ResyncRequests
     from crmsync.schedule import Scheduler
@@ -198,10 +198,6 @@ class Services:
             raise KeyError((provider, purpose))  # the calendar bundles come with the calendar engine
         return self.mail_bundle(provider).hooks
 
-    def gmail_hooks(self) -> ProviderHooks:
-        """What connecting and disconnecting a Gmail mailbox starts and stops."""
-        return self.mail_bundle("google").hooks
-
     # ------------------------------------------------------------------ providers
     @_once
     def mail_bundle(self, provider: str) -> MailBundle:
@@ -215,12 +211,6 @@ class Services:
     def change_sources(self) -> Mapping[str, ChangeSource[ProviderMessage]]:
         """provider → its mail ChangeSource, each built on first use."""
         return self._mail_parts(lambda b: b.source)
-
-    def graph_lifecycle_jobs(self) -> Mapping[str, Callable[[Job, str], None]]:
-        return self.mail_bundle("microsoft").jobs
-
-    def graph_watcher(self) -> Watcher:
-        return self.mail_bundle("microsoft").watcher
 
     # ------------------------------------------------------------------ mail sync
     @_once
@@ -334,7 +324,7 @@ class Services:
     # ------------------------------------------------------------------ webhooks
     @_once
     def gmail_push(self, default_audience: str) -> GmailPush:
-        from crmsync.mail.push import GmailPush, GoogleSigningKeys
+        from crmsync.providers.google.push import GmailPush, GoogleSigningKeys
 
         s = self.settings
         return GmailPush(

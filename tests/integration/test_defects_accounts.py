@@ -104,7 +104,7 @@ def test_disconnecting_a_microsoft_account_with_a_revoked_grant_is_no_reauthoris
     user = api.token(tenant, "u1")
     address = mail_address()
     account_id = connect(api, Browser(emulators), user, "microsoft", address)["account_id"]
-    subscriptions = _services(stack).graph_watcher()._store
+    subscriptions = _services(stack).mail_bundle("microsoft").watcher._store
     assert subscriptions.for_account(account_id)  # Graph subscriptions were made on connect
     emulators.microsoft.state.revoke(address)
     emulators.microsoft.state.expire(address)

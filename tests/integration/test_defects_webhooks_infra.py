@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from crmsync import services
 from crmsync.jobs import Job
-from crmsync.mail import push
 from crmsync.mail.limits import MB, limits_for
+from crmsync.providers.google import push
 from crmsync.providers.microsoft.notify import MAX_ITEMS, MAX_SUBSCRIPTIONS
 from crmsync.schedule import DueItem, Scheduler
 from crmsync.stores.aws import dynamodb

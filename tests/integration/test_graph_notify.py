@@ -53,7 +53,7 @@ def subs(emulators: Emulators) -> Iterator[GraphSubscriptions]:
 def handled(stack: LocalStack) -> Iterator[list[Job]]:
     """The jobs the real worker ran (a pass-through tap on its job runner), in order."""
     runner = stack.services.sync_batch().runner
-    lifecycle = services.current().graph_lifecycle_jobs()  # Graph's own job types, from its bundle
+    lifecycle = services.current().mail_bundle("microsoft").jobs  # Graph's own job types, from its bundle
     real: dict[str, Any] = {
         "mail.sync": services.current().mail_sync_job(),
         "mail.watch": services.current().mail_watch_job(),

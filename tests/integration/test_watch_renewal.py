@@ -43,7 +43,7 @@ def watching(stack: LocalStack) -> Iterator[None]:
     runner = stack.services.sync_batch().runner
 
     def install(topic: str | None) -> None:
-        hooks = services.current().with_settings(gmail_push_topic=topic or "").gmail_hooks()
+        hooks = services.current().with_settings(gmail_push_topic=topic or "").mail_bundle("google").hooks
         for accounts in owners:
             accounts.register_hooks("google", hooks)
         runner.register(
