@@ -270,6 +270,7 @@ class LocalStack:
         self.http_apis: dict[str, dict[str, Any]] = {}
         self.skipped: dict[str, str] = {}
         self._services: Services | None = None  # the stack's composition root, built on start
+        self._services_before: Services | None = None
         self._pending_notifications: list[tuple[FunctionRuntime, dict[str, Any]]] = []
         self.events: deque[dict[str, Any]] = deque(maxlen=1000)
         self._events_changed = threading.Condition()
@@ -378,14 +379,14 @@ class LocalStack:
         layer_secrets.secret_json.cache_clear()
         layer_secrets.secret_text.cache_clear()
         self._services = services.Services()
-        services.bind(self._services)
+        self._services_before = services.bind(self._services)
 
     def _unbind_services(self) -> None:
         from crmsync import services
         from crmsync.stores import aws
 
         if self._services is not None:
-            services.bind(None)
+            services.bind(self._services_before)  # a stack started inside another gives it back
             self._services = None
         aws.reset()
 

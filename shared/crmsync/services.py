@@ -420,8 +420,10 @@ def current() -> Services:
         return _bound
 
 
-def bind(services: Services | None) -> None:
-    """Make `services` this process's (a local stack does on start, and unbinds on stop)."""
+def bind(services: Services | None) -> Services | None:
+    """Make `services` this process's, and return the one it replaces (a local stack binds its
+    own on start and puts the one before back on stop, so that stacks nest)."""
     global _bound
     with _bind_lock:
-        _bound = services
+        previous, _bound = _bound, services
+        return previous
