@@ -1,5 +1,5 @@
 """A back-import of N messages (BENCH_IMPORT_N, 1,000 by default so that `make bench` stays
-within minutes on moto; the brief's 20,000 is `BENCH_IMPORT_N=20000 .venv/bin/python -m bench
+within minutes on moto; issue 10's 20,000 is `BENCH_IMPORT_N=20000 .venv/bin/python -m bench
 back_import`) through the resync state machine's pages, with the Resync function's memory per
 invocation.
 

@@ -1,6 +1,6 @@
 """AccountStore on DynamoDB (table ACCOUNTS_TABLE).
 
-Items (see docs/architecture.md, "Accounts"):
+Items (see docs/architecture/data.md, "Accounts"):
 - account:  pk=T#{tenant}#U#{user}  sk=ACC#{id}
             gsi1pk=ACC#{id}; gsi2pk=T#{tenant}, gsi2sk=U#{user}#ACC#{id}; gsi3pk=ADDR#{provider}#{address}
             version: every write is conditional on the version it read (optimistic locking)

@@ -1,6 +1,6 @@
 """The cursors table (CURSORS_TABLE): sync state per account, and the due index.
 
-Items (see docs/architecture.md, "Cursors"):
+Items (see docs/architecture/data.md, "Cursors"):
 - progress:  pk=ACC#{account}  sk=RESYNC#{kind}
 - due items: any pk/sk, with due_shard=due#{n} and due_at (epoch s) while they are pending
   (a mailbox's watch renewal and catch-up poll: pk=ACC#{account} sk=DUE#watch / DUE#catchup)

@@ -1,6 +1,6 @@
 """DirectoryStore on DynamoDB (table DIRECTORY_TABLE, keys pk/sk).
 
-Items (see docs/architecture.md, "Directory"):
+Items (see docs/architecture/data.md, "Directory"):
 - entry:    pk=T#{tenant}              sk=E#{kind}#{id}
 - address:  pk=T#{tenant}#A#{address}  sk={kind}#{id}     one per address of an entry
 - deal:     pk=T#{tenant}#D#{contact}  sk={deal id}        one per contact of a deal

@@ -1,6 +1,6 @@
 """MailStore on DynamoDB and RawStore on S3.
 
-THREADS_TABLE items (see docs/architecture.md, "Threads"):
+THREADS_TABLE items (see docs/architecture/data.md, "Threads and messages"):
 - provider message map: pk=ACC#{account}            sk=PMSG#{provider message id}
 - provider thread map:  pk=ACC#{account}            sk=PTHR#{provider thread id}
 - skipped message:      pk=ACC#{account}            sk=SKIP#{provider message id}

@@ -1,6 +1,6 @@
 """Microsoft Graph subscriptions of the mailboxes, in the cursors table (CURSORS_TABLE).
 
-Two items per subscription, written together (see docs/architecture.md, "Graph subscriptions
+Two items per subscription, written together (see docs/architecture/providers.md, "Graph subscriptions
 and notifications"):
 - by id:      pk=GRAPHSUB#{subscription id}  sk=SUB                  what a notification is checked against
 - by account: pk=ACC#{account}               sk=GRAPHSUB#{subscription id}  renewal and disconnect
