@@ -429,10 +429,11 @@ def test_batched_reads_answer_as_the_single_reads_do(mail_store: Any) -> None:
 
 
 @pytest.mark.rule("MAIL-2")
-def test_batched_message_id_reads_find_entries_from_before_per_user_keys(mail_store: Any) -> None:
-    if isinstance(mail_store, memory.MemoryMailStore):
-        pytest.skip("entries from before per-user keys exist only in DynamoDB")
-    from crmsync.stores.mail import _mid_pk
+def test_batched_message_id_reads_find_entries_from_before_per_user_keys(stack: LocalStack) -> None:
+    """DynamoDB only: entries from before per-user keys were never written by the in-memory store."""
+    from crmsync.stores.mail import DynamoMailStore, _mid_pk
+
+    mail_store = DynamoMailStore(stack.tables["ThreadsTable"], stack.tables["MessagesTable"])
 
     box = Mailbox()
     record = box.record("p-1", "<old@mail.test>")
@@ -484,6 +485,23 @@ def test_marks_in_batches(mail_store: Any) -> None:
         for r in records[4:8]
     ] == [True, False, False, True]
     mail_store.mark_published()  # nothing to mark: nothing asked
+
+
+@pytest.mark.rule("MAIL-7")
+def test_unpublished_lists_the_accounts_messages_not_marked_published(mail_store: Any) -> None:
+    box = Mailbox()
+    records = _stored(mail_store, box, 5)
+    other = Mailbox()  # another account of another user: never listed here
+    _stored(mail_store, other, 1)
+    mail_store.mark_published(records[0], records[2])
+    found = mail_store.unpublished(box.tenant, box.user, box.account.account_id)
+    assert sorted(r.crm_message_id for r in found) == sorted(
+        r.crm_message_id for r in (records[1], records[3], records[4])
+    )
+    assert all(not r.published for r in found)
+    assert mail_store.unpublished(box.tenant, box.user, "another-account") == []
+    mail_store.mark_published(*records)
+    assert mail_store.unpublished(box.tenant, box.user, box.account.account_id) == []
 
 
 def test_a_batch_of_marks_naming_a_message_that_is_not_there_fails_whole(mail_store: Any) -> None:

@@ -101,6 +101,10 @@ class MailStore(Protocol):
 
     def mark_published(self, *records: MessageRecord) -> None: ...
 
+    def unpublished(self, tenant_id: str, user_id: str, account_id: str) -> list[MessageRecord]:
+        """The account's messages stored but not marked published (a read of the user's messages)."""
+        ...
+
     def mark_removed(self, record: MessageRecord, removed: bool, *more: MessageRecord) -> MessageRecord: ...
 
     def record_skip(self, account_id: str, provider_message_id: str, reason: str) -> bool:
@@ -466,6 +470,18 @@ class MailSync:
             self._publish_if_pending(ref, batch)
         self._flush(batch)
         return set(known)
+
+    def settle(self, account: Account) -> int:
+        """The sync core's Sink port, after a resync or import has listed the whole mailbox: a
+        message of this account stored but never published (a worker died between its
+        transaction and its event) is published now, even if it has left the mailbox since and
+        so was not listed (MAIL-7). How many were published."""
+        batch = _Batch(self._store, account)
+        for record in self._store.unpublished(account.tenant_id, account.user_id, account.account_id):
+            self._publish(record, batch)
+        published = len(batch.publishing)
+        self._flush(batch)
+        return published
 
     def mark_removed(self, account: Account, provider_message_id: str, how: RemovalKind) -> bool:
         """MAIL-10 for one message (`remove_many` of one)."""

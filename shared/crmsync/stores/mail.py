@@ -422,6 +422,23 @@ class DynamoMailStore:
                 return records
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
+    def unpublished(self, tenant_id: str, user_id: str, account_id: str) -> list[MessageRecord]:
+        """The account's messages not marked published: a Query of the user's messages with a
+        filter, paged (read after a resync, which reads the whole mailbox anyway)."""
+        kwargs: dict[str, Any] = {
+            "KeyConditionExpression": Key("pk").eq(f"T#{tenant_id}#U#{user_id}")
+            & Key("sk").begins_with("MSG#"),
+            "FilterExpression": Attr("published").ne(True),
+            "ConsistentRead": True,
+        }
+        records = []
+        while True:
+            page = self._messages.query(**kwargs)
+            records += [r for item in page["Items"] if (r := _message(plain(item))).account_id == account_id]
+            if not page.get("LastEvaluatedKey"):
+                return records
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
     def list_threads(
         self, tenant_id: str, user_id: str, limit: int, after: dict[str, Any] | None, account_id: str | None
     ) -> tuple[list[ThreadRecord], dict[str, Any] | None]:

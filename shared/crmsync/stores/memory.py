@@ -119,6 +119,10 @@ class MemoryMailStore:
             found = [m for m in self._messages.values() if m.thread_id == crm_thread_id]
             return [m.record() for m in sorted(found, key=lambda m: m.order) if m.tenant_id == tenant_id]
 
+    def unpublished(self, tenant_id: str, user_id: str, account_id: str) -> list[MessageRecord]:
+        found = [r for r in self.messages(tenant_id, user_id) if r.account_id == account_id]
+        return [r for r in found if not r.published]
+
     def messages(self, tenant_id: str, user_id: str) -> list[MessageRecord]:
         """Every message of a user (for tests: DynamoDB has no such read)."""
         with self._lock:

@@ -78,6 +78,11 @@ class Sink[T](Protocol):
 
     def remove_many(self, account: Account, removals: Sequence[Removal]) -> int: ...
 
+    def settle(self, account: Account) -> int:
+        """After a full listing (a resync's or import's last page): whatever the engine stored
+        but never told the CRM of is told now, listed or not. How many items."""
+        ...
+
 
 class CursorStore(Protocol):
     def get(self, account_id: str, name: str) -> str | None: ...
@@ -200,5 +205,7 @@ class ImportPages[T]:
             return Page(items=0)
         page = source.page(account, job)
         apply_page(account, page, self._sink, SyncResult(status="synced"))
+        if page.next_page is None:  # the whole mailbox was listed: nothing stored stays untold
+            self._sink.settle(account)
         listed = page.listed if page.listed is not None else len(page.items)
         return Page(items=listed, next_token=page.next_page, cursor=page.cursor)
