@@ -26,21 +26,21 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol, cast
+from typing import cast
 
 from crmsync.accounts.models import Account
 from crmsync.directory import Blocklist, Directory, LookupResult
 from crmsync.errors import TransientError
 from crmsync.events import (
-    CrmEvent,
     EventPublisher,
     MessageRemovedInMailbox,
     MessageSkipped,
     MessageSynced,
 )
 from crmsync.ids import is_address
+from crmsync.mail.batch import Batch, MailStore, RawStore, Removal, message_key, ref_of
 from crmsync.mail.inbound import limit
 from crmsync.mail.limits import AttachmentLimits, limits_for
 from crmsync.mail.mime import Malformed, ParsedMessage, ReadMessage, parse, read
@@ -61,82 +61,6 @@ _IDS = uuid.UUID("3b8c4f0e-6a53-4a4e-9a43-2f1b7c9d5e11")
 def stable_id(*parts: str) -> str:
     """The same inputs give the same id: a retried ingest creates nothing new."""
     return str(uuid.uuid5(_IDS, "|".join(parts)))
-
-
-class MailStore(Protocol):
-    """Port: thread maps, the Message-ID index, message metadata (stores/mail.py). The
-    `…s` reads are the batched forms of the single ones (BatchGetItem), with their answers."""
-
-    def find_provider_message(self, account_id: str, provider_message_id: str) -> MessageRef | None: ...
-
-    def find_provider_messages(
-        self, account_id: str, provider_message_ids: Sequence[str]
-    ) -> dict[str, MessageRef]: ...
-
-    def find_message_id(self, tenant_id: str, user_id: str, message_id: str) -> MessageRef | None: ...
-
-    def find_message_ids(
-        self, tenant_id: str, user_id: str, message_ids: Sequence[str]
-    ) -> dict[str, MessageRef]: ...
-
-    def find_provider_thread(self, account_id: str, provider_thread_id: str) -> str | None: ...
-
-    def find_provider_threads(
-        self, account_id: str, provider_thread_ids: Sequence[str]
-    ) -> dict[str, str]: ...
-
-    def get_thread(self, tenant_id: str, crm_thread_id: str) -> ThreadRecord | None: ...
-
-    def get_threads(self, tenant_id: str, crm_thread_ids: Sequence[str]) -> dict[str, ThreadRecord]: ...
-
-    def record_message(self, record: MessageRecord, thread: ThreadRecord, previous_version: int) -> bool: ...
-
-    def attach_copy(self, account: Account, message: ProviderMessage, ref: MessageRef) -> None: ...
-
-    def get_message(self, tenant_id: str, user_id: str, crm_message_id: str) -> MessageRecord | None: ...
-
-    def get_messages(
-        self, tenant_id: str, keys: Sequence[tuple[str, str]]
-    ) -> dict[tuple[str, str], MessageRecord]: ...
-
-    def mark_published(self, *records: MessageRecord) -> None: ...
-
-    def unpublished(self, tenant_id: str, user_id: str, account_id: str) -> list[MessageRecord]:
-        """The account's messages stored but not marked published (a read of the user's messages)."""
-        ...
-
-    def mark_removed(self, record: MessageRecord, removed: bool, *more: MessageRecord) -> MessageRecord: ...
-
-    def record_skip(self, account_id: str, provider_message_id: str, reason: str) -> bool:
-        """True unless the CRM was told of this skip already."""
-        ...
-
-    def mark_skip_told(self, account_id: str, *provider_message_ids: str) -> None: ...
-
-    def thread_messages(self, tenant_id: str, crm_thread_id: str) -> list[MessageRecord]: ...
-
-    def set_delivery(
-        self,
-        record: MessageRecord,
-        delivery: str,
-        error: str | None,
-        provider_message_id: str | None = None,
-        provider_thread_id: str | None = None,
-    ) -> MessageRecord: ...
-
-
-class RawStore(Protocol):
-    def put(self, key: str, data: bytes) -> None: ...
-
-
-class Removal(Protocol):
-    """A message that left the mailbox or the synced labels or folders (sync.core.Removal)."""
-
-    @property
-    def item_id(self) -> str: ...
-
-    @property
-    def how(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -166,105 +90,6 @@ def _transient_or_other(error: BaseException) -> str:
 def _unprocessable(error: BaseException) -> str:
     detail = " ".join(str(error).split())[:300]
     return f"unprocessable: {type(error).__name__}" + (f": {detail}" if detail else "")
-
-
-def _key(ref: MessageRef | MessageRecord) -> tuple[str, str]:
-    return (ref.user_id, ref.crm_message_id)
-
-
-@dataclass
-class _Batch:
-    """One batch of one account: what was read for it (None: read, not there), what it wrote
-    (so later messages of the batch see earlier ones), and what it will publish and mark.
-    Anything not read ahead is read when asked for, alone."""
-
-    store: MailStore
-    account: Account
-    provider_messages: dict[str, MessageRef | None] = field(default_factory=dict)
-    provider_threads: dict[str, str | None] = field(default_factory=dict)
-    message_ids: dict[str, MessageRef | None] = field(default_factory=dict)
-    threads: dict[str, ThreadRecord | None] = field(default_factory=dict)
-    records: dict[tuple[str, str], MessageRecord | None] = field(default_factory=dict)
-    lookups: dict[str, LookupResult] = field(default_factory=dict)
-    deal_linking: str | None = None
-    events: list[CrmEvent] = field(default_factory=list)
-    publishing: dict[tuple[str, str], MessageRecord] = field(default_factory=dict)  # event in `events`
-    skipped: dict[str, str] = field(default_factory=dict)  # provider id -> reason, this batch
-    told: list[str] = field(default_factory=list)  # skips whose event is in `events`
-
-    # ---- reads ahead (batched), each overwriting what was there: a re-read after a conflict
-    def read_provider_messages(self, ids: Sequence[str]) -> None:
-        ids = list(dict.fromkeys(ids))
-        if ids:
-            found = self.store.find_provider_messages(self.account.account_id, ids)
-            self.provider_messages.update({i: found.get(i) for i in ids})
-
-    def read_provider_threads(self, ids: Sequence[str]) -> None:
-        ids = list(dict.fromkeys(ids))
-        if ids:
-            found = self.store.find_provider_threads(self.account.account_id, ids)
-            self.provider_threads.update({i: found.get(i) for i in ids})
-
-    def read_message_ids(self, ids: Sequence[str]) -> None:
-        ids = list(dict.fromkeys(ids))
-        if ids:
-            found = self.store.find_message_ids(self.account.tenant_id, self.account.user_id, ids)
-            self.message_ids.update({i: found.get(i) for i in ids})
-
-    def read_threads(self, ids: Sequence[str]) -> None:
-        ids = list(dict.fromkeys(ids))
-        if ids:
-            found = self.store.get_threads(self.account.tenant_id, ids)
-            self.threads.update({i: found.get(i) for i in ids})
-
-    def read_records(self, refs: Sequence[MessageRef]) -> None:
-        keys = list(dict.fromkeys(_key(r) for r in refs))
-        if keys:
-            found = self.store.get_messages(self.account.tenant_id, keys)
-            self.records.update({k: found.get(k) for k in keys})
-
-    # ---- answers
-    def provider_message(self, provider_message_id: str) -> MessageRef | None:
-        if provider_message_id not in self.provider_messages:
-            self.read_provider_messages([provider_message_id])
-        return self.provider_messages[provider_message_id]
-
-    def provider_thread(self, provider_thread_id: str) -> str | None:
-        if provider_thread_id not in self.provider_threads:
-            self.read_provider_threads([provider_thread_id])
-        return self.provider_threads[provider_thread_id]
-
-    def message_id(self, message_id: str) -> MessageRef | None:
-        if message_id not in self.message_ids:
-            self.read_message_ids([message_id])
-        return self.message_ids[message_id]
-
-    def thread(self, crm_thread_id: str) -> ThreadRecord | None:
-        if crm_thread_id not in self.threads:
-            self.read_threads([crm_thread_id])
-        return self.threads[crm_thread_id]
-
-    def record(self, ref: MessageRef) -> MessageRecord | None:
-        if _key(ref) not in self.records:
-            self.read_records([ref])
-        return self.records[_key(ref)]
-
-    # ---- what this batch wrote
-    def stored(self, record: MessageRecord, thread: ThreadRecord) -> None:
-        ref = MailSync._ref(record)
-        if record.provider_message_id:
-            self.provider_messages[record.provider_message_id] = ref
-        if record.provider_thread_id:
-            self.provider_threads[record.provider_thread_id] = record.crm_thread_id
-        if record.message_id:
-            self.message_ids[record.message_id] = ref
-        self.threads[thread.crm_thread_id] = thread
-        self.records[_key(record)] = record
-
-    def attached(self, message: ProviderMessage, ref: MessageRef) -> None:
-        self.provider_messages[message.provider_message_id] = ref
-        if message.provider_thread_id:
-            self.provider_threads[message.provider_thread_id] = ref.crm_thread_id
 
 
 class MailSync:
@@ -306,7 +131,7 @@ class MailSync:
         (throttling, the network, a crash) propagate, and the job is retried."""
         if not messages:
             return []
-        batch = _Batch(self._store, account)
+        batch = Batch(self._store, account)
         try:
             reads = self._read_ahead(account, messages, batch)
         except Exception as error:
@@ -322,7 +147,7 @@ class MailSync:
         return outcomes
 
     def _read_ahead(
-        self, account: Account, messages: Sequence[ProviderMessage], batch: _Batch
+        self, account: Account, messages: Sequence[ProviderMessage], batch: Batch
     ) -> dict[int, ReadMessage | Exception]:
         """Everything the batch's decisions read, in batched reads: the provider-id map; then
         (each new message parsed once) the Message-ID index for the ids, In-Reply-To and
@@ -366,7 +191,7 @@ class MailSync:
         account: Account,
         message: ProviderMessage,
         reading: ReadMessage | Exception | None,
-        batch: _Batch,
+        batch: Batch,
         again: bool = False,
     ) -> IngestOutcome:
         known = batch.provider_message(message.provider_message_id)
@@ -412,7 +237,7 @@ class MailSync:
             return self._skip(account, message, _unprocessable(error), batch)
 
     def _plan(
-        self, account: Account, message: ProviderMessage, reading: ReadMessage, batch: _Batch
+        self, account: Account, message: ProviderMessage, reading: ReadMessage, batch: Batch
     ) -> _NewMessage | MessageRef | str:
         """Reads (from the batch) and decisions only: a new message to store, this user's
         existing copy, or why the message is skipped."""
@@ -462,7 +287,7 @@ class MailSync:
         """Which of these mailbox copies the CRM holds already, so that a source need not fetch
         them again. A copy stored but not yet published (a crash in between) is published now,
         as a redelivered ingest would do (MAIL-7)."""
-        batch = _Batch(self._store, account)
+        batch = Batch(self._store, account)
         batch.read_provider_messages(provider_message_ids)
         known = {i: ref for i in provider_message_ids if (ref := batch.provider_message(i)) is not None}
         batch.read_records(list(known.values()))
@@ -476,7 +301,7 @@ class MailSync:
         message of this account stored but never published (a worker died between its
         transaction and its event) is published now, even if it has left the mailbox since and
         so was not listed (MAIL-7). How many were published."""
-        batch = _Batch(self._store, account)
+        batch = Batch(self._store, account)
         for record in self._store.unpublished(account.tenant_id, account.user_id, account.account_id):
             self._publish(record, batch)
         published = len(batch.publishing)
@@ -492,7 +317,7 @@ class MailSync:
         we sync them. The CRM copies stay, marked; the CRM is told once. Unknown messages (never
         synced) are nothing. Read in batches; the events go out (a message stored but never
         published first), then the marks. How many were news to the CRM."""
-        batch = _Batch(self._store, account)
+        batch = Batch(self._store, account)
         batch.read_provider_messages([r.item_id for r in removals])
         refs = {r.item_id: ref for r in removals if (ref := batch.provider_message(r.item_id)) is not None}
         batch.read_records(list(refs.values()))
@@ -500,7 +325,7 @@ class MailSync:
         for removal in removals:
             ref = refs.get(removal.item_id)
             record = batch.record(ref) if ref else None
-            if ref is None or record is None or record.removed_in_mailbox or _key(record) in removed:
+            if ref is None or record is None or record.removed_in_mailbox or message_key(record) in removed:
                 continue
             if not record.published:  # stored, then a crash before its event: the CRM hears of it first
                 self._publish_if_pending(ref, batch)
@@ -514,7 +339,7 @@ class MailSync:
                     how=cast(RemovalKind, removal.how),
                 )
             )
-            removed[_key(record)] = record
+            removed[message_key(record)] = record
         self._flush(batch)
         if removed:  # after the events: a crash between repeats them
             first, *more = removed.values()
@@ -542,7 +367,7 @@ class MailSync:
             thread = self._store.get_thread(account.tenant_id, parent.crm_thread_id) if parent else None
         raw_key = f"raw/{account.tenant_id}/{account.account_id}/{stable_id('mid', parsed.message_id)}.eml"
         self._raw.put(raw_key, raw)
-        batch = _Batch(self._store, account)
+        batch = Batch(self._store, account)
         lookups = self._lookups(account, parsed, batch)
         record = self._record(account, None, parsed, "outbound", thread, lookups, raw_key, ["SENT"], batch)
         record.delivery = "sending"
@@ -581,7 +406,7 @@ class MailSync:
             provider_message_id=provider_message_id,
             provider_thread_id=provider_thread_id,
         )
-        batch = _Batch(self._store, account)
+        batch = Batch(self._store, account)
         self._publish_if_pending(self._ref(record), batch)
         self._flush(batch)
         return updated
@@ -592,13 +417,11 @@ class MailSync:
 
     @staticmethod
     def _ref(record: MessageRecord) -> MessageRef:
-        return MessageRef(
-            crm_message_id=record.crm_message_id, crm_thread_id=record.crm_thread_id, user_id=record.user_id
-        )
+        return ref_of(record)
 
     # ------------------------------------------------------------------ pieces
     @staticmethod
-    def _thread_of(message: ProviderMessage, parsed: ParsedMessage, batch: _Batch) -> ThreadRecord | None:
+    def _thread_of(message: ProviderMessage, parsed: ParsedMessage, batch: Batch) -> ThreadRecord | None:
         thread_id = None
         if message.provider_thread_id:
             thread_id = batch.provider_thread(message.provider_thread_id)
@@ -627,7 +450,7 @@ class MailSync:
         found = [a for a in [*parsed.participants, *parsed.bcc] if is_address(a) and a != account.address]
         return list(dict.fromkeys(found))
 
-    def _lookups(self, account: Account, parsed: ParsedMessage, batch: _Batch) -> dict[str, LookupResult]:
+    def _lookups(self, account: Account, parsed: ParsedMessage, batch: Batch) -> dict[str, LookupResult]:
         """Who the other participants are (the batch looked them up together, as a rule)."""
         addresses = self._participants(account, parsed)
         missing = [a for a in addresses if a not in batch.lookups]
@@ -662,7 +485,7 @@ class MailSync:
         account: Account,
         lookups: dict[str, LookupResult],
         thread: ThreadRecord | None,
-        batch: _Batch,
+        batch: Batch,
     ) -> tuple[list[str], list[str], str | None]:
         """LINK-1: contacts and leads among the participants. LINK-2: for a user whose deal
         linking is `automatic`, the contacts' open deal, the most recently updated; a thread
@@ -694,7 +517,7 @@ class MailSync:
         lookups: dict[str, LookupResult],
         raw_key: str | None,
         labels: list[str],
-        batch: _Batch,
+        batch: Batch,
     ) -> MessageRecord:
         if parsed.message_id:  # each user who has the message has a copy of their own
             crm_message_id = stable_id(account.tenant_id, account.user_id, "mid", parsed.message_id)
@@ -757,7 +580,7 @@ class MailSync:
             }
         )
 
-    def _store_new(self, plan: _NewMessage, batch: _Batch) -> IngestOutcome:
+    def _store_new(self, plan: _NewMessage, batch: Batch) -> IngestOutcome:
         """The message's writes: the raw MIME, then its transaction (module docstring); its
         event goes out with the batch's."""
         record = plan.record
@@ -776,16 +599,16 @@ class MailSync:
             status="synced", crm_message_id=record.crm_message_id, crm_thread_id=record.crm_thread_id
         )
 
-    def _publish_if_pending(self, ref: MessageRef, batch: _Batch) -> None:
+    def _publish_if_pending(self, ref: MessageRef, batch: Batch) -> None:
         """A stored message whose event did not go out (a crash in between) goes out with the batch."""
-        if _key(ref) in batch.publishing:
+        if message_key(ref) in batch.publishing:
             return  # its event goes out with this batch already
         record = batch.record(ref)
         if record is not None and not record.published:
             self._publish(record, batch)
 
     @staticmethod
-    def _publish(record: MessageRecord, batch: _Batch) -> None:
+    def _publish(record: MessageRecord, batch: Batch) -> None:
         batch.events.append(
             MessageSynced(
                 tenant_id=record.tenant_id,
@@ -806,9 +629,9 @@ class MailSync:
                 attachments_left_out=record.attachments_left_out,
             )
         )
-        batch.publishing[_key(record)] = record
+        batch.publishing[message_key(record)] = record
 
-    def _skip(self, account: Account, message: ProviderMessage, reason: str, batch: _Batch) -> IngestOutcome:
+    def _skip(self, account: Account, message: ProviderMessage, reason: str, batch: Batch) -> IngestOutcome:
         batch.skipped[message.provider_message_id] = reason
         if self._store.record_skip(account.account_id, message.provider_message_id, reason):
             batch.events.append(
@@ -824,7 +647,7 @@ class MailSync:
             batch.told.append(message.provider_message_id)
         return IngestOutcome(status="skipped", reason=reason)
 
-    def _flush(self, batch: _Batch) -> None:
+    def _flush(self, batch: Batch) -> None:
         """The batch's events (10 per PutEvents, the publisher's part), then, only after they
         went out, the published marks and the told skips, in batches: a worker that dies in
         between publishes or tells again on redelivery."""
