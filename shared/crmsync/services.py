@@ -157,7 +157,7 @@ class Services:
     def oauth_client(self, provider: str) -> OAuthClient:
         """The OAuth adapter of a provider, with the client credentials from Secrets Manager; one
         per provider and credentials (new credentials in the secret make a new adapter)."""
-        from crmsync.accounts.oauth import ProviderRefused
+        from crmsync.accounts.failures import ProviderRefused
         from crmsync.stores.secrets import secret_json
 
         config = secret_json(self.settings.oauth_clients_secret_arn).get(provider) or {}

@@ -73,7 +73,7 @@ class GoogleMail(MailBundle):
 
 def oauth_client(config: Mapping[str, str], settings: Settings) -> OAuthClient:
     """Google sign-in (ACC-2) with the operator's client credentials."""
-    from crmsync.accounts.oauth import GoogleOAuth
+    from crmsync.providers.google.oauth import GoogleOAuth
 
     return GoogleOAuth(
         config["client_id"],

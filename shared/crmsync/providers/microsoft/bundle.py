@@ -108,7 +108,7 @@ class MicrosoftMail(MailBundle):
 
 def oauth_client(config: Mapping[str, str], settings: Settings) -> OAuthClient:
     """Microsoft sign-in (ACC-2) with the operator's client credentials (msal)."""
-    from crmsync.accounts.oauth import MicrosoftOAuth
+    from crmsync.providers.microsoft.oauth import MicrosoftOAuth
 
     return MicrosoftOAuth(
         config["client_id"],
