@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from crmsync.mail.filetype import FileRefused, check
 from crmsync.mail.limits import AttachmentLimits
-from crmsync.mail.mime import Attachment, ReadMessage, attachments_of, read
+from crmsync.mail.mime import Attachment, ReadMessage, attachments_of
 
 
 class InboundVerdict(BaseModel):
@@ -23,11 +23,6 @@ class InboundVerdict(BaseModel):
     attachments: list[Attachment] | None = Field(
         default=None, description="The attachments kept, when some were left out (else as parsed)"
     )
-
-
-def apply_limits(raw: bytes, limits: AttachmentLimits) -> InboundVerdict:
-    """The limits on a raw message (parsed here; the engine passes what it read, `limit`)."""
-    return limit(read(raw), raw, limits)
 
 
 def limit(message: ReadMessage, raw: bytes, limits: AttachmentLimits) -> InboundVerdict:

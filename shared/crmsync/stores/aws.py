@@ -30,26 +30,6 @@ def reset() -> None:
     dynamodb.cache_clear()
 
 
-# Error codes that say "try again later": throttling, capacity, the service's own faults.
-_RETRYABLE_CODES = frozenset(
-    {
-        "ProvisionedThroughputExceededException",
-        "RequestLimitExceeded",
-        "ThrottlingException",
-        "Throttling",
-        "ThrottledException",
-        "SlowDown",
-        "TooManyRequestsException",
-        "InternalServerError",
-        "InternalError",
-        "ServiceUnavailable",
-        "ServiceUnavailableException",
-        "TransactionConflictException",
-        "TransactionInProgressException",
-    }
-)
-
-
 def classify_failure(error: BaseException) -> str:
     """What a failure while ingesting one message is: 'refused' (AWS refused what the message
     made us write), 'retry' (AWS or the network failed: the job is retried), or 'other'."""
@@ -62,25 +42,6 @@ def classify_failure(error: BaseException) -> str:
     if isinstance(error, TransientError | ClientError | BotoCoreError):
         return "retry"
     return "other"
-
-
-def is_retryable(error: BaseException) -> bool:
-    """Whether an AWS failure is the service's (throttled, unavailable, a conflict), so the
-    work is retried, rather than the request's (an item or key too large): the engine turns
-    the latter into a recorded skip of the one message (SEC-5)."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    if isinstance(error, BotoCoreError):  # connection, timeout, credentials: never the message's fault
-        return True
-    if isinstance(error, ClientError):
-        response = error.response
-        code = str(response.get("Error", {}).get("Code", ""))
-        if code == "TransactionCanceledException":
-            reasons = [str(r.get("Code", "")) for r in response.get("CancellationReasons") or []]
-            return not any(r == "ValidationError" for r in reasons)
-        status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        return code in _RETRYABLE_CODES or status >= 500
-    return False
 
 
 _REFUSED_INPUT_CODES = frozenset({"ValidationException", "KeyTooLongError", "EntityTooLarge"})
