@@ -320,7 +320,7 @@ def run(sizes: Iterable[int] = SIZES, say: Callable[[str], None] = print) -> tup
 def main() -> None:
     print(
         "incremental Outlook sync through Graph of N new messages"
-        " (emulator over HTTPS on loopback; the sync core's CursorLoop, engine, stores on moto)"
+        " (emulator over HTTPS on loopback; CursorLoop, engine, stores on moto)"
     )
     print("(moto's whole-table copy per transaction is replaced by a per-item backup: linear, same answers)")
     rows, probe = run(sizes_from_env())

@@ -1,5 +1,5 @@
 """The mail sync against a model, at scale: Hypothesis plays random histories of a scripted
-mailbox through the real engine (MailSync) and loop (the sync core's CursorLoop) over the in-memory stores
+mailbox through the real engine (MailSync) and loop (CursorLoop) over the in-memory stores
 (which pass the same contract as the DynamoDB ones, tests/contract/test_stores.py).
 
 A history interleaves arrivals (mail from a contact, the user's replies, the user's own mail,
