@@ -7,6 +7,7 @@ resync's pages. Against the Graph emulator over HTTPS, with the real queue, work
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -173,3 +174,30 @@ def test_a_resync_fetches_its_pages_in_batches_by_weight(
     # the newest first: the heavy ones two and two at a time, then the last one with the small ones
     assert box.batches[before:] == [2, 2, 4]
     assert graph.max_concurrency(address) <= 4
+
+
+@pytest.mark.rule("SYNC-1")
+def test_an_account_whose_delta_links_predate_sizes_gets_them_in_one_batch(
+    stack: LocalStack, emulators: Emulators, api: Api, tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Graph keeps a delta link's query as it was made: an account connected before delta asked
+    for sizes gets none on its pages, so the page's sizes are read in one $batch, and the mail
+    still goes in batches by weight."""
+    monkeypatch.setattr(graph_mail, "BATCH_BYTES", BUDGET)
+    with monkeypatch.context() as before_sizes:  # connected by a version that asked for no sizes
+        start_without = graph_mail._delta_start
+        before_sizes.setattr(
+            graph_mail, "_delta_start", lambda *a: re.sub(r"&\$expand=[^&]*", "", start_without(*a))
+        )
+        address, account_id, _ = _setup(api, emulators, tenant, notifications=False)
+    graph = _graph(emulators)
+    box = graph.mailbox(address)
+    heavy = [f"Plans {n}" for n in range(5)]
+    for subject in heavy:
+        graph.arrive(address, _heavy(address, subject))
+    start = cursor_of(stack, account_id)
+    before = len(box.batches)
+    _sync(stack, tenant, account_id)
+    wait_until(lambda: cursor_of(stack, account_id) != start, timeout=60)
+    wait_until(lambda: _each_once(api, tenant, heavy), timeout=30)
+    assert box.batches[before:] == [5, 2, 2, 1]  # the five sizes, then two, two and one

@@ -246,7 +246,31 @@ def by_weight(
 
 def _held_item(item: dict[str, Any]) -> dict[str, Any]:
     """What a message still to fetch needs: its id, its conversation and its size."""
-    return {"id": item["id"], "conversationId": item.get("conversationId"), "size": size_of(item)}
+    size = int(item["size"]) if "size" in item else size_of(item)
+    return {"id": item["id"], "conversationId": item.get("conversationId"), "size": size}
+
+
+def _sizes(client: GraphClient, message_ids: Sequence[str]) -> dict[str, int]:
+    """Each message's size, read in `$batch` (20 a request, 4 in flight): for the pages of a
+    delta link made before delta asked for sizes (Graph keeps a link's query as it was made, so
+    such an account gets sizes this way until its next resync). One gone meanwhile is left out."""
+    calls = [
+        {
+            "id": str(n),
+            "method": "GET",
+            "url": f"/me/messages/{quote(m, safe='')}?$select=id&$expand={quote(_EXPAND_SIZE, safe='$()=')}",
+            "headers": {"Prefer": IMMUTABLE},
+        }
+        for n, m in enumerate(message_ids)
+    ]
+    answers = client.batch(calls)
+    found: dict[str, int] = {}
+    for n, message_id in enumerate(message_ids):
+        answer = answers.get(str(n)) or {}
+        body = answer.get("body")
+        if int(answer.get("status", 0)) == 200 and isinstance(body, dict):
+            found[message_id] = size_of(body)
+    return found
 
 
 def _hand_over(
@@ -369,9 +393,14 @@ class GraphDeltaSource:
         removed = self._removals(client, [i for i in items if "@removed" in i], folders)
         added = [i for i in items if "@removed" not in i]
         known = self._known(account, [i["id"] for i in added]) if added else set()
+        fresh = [i for i in added if i["id"] not in known]
+        unsized = [i["id"] for i in fresh if "singleValueExtendedProperties" not in i]
+        if len(fresh) > 1 and unsized:  # a delta link from before sizes were asked for
+            sizes = _sizes(client, unsized)
+            fresh = [{**i, "size": sizes[i["id"]]} if i["id"] in sizes else i for i in fresh]
         return {
             "folder": folder,
-            "items": [_held_item(i) for i in added if i["id"] not in known],
+            "items": [_held_item(i) for i in fresh],
             "removed": [r.model_dump(mode="json") for r in removed],
             "after": _advance(state, body),
         }
