@@ -19,7 +19,8 @@ from crmsync.providers import registry
 if TYPE_CHECKING:
     from crmsync.accounts.credentials import Credentials
     from crmsync.accounts.oauth import OAuthClient
-    from crmsync.accounts.service import Accounts, ProviderHooks
+    from crmsync.accounts.ports import ProviderHooks
+    from crmsync.accounts.service import Accounts
     from crmsync.crypto import SecretBox
     from crmsync.directory import Directory
     from crmsync.jobs import JobRunner

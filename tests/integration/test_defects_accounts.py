@@ -15,7 +15,7 @@ import pytest
 
 from crmsync.accounts.credentials import AccountPaused, Credentials
 from crmsync.accounts.models import TokenSet
-from crmsync.accounts.service import secret_context
+from crmsync.accounts.ports import secret_context
 from crmsync.auth import Principal
 from crmsync.errors import TransientError
 from crmsync.jobs import Job

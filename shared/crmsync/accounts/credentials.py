@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from crmsync.accounts.failures import InvalidGrant
 from crmsync.accounts.models import Account, Status, TokenSet
-from crmsync.accounts.service import (
+from crmsync.accounts.ports import (
     AccountStore,
     ConcurrentSecretUpdate,
     secret_context,

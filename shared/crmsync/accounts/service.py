@@ -8,7 +8,7 @@ import secrets
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 from aws_lambda_powertools import Logger
@@ -31,6 +31,16 @@ from crmsync.accounts.models import (
     Status,
     TokenSet,
 )
+from crmsync.accounts.ports import (
+    WRITE_ATTEMPTS,
+    AccountStore,
+    ConcurrentAccountUpdate,
+    ProviderHooks,
+    SettingsHooks,
+    secret_context,
+    status_changed,
+    update_account,
+)
 from crmsync.accounts.state import StateError, StateSigner
 from crmsync.auth import Principal
 from crmsync.crypto import SecretBox
@@ -45,7 +55,7 @@ from crmsync.errors import (
     Unprocessable,
 )
 from crmsync.errors import ProviderRefused as ProviderRefusedError
-from crmsync.events import AccountSettingsChanged, AccountStatusChanged, DefaultAccountChanged, EventPublisher
+from crmsync.events import AccountSettingsChanged, DefaultAccountChanged, EventPublisher
 from crmsync.ids import is_address, normalize_address
 from crmsync.jobs import Job
 from crmsync.jobtypes import JobType
@@ -59,7 +69,6 @@ logger = Logger()
 
 IMPORT_MONTHS = {"1m": 1, "3m": 3, "6m": 6, "12m": 12}
 CONFIRM_TTL_S = 600  # a consent waits this long for the CRM user's confirmation
-_ATTEMPTS = 8  # writes retried after losing a race, before giving up with a 409
 
 # ACC-2, SEC-5: the CRM's return page says why a connect failed in our words, never the
 # provider's (its error_description, or any other text, could be planted in the callback URL)
@@ -77,72 +86,6 @@ PROVIDER_ERRORS = {
 PROVIDER_ERROR = ("provider_error", "the provider did not grant access; try again or ask your administrator")
 
 
-class ConcurrentSecretUpdate(Exception):
-    """Another writer changed the sealed secret first (optimistic locking)."""
-
-
-class ConcurrentAccountUpdate(Exception):
-    """Another writer changed the account (or the user's default) since it was read."""
-
-
-class AccountStore(Protocol):
-    """Port: accounts, their sealed secrets and pending connects (stores/accounts.py)."""
-
-    def list_for_user(self, tenant_id: str, user_id: str) -> list[Account]: ...
-
-    def list_for_tenant(self, tenant_id: str) -> list[Account]: ...
-
-    def get(self, tenant_id: str, user_id: str, account_id: str) -> Account | None: ...
-
-    def get_by_id(self, account_id: str) -> Account | None: ...
-
-    def create(self, account: Account, sealed: Mapping[str, str] | None) -> None: ...
-
-    def save(self, account: Account) -> None:
-        """Only over the version that was read (else ConcurrentAccountUpdate)."""
-        ...
-
-    def delete(self, account: Account) -> None: ...
-
-    def default_marker(self, tenant_id: str, user_id: str) -> int: ...
-
-    def set_default(self, account: Account, previous: Account | None, marker: int) -> None:
-        """Both accounts at the versions read, the user's default marker still `marker`
-        (else ConcurrentAccountUpdate)."""
-        ...
-
-    def get_secret(self, account_id: str) -> tuple[dict[str, str], int] | None: ...
-
-    def put_secret(self, account_id: str, sealed: Mapping[str, str], expected_version: int | None) -> int: ...
-
-    def delete_secret(self, account_id: str) -> None: ...
-
-    def put_pending(self, pending: PendingConnect) -> None: ...
-
-    def take_pending(self, state_id: str) -> PendingConnect | None: ...
-
-    def put_confirmation(self, confirmation: PendingConfirmation) -> None: ...
-
-    def take_confirmation(self, confirmation_id: str) -> PendingConfirmation | None: ...
-
-
-class ProviderHooks(Protocol):
-    """What a provider does when an account starts or stops syncing (watches, subscriptions).
-    The Gmail and Outlook work registers theirs; none is needed for an account to exist."""
-
-    def on_connected(self, account: Account, tokens: TokenSet) -> None: ...
-
-    def on_disconnected(self, account: Account, tokens: TokenSet | None) -> None: ...
-
-
-@runtime_checkable
-class SettingsHooks(Protocol):
-    """Providers whose mailbox-side set-up follows the settings (Outlook's per-folder
-    subscriptions follow the folders chosen for sync, MAIL-8)."""
-
-    def on_settings_changed(self, account: Account, before: AccountSettings) -> None: ...
-
-
 class ConnectOutcome(BaseModel):
     """What the OAuth callback tells the CRM (as query parameters of its return URL)."""
 
@@ -158,10 +101,6 @@ class ConnectOutcome(BaseModel):
         return urlencode({k: v for k, v in self.model_dump().items() if v is not None})
 
 
-def secret_context(account: Account) -> dict[str, str]:
-    return {"tenant_id": account.tenant_id, "account_id": account.account_id}
-
-
 def _confirmation_context(pending: PendingConnect) -> dict[str, str]:
     return {"tenant_id": pending.tenant_id, "connect_id": pending.state_id}
 
@@ -169,24 +108,6 @@ def _confirmation_context(pending: PendingConnect) -> dict[str, str]:
 def confirmation_id(code: str) -> str:
     """What a confirmation is stored under: a hash, so the table never holds the code."""
     return hashlib.sha256(code.encode()).hexdigest()
-
-
-def update_account(
-    store: AccountStore, account: Account, change: Callable[[Account], bool], attempts: int = _ATTEMPTS
-) -> Account | None:
-    """Apply `change` and write, over the version read; after a lost race read the account
-    again and apply `change` to what is there now. `change` returns False when there is
-    nothing (more) to do: then nothing is written and None is returned."""
-    current: Account | None = account
-    for _ in range(attempts):
-        if current is None or not change(current):
-            return None
-        try:
-            store.save(current)
-            return current
-        except ConcurrentAccountUpdate:
-            current = store.get(account.tenant_id, account.user_id, account.account_id)
-    raise Conflict(f"account {account.account_id} kept changing meanwhile; try again")
 
 
 class Accounts:
@@ -488,7 +409,7 @@ class Accounts:
         fails if either account or the user's default changed since they were read (then read
         again and decide again). With `only_if_none`, only when no account that can sync is the
         default. Returns the account and the previous default, or None when nothing changed."""
-        for _ in range(_ATTEMPTS):
+        for _ in range(WRITE_ATTEMPTS):
             marker = self._store.default_marker(account.tenant_id, account.user_id)
             mine = self._store.list_for_user(account.tenant_id, account.user_id)
             current = next((a for a in mine if a.account_id == account.account_id), None)
@@ -741,20 +662,6 @@ class Accounts:
 
     def _publish(self, account: Account, previous: Status | None) -> None:
         self._publisher.publish([status_changed(account, previous)])
-
-
-def status_changed(account: Account, previous: Status | None) -> AccountStatusChanged:
-    """The event for an account now in `account.status`, coming from `previous`."""
-    return AccountStatusChanged(
-        tenant_id=account.tenant_id,
-        user_id=account.user_id,
-        account_id=account.account_id,
-        provider=account.provider,
-        address=account.address,
-        status=account.status,
-        previous_status=previous,
-        reason=account.status_reason,
-    )
 
 
 def _coded(error: ServiceError, code: str) -> ServiceError:

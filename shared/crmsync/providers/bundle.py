@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 if TYPE_CHECKING:
-    from crmsync.accounts.service import ProviderHooks
+    from crmsync.accounts.ports import ProviderHooks
     from crmsync.jobs import Job
     from crmsync.mail.actions import MailboxActions
     from crmsync.mail.engine import MailSync

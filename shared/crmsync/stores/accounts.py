@@ -20,7 +20,7 @@ from boto3.dynamodb.conditions import Key
 from botocore.exceptions import ClientError
 
 from crmsync.accounts.models import Account, PendingConfirmation, PendingConnect
-from crmsync.accounts.service import ConcurrentAccountUpdate, ConcurrentSecretUpdate
+from crmsync.accounts.ports import ConcurrentAccountUpdate, ConcurrentSecretUpdate
 from crmsync.stores.aws import dynamodb
 from crmsync.stores.dynamo import is_condition_failure, plain
 
