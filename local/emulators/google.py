@@ -7,7 +7,10 @@ Also a Pub/Sub push subscription on Gmail's watch topic: when `pubsub_endpoint` 
 history change of a watched mailbox is POSTed there, OIDC-signed, from a background thread,
 retried with backoff until acknowledged (2xx). Duplicates, reordering and losses are made on
 demand per mailbox (`push_faults`). `/_emulator/gmail/...` lets another process make mail arrive,
-write in the Gmail client, read a mailbox and set push faults."""
+write in the Gmail client, read a mailbox and set push faults.
+
+Google Calendar (v3, `local/emulators/gcal`) answers beside Gmail under `/calendar/v3/`, with the
+same accounts and tokens; its controls are under `/_emulator/gcal/`."""
 
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from werkzeug.wrappers import Request, Response
 
+from local.emulators.gcal import CalendarEmulator
+from local.emulators.gcal.controls import control as calendar_control
 from local.emulators.gmail import BATCH_PATHS, GmailEmulator
 from local.emulators.oauth import (
     ACCESS_TTL_S,
@@ -68,6 +73,7 @@ class GoogleEmulator:
         self.client = Client(client_id, client_secret or secrets.token_urlsafe(24))
         self.state.clients[client_id] = self.client
         self.gmail = GmailEmulator(self.state.owner_of)
+        self.calendar = CalendarEmulator(self.state.owner_of)  # Google Calendar, beside Gmail
         # Pub/Sub signs push requests with Google's keys, published at oauth2/v3/certs
         self._push_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self._push_kid = secrets.token_hex(20)
@@ -173,7 +179,8 @@ class GoogleEmulator:
             return [dict(p) for p in self.push_log if p["address"] == address.lower()]
 
     def close(self) -> None:
-        """Stops the push thread (pushes not yet sent are lost, as with a deleted subscription)."""
+        """Stops the push threads (pushes not yet sent are lost, as with a deleted subscription)."""
+        self.calendar.close()
         pusher = self._pusher
         if pusher is not None:
             self._outbox.put(None)
@@ -332,6 +339,10 @@ class GoogleEmulator:
             return self.gmail.dispatch_batch(request)
         if request.path.startswith("/_emulator/gmail/"):
             return self._control(request)
+        if request.path.startswith("/calendar/v3/"):
+            return self.calendar.dispatch(request)
+        if request.path.startswith("/_emulator/gcal/"):
+            return calendar_control(self.calendar, request)
         handler: Callable[[Request], Response] | None = routes.get((request.method, request.path))
         if handler is None:
             return _json({"error": {"code": 404, "message": "Not Found", "status": "NOT_FOUND"}}, 404)
