@@ -1,0 +1,72 @@
+"""The calendar engine's ports: where activities, their sync state and conflicts are kept
+(`ActivityStore`, stores/activities.py and its in-memory twin), and what a provider's calendar
+adapter reads and writes (`CalendarWriter`; its reads are the sync core's ChangeSource and
+ImportSource of CalendarEvent). Providers only read and write; the rules are in rules.py."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from crmsync.accounts.models import Account
+from crmsync.calendar.models import Activity, CalendarEvent, Conflict, SyncedFields, SyncState
+
+
+class ActivityStore(Protocol):
+    """Activities as the CRM keeps them current with us, one sync state row per (activity,
+    calendar connection), the provider event → activity map, and the conflicts kept (CAL-14)."""
+
+    def get_activity(self, tenant_id: str, activity_id: str) -> Activity | None: ...
+
+    def put_activity(self, activity: Activity) -> bool:
+        """Stores the activity unless the stored one is as new or newer (by `updated_at`); True
+        if it was written."""
+        ...
+
+    def get_state(self, tenant_id: str, activity_id: str) -> SyncState | None: ...
+
+    def state_of_event(self, account_id: str, provider_event_id: str) -> SyncState | None:
+        """The state row of the activity this provider event is synced with, if any."""
+        ...
+
+    def states_of_events(
+        self, account_id: str, provider_event_ids: Sequence[str]
+    ) -> dict[str, SyncState]: ...
+
+    def put_state(self, account_id: str, state: SyncState, expected: SyncState | None) -> bool:
+        """Writes the row (and its event map) if the stored one is still `expected` (None: none
+        stored); False when another writer came first."""
+        ...
+
+    def count_states(self, account_id: str) -> int:
+        """How many items of this calendar connection are synced (CAL-16's share)."""
+        ...
+
+    def add_conflict(self, tenant_id: str, conflict: Conflict) -> None: ...
+
+    def conflicts(self, tenant_id: str, activity_id: str) -> list[Conflict]: ...
+
+
+class CalendarWriter(Protocol):
+    """A provider's calendar writes (CAL-15, CAL-17): creates under our own id, so a retried
+    create never makes a second event; changes as patches of the differing fields only; never
+    a notification to attendees."""
+
+    def create(
+        self, account: Account, event_id: str, fields: SyncedFields, activity_id: str
+    ) -> CalendarEvent:
+        """Creates the event with `event_id` in the primary calendar; the event already there
+        under that id (a retry) is returned as it is."""
+        ...
+
+    def patch(
+        self, account: Account, provider_event_id: str, fields: SyncedFields, changed: Sequence[str]
+    ) -> CalendarEvent: ...
+
+    def delete(self, account: Account, provider_event_id: str) -> None:
+        """Deletes the event; one gone already is done."""
+        ...
+
+    def find_elsewhere(self, account: Account, ical_uid: str) -> CalendarEvent | None:
+        """The event with this iCalUID in another of the user's calendars (a move, CAL-12)."""
+        ...
