@@ -381,6 +381,32 @@ def test_a_watched_calendar_pushes_sync_then_exists_with_faults_on_demand(
     assert calendar.push.settled() and len(received) == 8  # nothing more was queued
 
 
+@pytest.mark.rule("CAL-18")
+def test_page_sizes_time_windows_and_wall_clock_times(
+    emulators: Emulators, user: tuple[Any, str, str, CalendarEmulator]
+) -> None:
+    service, address, _, calendar = user
+    events = service.events()
+    wall_clock = {
+        "start": {"dateTime": "2026-07-01T09:00:00", "timeZone": "America/New_York"},
+        "end": {"dateTime": "2026-07-01T09:30:00", "timeZone": "America/New_York"},
+    }
+    kept = events.insert(calendarId="primary", body=wall_clock, sendUpdates="none").execute()
+    assert kept["start"] == wall_clock["start"]  # no offset: the time zone says which instant
+    around = {"timeMin": "2026-07-01T12:59:00Z", "timeMax": "2026-07-01T13:01:00Z"}
+    assert [e["id"] for e in events.list(calendarId="primary", **around).execute()["items"]] == [kept["id"]]
+    later = {"timeMin": "2026-07-01T13:30:00Z"}  # it ends at 13:30 UTC: outside
+    assert events.list(calendarId="primary", **later).execute()["items"] == []
+    naive = {"start": {"dateTime": "2026-07-01T09:00:00"}, "end": {"dateTime": "2026-07-01T10:00:00"}}
+    assert _status(events.insert(calendarId="primary", body=naive))[0] == 400
+    for n in range(2600):
+        calendar.create_in_client(address, {"summary": f"bulk {n}", **TIMED})
+    assert len(events.list(calendarId="primary").execute()["items"]) == 250  # the default page
+    biggest = events.list(calendarId="primary", maxResults=5000).execute()
+    assert len(biggest["items"]) == 2500 and "nextPageToken" in biggest  # never more than 2500
+    assert _status(events.list(calendarId="primary", maxResults=0))[0] == 400
+
+
 def test_usage_limits_429_and_backend_errors_on_demand(
     emulators: Emulators, user: tuple[Any, str, str, CalendarEmulator]
 ) -> None:

@@ -30,7 +30,7 @@ from werkzeug.wrappers import Request, Response
 from local.emulators.discovery import DiscoveryValidator, Violation, discovery_document
 from local.emulators.faults import FaultState, Throttle
 from local.emulators.gcal.push import Channel, Pusher
-from local.emulators.gcal.recurrence import Unsupported, expand, format_rfc3339, parse_rfc3339
+from local.emulators.gcal.recurrence import Unsupported, expand, format_rfc3339, instant_of, parse_rfc3339
 
 EVENT_ID = re.compile(r"[a-v0-9]{5,1024}")
 VISIBILITIES = ("default", "public", "private", "confidential")
@@ -257,16 +257,13 @@ class CalendarEmulator:
                     ) from error
             if "dateTime" in value:
                 try:
-                    parse_rfc3339(value["dateTime"])
+                    instant_of(value)
                 except ValueError as error:
                     raise Refused(
                         400, f"Missing time zone definition for {which} time.", "required"
                     ) from error
-        if "date" in start:
-            empty = end["date"] <= start["date"]
-        else:
-            empty = parse_rfc3339(end["dateTime"]) < parse_rfc3339(start["dateTime"])
-        if empty:
+        begins, ends = instant_of(start), instant_of(end)
+        if ends < begins or ("date" in start and ends == begins):  # an all-day event lasts a day at least
             raise Refused(400, "The specified time range is empty.", "timeRangeEmpty")
         if event.get("recurrence") and "dateTime" in start and not start.get("timeZone"):
             raise Refused(400, "Missing time zone definition for start time.", "required")
@@ -410,6 +407,8 @@ class CalendarEmulator:
                 return result
         except Refused as refusal:
             return refusal.response
+        except ValueError as error:  # a time or token the handler could not read
+            return _error(400, f"Bad Request: {error}", "badRequest")
 
     @staticmethod
     def _if_match(request: Request, event: dict[str, Any]) -> None:
@@ -597,16 +596,10 @@ class CalendarEmulator:
             events = expanded
         events = self._window(events, query)
         if query.get("orderBy") == "startTime":
-            events.sort(key=lambda e: self._instant(e["start"]))
+            events.sort(key=lambda e: instant_of(e["start"]))
         elif query.get("orderBy") == "updated":
             events.sort(key=lambda e: e["updated"])
         return self._page(calendar, events, query, high)
-
-    @staticmethod
-    def _instant(when: dict[str, str]) -> datetime:
-        if "date" in when:
-            return datetime.fromisoformat(when["date"]).replace(tzinfo=UTC)
-        return parse_rfc3339(when["dateTime"])
 
     def _window(self, events: list[dict[str, Any]], query: dict[str, str]) -> list[dict[str, Any]]:
         """timeMin/timeMax: events that end after timeMin and start before timeMax."""
@@ -617,8 +610,8 @@ class CalendarEmulator:
             for e in events
             if "start" not in e
             or (
-                (low is None or self._instant(e["end"]) > low)
-                and (high is None or self._instant(e["start"]) < high)
+                (low is None or instant_of(e["end"]) > low)
+                and (high is None or instant_of(e["start"]) < high)
             )
         ]
 
@@ -626,7 +619,9 @@ class CalendarEmulator:
         self, calendar: Calendar, items: list[dict[str, Any]], query: dict[str, str], high: int | None
     ) -> Response:
         """One page; `nextSyncToken` only on the last page of a list (high is its change number)."""
-        size = min(int(query.get("maxResults", DEFAULT_PAGE)), MAX_PAGE)
+        size = min(int(query.get("maxResults", DEFAULT_PAGE)), MAX_PAGE)  # larger asks get the most
+        if size < 1:
+            raise Refused(400, f"Invalid value '{size}' for maxResults.", "invalid")
         offset = int(_decode(query["pageToken"]).get("o", 0)) if "pageToken" in query else 0
         result: dict[str, Any] = {
             "kind": "calendar#events",

@@ -92,8 +92,7 @@ def _act(
         return counts
     if action == "late_push":
         counts = _counts(data, "count")
-        with calendar.lock:
-            calendar.push.late_pushes[address] = calendar.push.late_pushes.get(address, 0) + counts["count"]
+        calendar.push.allow_late_push(address, counts["count"])
         return counts
     if action == "release_held":
         return {"released": calendar.push.release_held(address)}

@@ -72,8 +72,9 @@ class Pusher:
             late = self.late_pushes.get(channel.address, 0) > 0
             if late:
                 self.late_pushes[channel.address] -= 1
+                number = self._number(channel)
         if late:
-            self._enqueue(channel, self._number(channel), "exists")  # sent though stopped
+            self._enqueue(channel, number, "exists")  # sent though stopped
 
     def changed(self, address: str, calendar_id: str, now_ms: int) -> None:
         """A calendar's events changed: every live channel on it is told."""
@@ -96,6 +97,11 @@ class Pusher:
             faults.drop += drop
             faults.duplicate += duplicate
             faults.reorder += reorder
+
+    def allow_late_push(self, address: str, count: int = 1) -> None:
+        """The next `count` channels of the user to be stopped each send one more push after."""
+        with self._lock:
+            self.late_pushes[address] = self.late_pushes.get(address, 0) + count
 
     def release_held(self, address: str) -> int:
         with self._lock:

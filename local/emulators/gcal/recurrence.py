@@ -32,6 +32,19 @@ def parse_rfc3339(value: str) -> datetime:
     return parsed
 
 
+def instant_of(when: dict[str, str]) -> datetime:
+    """The moment an EventDateTime names: a date is its midnight UTC; a dateTime without an
+    offset is wall-clock time in its `timeZone` (ValueError if it has neither)."""
+    if "date" in when:
+        return datetime.combine(date.fromisoformat(when["date"]), time(), tzinfo=UTC)
+    moment = datetime.fromisoformat(when["dateTime"].replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        if not when.get("timeZone"):
+            raise ValueError(f"{when['dateTime']!r} has neither an offset nor a timeZone")
+        moment = moment.replace(tzinfo=ZoneInfo(when["timeZone"]))
+    return moment
+
+
 def format_rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
@@ -116,8 +129,8 @@ def expand(event: dict[str, Any]) -> list[Occurrence]:
             )
         return occurrences
     zone = ZoneInfo(start["timeZone"])
-    first_at = parse_rfc3339(start["dateTime"]).astimezone(zone)
-    duration = parse_rfc3339(end["dateTime"]) - parse_rfc3339(start["dateTime"])
+    first_at = instant_of(start).astimezone(zone)
+    duration = instant_of(end) - instant_of(start)
     result = []
     for local in _local_starts(first_at, parts):
         begins = local.astimezone(UTC)
