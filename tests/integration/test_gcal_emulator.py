@@ -292,6 +292,14 @@ def test_sync_tokens_pages_moves_and_expiry(
         ids[2]: "cancelled",
         created["id"]: "confirmed",
     }
+    copy = calendar.create_in_client(address, {"id": ids[3], **TIMED}, "team@group.calendar.test")
+    assert (
+        _status(
+            events.move(calendarId="team@group.calendar.test", eventId=copy["id"], destination="primary")
+        )[0]
+        == 409
+    )  # a live event of that id is there already
+    calendar.delete_in_client(address, ids[3], "team@group.calendar.test")
     in_team = events.list(calendarId="team@group.calendar.test").execute()["items"]
     assert [e["id"] for e in in_team] == [ids[2]]
     # moved back with the API: confirmed again in primary, cancelled in the team calendar

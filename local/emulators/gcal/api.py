@@ -337,6 +337,9 @@ class CalendarEmulator:
             raise Refused(
                 400, "Cannot change the organizer of an instance.", "cannotChangeOrganizerOfInstance"
             )
+        there = destination.events.get(event["id"])
+        if there is not None and there.get("status") != "cancelled":
+            raise Refused(409, "The requested identifier already exists.", "duplicate")
         moved = {**copy.deepcopy(event), "organizer": {"email": destination.id, "self": True}}
         event["status"] = "cancelled"
         self._stamp(source, event, address)
