@@ -1,0 +1,265 @@
+"""The calendar engine's ActivityStore (crmsync.calendar.ports) on DynamoDB: ACTIVITIES_TABLE.
+
+Access patterns, and the item that serves each (see docs/architecture/data.md, "Activities"):
+- an activity by id (API GET, the engine):        pk=T#{tenant}#ACT#{activity}  sk=ACTIVITY
+  a user's activities by start (gsi1):             gsi1pk=T#{tenant}#U#{owner}#ACT
+                                                   gsi1sk={start, UTC}#{activity}
+- the sync state row of an activity:              pk=T#{tenant}#ACT#{activity}  sk=STATE
+- the state of a provider event (one or a batch): pk=CAL#{account}#EVT#{id key}  sk=MAP
+  (`{id key}` is crmsync.ids.id_key; the map carries a copy of the state row, written in the
+  same transaction as the row, so one GetItem / BatchGetItem answers without a second read)
+- how many items a connection has synced (CAL-16): pk=CAL#{account}  sk=COUNT  (a counter)
+- an activity's conflicts, oldest first (CAL-14):  pk=T#{tenant}#ACT#{activity}
+                                                   sk=CONFLICT#{decided_at, UTC}#{digest}
+
+Writes:
+- put_activity is one conditional PutItem: the item is absent or its `updated_us` (microseconds
+  since the epoch of `updated_at`) is older than the new one; an equal or newer one stands.
+- put_state reads the stored row (consistently) and, when it is still `expected`, writes in one
+  TransactWriteItems: the row (conditional on the JSON just read and its account), the event map
+  of the new event (conditional: absent or this activity's), the delete of the map of the event
+  the row had before (when the event or the account changed), and the counters (+1 for a new row;
+  -1 / +1 when the row changes connection). A crash before or after the call leaves both or
+  neither: no map without its row, no row without its map.
+- count_states reads the counter rather than querying: an exact, consistent answer in one
+  GetItem however many items the calendar has (a Query with Select=COUNT reads, and pays for,
+  every item, and gsi1 is eventually consistent). The counter is written only in the state
+  transactions above, and one connection's syncs run one at a time, so the item is not hot.
+- add_conflict is a PutItem whose key derives from the conflict itself: a retried add rewrites
+  the same item instead of adding a second one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from boto3.dynamodb.conditions import Key
+from botocore.exceptions import ClientError
+
+from crmsync.calendar.models import Activity, Conflict, SyncState
+from crmsync.errors import TransientError
+from crmsync.ids import id_key
+from crmsync.stores.aws import dynamodb
+from crmsync.stores.dynamo import is_condition_failure, plain
+
+BATCH_GET_KEYS = 100  # BatchGetItem: at most 100 keys per call
+_BATCH_ATTEMPTS = 8  # unprocessed keys are asked for again, with backoff, this many times
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MAP_IS_OURS = "attribute_not_exists(pk) OR (tenant_id = :t AND activity_id = :a)"
+
+
+# ---- keys and orderings, shared with the in-memory twin (stores/memory_activities.py)
+def _utc(moment: datetime) -> datetime:
+    """An aware instant in UTC; a naive datetime is taken as UTC already."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def updated_micros(activity: Activity) -> int:
+    """The activity's `updated_at` as whole microseconds since the epoch: exact, and comparable
+    whatever offset the CRM wrote it with."""
+    return (_utc(activity.updated_at) - _EPOCH) // timedelta(microseconds=1)
+
+
+def start_key(start: date | datetime) -> str:
+    """A start as sortable text: the day of an all-day item, the UTC instant of a timed one."""
+    if isinstance(start, datetime):
+        return _utc(start).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return start.isoformat()
+
+
+def state_json(state: SyncState) -> str:
+    """The stored form of a state row; a write names the row it replaces by this text."""
+    return state.model_dump_json()
+
+
+def conflict_sort_key(conflict: Conflict) -> str:
+    """The conflict's place among its activity's: decided_at in UTC at fixed width (so text order
+    is time order), then a digest of the conflict (the same conflict twice is one entry)."""
+    body = conflict.model_dump_json()
+    digest = hashlib.sha256(body.encode()).hexdigest()[:20]
+    return f"{_utc(conflict.decided_at).strftime('%Y-%m-%dT%H:%M:%S.%fZ')}#{digest}"
+
+
+def _activity_pk(tenant_id: str, activity_id: str) -> str:
+    return f"T#{tenant_id}#ACT#{activity_id}"
+
+
+def _map_key(account_id: str, provider_event_id: str) -> dict[str, str]:
+    return {"pk": f"CAL#{account_id}#EVT#{id_key(provider_event_id)}", "sk": "MAP"}
+
+
+def _count_key(account_id: str) -> dict[str, str]:
+    return {"pk": f"CAL#{account_id}", "sk": "COUNT"}
+
+
+class DynamoActivityStore:
+    def __init__(self, table_name: str) -> None:
+        self._name = table_name
+        self._table = dynamodb().Table(table_name)
+
+    def _get(self, key: dict[str, str]) -> dict[str, Any] | None:
+        item = self._table.get_item(Key=key, ConsistentRead=True).get("Item")
+        return plain(item) if item else None
+
+    # ---- activities
+    def get_activity(self, tenant_id: str, activity_id: str) -> Activity | None:
+        item = self._get({"pk": _activity_pk(tenant_id, activity_id), "sk": "ACTIVITY"})
+        return Activity.model_validate_json(str(item["activity"])) if item else None
+
+    def put_activity(self, activity: Activity) -> bool:
+        micros = updated_micros(activity)
+        item: dict[str, Any] = {
+            "pk": _activity_pk(activity.tenant_id, activity.id),
+            "sk": "ACTIVITY",
+            "gsi1pk": f"T#{activity.tenant_id}#U#{activity.owner_user_id}#ACT",
+            "gsi1sk": f"{start_key(activity.start)}#{activity.id}",
+            "activity": activity.model_dump_json(),
+            "updated_us": micros,
+        }
+        try:
+            self._table.put_item(
+                Item=item,
+                ConditionExpression="attribute_not_exists(pk) OR updated_us < :u",
+                ExpressionAttributeValues={":u": micros},
+            )
+        except ClientError as error:
+            if is_condition_failure(error):
+                return False  # the stored one is as new or newer
+            raise
+        return True
+
+    # ---- sync state rows and their event maps
+    def get_state(self, tenant_id: str, activity_id: str) -> SyncState | None:
+        item = self._get({"pk": _activity_pk(tenant_id, activity_id), "sk": "STATE"})
+        return SyncState.model_validate_json(str(item["state"])) if item else None
+
+    def state_of_event(self, account_id: str, provider_event_id: str) -> SyncState | None:
+        item = self._get(_map_key(account_id, provider_event_id))
+        return SyncState.model_validate_json(str(item["state"])) if item else None
+
+    def states_of_events(self, account_id: str, provider_event_ids: Sequence[str]) -> dict[str, SyncState]:
+        """`state_of_event` for many: one BatchGetItem per 100 events, those mapped answered."""
+        by_pk = {_map_key(account_id, e)["pk"]: e for e in provider_event_ids}
+        found: dict[str, SyncState] = {}
+        for item in self._batch_get([{"pk": pk, "sk": "MAP"} for pk in by_pk]):
+            found[by_pk[item["pk"]]] = SyncState.model_validate_json(str(item["state"]))
+        return found
+
+    def _batch_get(self, keys: list[dict[str, str]]) -> list[dict[str, Any]]:
+        """The items at `keys` that exist, read consistently. Keys DynamoDB leaves unprocessed
+        (throttling) are asked for again with backoff; TransientError if they stay unread."""
+        found: list[dict[str, Any]] = []
+        resource = dynamodb()
+        for start in range(0, len(keys), BATCH_GET_KEYS):
+            request: dict[str, Any] = {
+                self._name: {"Keys": keys[start : start + BATCH_GET_KEYS], "ConsistentRead": True}
+            }
+            for attempt in range(_BATCH_ATTEMPTS):
+                response = resource.batch_get_item(RequestItems=request)
+                found += [plain(i) for i in response.get("Responses", {}).get(self._name, [])]
+                request = dict(response.get("UnprocessedKeys") or {})
+                if not request:
+                    break
+                time.sleep(min(0.05 * 2**attempt, 1.0))
+            else:
+                raise TransientError(f"DynamoDB left {len(request[self._name]['Keys'])} keys unread; retried")
+        return found
+
+    def put_state(self, account_id: str, state: SyncState, expected: SyncState | None) -> bool:
+        row_key = {"pk": _activity_pk(state.tenant_id, state.activity_id), "sk": "STATE"}
+        stored = self._get(row_key)
+        if (stored is None) != (expected is None):
+            return False
+        if stored is not None and expected is not None and stored["state"] != state_json(expected):
+            return False  # another writer changed the row since the caller read it
+        new_json = state_json(state)
+        row: dict[str, Any] = {
+            "TableName": self._name,
+            "Item": {**row_key, "state": new_json, "account_id": account_id},
+        }
+        if stored is None:
+            row["ConditionExpression"] = "attribute_not_exists(pk)"
+        else:
+            row["ConditionExpression"] = "#s = :old AND account_id = :old_account"
+            row["ExpressionAttributeNames"] = {"#s": "state"}
+            row["ExpressionAttributeValues"] = {":old": stored["state"], ":old_account": stored["account_id"]}
+        new_map = _map_key(account_id, state.provider_event_id)
+        actions: list[dict[str, Any]] = [
+            {"Put": row},
+            {
+                "Put": {
+                    "TableName": self._name,
+                    "Item": {
+                        **new_map,
+                        "tenant_id": state.tenant_id,
+                        "activity_id": state.activity_id,
+                        "provider_event_id": state.provider_event_id,
+                        "state": new_json,
+                    },
+                    # an event is synced with one activity: another's map is not taken over
+                    "ConditionExpression": _MAP_IS_OURS,
+                    "ExpressionAttributeValues": {":t": state.tenant_id, ":a": state.activity_id},
+                }
+            },
+        ]
+        if stored is not None and expected is not None:
+            old_account = str(stored["account_id"])
+            old_map = _map_key(old_account, expected.provider_event_id)
+            if old_map != new_map:
+                actions.append({"Delete": {"TableName": self._name, "Key": old_map}})
+            if old_account != account_id:
+                actions.append(self._count(old_account, -1))
+                actions.append(self._count(account_id, +1))
+        else:
+            actions.append(self._count(account_id, +1))
+        try:
+            self._table.meta.client.transact_write_items(TransactItems=actions)  # type: ignore[arg-type]
+        except ClientError as error:
+            if is_condition_failure(error):
+                return False  # the row changed meanwhile, or the event is another activity's
+            raise
+        return True
+
+    def _count(self, account_id: str, step: int) -> dict[str, Any]:
+        return {
+            "Update": {
+                "TableName": self._name,
+                "Key": _count_key(account_id),
+                "UpdateExpression": "ADD #n :step",
+                "ExpressionAttributeNames": {"#n": "states"},
+                "ExpressionAttributeValues": {":step": step},
+            }
+        }
+
+    def count_states(self, account_id: str) -> int:
+        item = self._get(_count_key(account_id))
+        return int(item.get("states", 0)) if item else 0
+
+    # ---- conflicts (CAL-14)
+    def add_conflict(self, tenant_id: str, conflict: Conflict) -> None:
+        self._table.put_item(
+            Item={
+                "pk": _activity_pk(tenant_id, conflict.activity_id),
+                "sk": f"CONFLICT#{conflict_sort_key(conflict)}",
+                "conflict": conflict.model_dump_json(),
+            }
+        )
+
+    def conflicts(self, tenant_id: str, activity_id: str) -> list[Conflict]:
+        """The activity's conflicts, oldest first: a Query of its partition, every page read."""
+        kwargs: dict[str, Any] = {
+            "KeyConditionExpression": Key("pk").eq(_activity_pk(tenant_id, activity_id))
+            & Key("sk").begins_with("CONFLICT#"),
+            "ConsistentRead": True,
+        }
+        found: list[Conflict] = []
+        while True:
+            page = self._table.query(**kwargs)
+            found += [Conflict.model_validate_json(str(i["conflict"])) for i in page["Items"]]
+            if not page.get("LastEvaluatedKey"):
+                return found
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
