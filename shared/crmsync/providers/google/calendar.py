@@ -1,0 +1,279 @@
+"""Google Calendar through google-api-python-client (static calendar.v3 discovery document).
+
+Only the account's primary calendar is read and written (CAL-3). GoogleCalendarSource pages
+`events.list` from a sync token; GoogleCalendarImport lists the whole calendar with the same
+query and ends on the sync token the next incremental sync starts from; GoogleCalendarWriter
+creates under our own id, patches only what changed and deletes, never notifying attendees
+(CAL-15, CAL-17), and looks for a moved event in the user's other calendars (CAL-12). The
+adapters only read and write: what a change means is the calendar engine's to decide.
+
+Throttling (403 or 429 in the usageLimits domain) and 5xx raise TransientError with the
+Retry-After Google gave; nothing here holds or moves a cursor."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from crmsync.accounts.models import Account
+from crmsync.calendar.models import CalendarEvent, SyncedFields
+from crmsync.errors import TransientError, retry_after_seconds
+from crmsync.providers.google.calendar_events import ACTIVITY_PROPERTY, from_google, to_google
+from crmsync.providers.google.gmail import _bearer
+from crmsync.sync.core import ChangePage, CursorExpired
+
+if TYPE_CHECKING:
+    from crmsync.resync import ResyncJob
+
+PRIMARY = "primary"
+PAGE_SIZE = 250  # Google's default; kept explicit so every listing asks the same
+NO_NOTIFICATIONS = "none"  # CAL-17: sendUpdates on every write
+_TIMEOUT = 20
+
+
+@cache
+def _discovery() -> Any:
+    from googleapiclient.discovery_cache import get_static_doc
+
+    return get_static_doc("calendar", "v3")
+
+
+@cache
+def _service_path() -> str:
+    return str(json.loads(_discovery()).get("servicePath") or "calendar/v3/")
+
+
+def calendar_service(access_token: str, api_base: str, refresh: Callable[[str], str] | None = None) -> Any:
+    """A calendar.v3 client on `api_base` (the Google API root, as for Gmail: the service path
+    of the discovery document is added here). After a 401, `refresh(refused token)` gives a new
+    token once (see gmail._bearer)."""
+    import google_auth_httplib2
+    import httplib2
+    from googleapiclient.discovery import build_from_document
+
+    credentials = _bearer(access_token, refresh)
+    http = google_auth_httplib2.AuthorizedHttp(credentials, http=httplib2.Http(timeout=_TIMEOUT))
+    endpoint = api_base.rstrip("/") + "/" + _service_path()
+    return build_from_document(_discovery(), http=http, client_options={"api_endpoint": endpoint})
+
+
+class _Client:
+    """What the three adapters share: an account's calendar.v3 client."""
+
+    def __init__(
+        self,
+        access_token: Callable[[str], str],
+        api_base: str,
+        refused: Callable[[str, str], str] | None = None,
+    ) -> None:
+        self._token = access_token  # Credentials.access_token: refreshes, or raises AccountPaused
+        self._base = api_base
+        self._refused = refused  # Credentials.refused: after a 401
+
+    def _service(self, account: Account) -> Any:
+        refused = self._refused
+        refresh = (lambda old: refused(account.account_id, old)) if refused is not None else None
+        return calendar_service(self._token(account.account_id), self._base, refresh)
+
+
+def _status(error: Any) -> int:
+    return int(getattr(getattr(error, "resp", None), "status", 0) or 0)
+
+
+def _retry_after(error: Any) -> str:
+    return str(getattr(getattr(error, "resp", None), "get", lambda *_: None)("retry-after") or "")
+
+
+def _is_usage_limit(error: Any) -> bool:
+    content = getattr(error, "content", b"") or b""
+    return _status(error) == 429 or (
+        _status(error) == 403 and (b'"usageLimits"' in content or b"ateLimitExceeded" in content)
+    )
+
+
+def _raise_transient(error: Any, what: str) -> None:
+    if _is_usage_limit(error) or _status(error) >= 500:
+        raise TransientError(
+            f"google calendar answered {_status(error)} for {what}; "
+            f"retry after {_retry_after(error) or 'a while'}",
+            retry_after=retry_after_seconds(_retry_after(error)),
+        ) from error
+
+
+def _listing(service: Any, sync_token: str | None, page_token: str | None) -> dict[str, Any]:
+    """One page of the primary calendar's events. The query is the same for the full listing
+    and the incremental one (Google wants it kept constant across a sync token's life): every
+    event as stored, recurring series as their master (no expansion), cancelled ones included."""
+    query: dict[str, Any] = {
+        "calendarId": PRIMARY,
+        "maxResults": PAGE_SIZE,
+        "singleEvents": False,
+        "showDeleted": True,
+    }
+    if sync_token is not None:
+        query["syncToken"] = sync_token
+    if page_token is not None:
+        query["pageToken"] = page_token
+    result: dict[str, Any] = service.events().list(**query).execute()
+    return result
+
+
+def _page(account: Account, listed: dict[str, Any]) -> ChangePage[CalendarEvent]:
+    items = [
+        from_google(found, primary_id(account), listed.get("updated")) for found in listed.get("items", [])
+    ]
+    return ChangePage(
+        items=items,
+        next_page=listed.get("nextPageToken"),
+        cursor=listed.get("nextSyncToken"),  # on the last page only
+        listed=len(items),
+    )
+
+
+def primary_id(account: Account) -> str:
+    """The primary calendar's id: the account's address (Google names it so)."""
+    return account.address.strip().lower()
+
+
+class GoogleCalendarSource(_Client):
+    """ChangeSource[CalendarEvent]: what changed in the primary calendar since a sync token."""
+
+    def changes(self, account: Account, cursor: str, page_token: str | None) -> ChangePage[CalendarEvent]:
+        from googleapiclient.errors import HttpError
+
+        try:
+            listed = _listing(self._service(account), cursor, page_token)
+        except HttpError as error:
+            if _status(error) == 410:  # fullSyncRequired: the token expired
+                raise CursorExpired("google calendar no longer accepts the sync token (410)") from error
+            _raise_transient(error, "the changed events")
+            raise
+        return _page(account, listed)
+
+    def is_newer(self, candidate: str, current: str) -> bool:
+        return candidate != current  # sync tokens are opaque: any new one is where to go on
+
+
+class GoogleCalendarImport(_Client):
+    """ImportSource[CalendarEvent]: a calendar resync lists every event of the primary calendar
+    (none left out by its start: the engine judges CAL-6 by `created`); the last page carries
+    the sync token the incremental sync goes on from."""
+
+    def page(self, account: Account, job: ResyncJob) -> ChangePage[CalendarEvent]:
+        from googleapiclient.errors import HttpError
+
+        try:
+            listed = _listing(self._service(account), None, job.page_token)
+        except HttpError as error:
+            _raise_transient(error, "a page of events")
+            raise
+        return _page(account, listed)
+
+
+class GoogleCalendarWriter(_Client):
+    """CalendarWriter on the primary calendar, every write with sendUpdates=none (CAL-17)."""
+
+    def create(
+        self, account: Account, event_id: str, fields: SyncedFields, activity_id: str
+    ) -> CalendarEvent:
+        """events.insert under our id (CAL-15): a 409 means a retried create already made it, and
+        the event there is returned as it is."""
+        from googleapiclient.errors import HttpError
+
+        service = self._service(account)
+        body = {
+            **to_google(fields),
+            "id": event_id,
+            "extendedProperties": {"private": {ACTIVITY_PROPERTY: activity_id}},
+        }
+        try:
+            made = (
+                service.events().insert(calendarId=PRIMARY, body=body, sendUpdates=NO_NOTIFICATIONS).execute()
+            )
+        except HttpError as error:
+            if _status(error) != 409:
+                _raise_transient(error, "an event insert")
+                raise
+            made = self._get(service, event_id)
+        return from_google(made, primary_id(account))
+
+    def patch(
+        self, account: Account, provider_event_id: str, fields: SyncedFields, changed: Sequence[str]
+    ) -> CalendarEvent:
+        """events.patch with only the Google fields the changed synced fields rewrite; never
+        events.update, which would replace what the sync does not own."""
+        from googleapiclient.errors import HttpError
+
+        body = to_google(fields, changed)
+        try:
+            patched = (
+                self._service(account)
+                .events()
+                .patch(calendarId=PRIMARY, eventId=provider_event_id, body=body, sendUpdates=NO_NOTIFICATIONS)
+                .execute()
+            )
+        except HttpError as error:
+            _raise_transient(error, "an event patch")
+            raise
+        return from_google(patched, primary_id(account))
+
+    def delete(self, account: Account, provider_event_id: str) -> None:
+        """events.delete; an event already gone (404) or already deleted (410) is done."""
+        from googleapiclient.errors import HttpError
+
+        try:
+            self._service(account).events().delete(
+                calendarId=PRIMARY, eventId=provider_event_id, sendUpdates=NO_NOTIFICATIONS
+            ).execute()
+        except HttpError as error:
+            if _status(error) in (404, 410):
+                return
+            _raise_transient(error, "an event delete")
+            raise
+
+    def find_elsewhere(self, account: Account, ical_uid: str) -> CalendarEvent | None:
+        """The live event with this iCalUID in one of the user's other calendars (CAL-12): the
+        calendar list, then events.list(iCalUID) on each calendar but the primary one."""
+        from googleapiclient.errors import HttpError
+
+        service = self._service(account)
+        try:
+            for calendar_id in self._other_calendars(service, account):
+                listed = service.events().list(calendarId=calendar_id, iCalUID=ical_uid).execute()
+                for found in listed.get("items", []):
+                    if found.get("status") != "cancelled":
+                        return from_google(found, calendar_id, listed.get("updated"))
+        except HttpError as error:
+            _raise_transient(error, "the user's other calendars")
+            raise
+        return None
+
+    @staticmethod
+    def _other_calendars(service: Any, account: Account) -> list[str]:
+        found: list[str] = []
+        page_token: str | None = None
+        while True:
+            query: dict[str, Any] = {"maxResults": PAGE_SIZE}
+            if page_token is not None:
+                query["pageToken"] = page_token
+            listed = service.calendarList().list(**query).execute()
+            for entry in listed.get("items", []):
+                if entry.get("primary") or str(entry.get("id", "")).lower() == primary_id(account):
+                    continue
+                found.append(str(entry["id"]))
+            page_token = listed.get("nextPageToken")
+            if page_token is None:
+                return found
+
+    @staticmethod
+    def _get(service: Any, event_id: str) -> dict[str, Any]:
+        from googleapiclient.errors import HttpError
+
+        try:
+            found: dict[str, Any] = service.events().get(calendarId=PRIMARY, eventId=event_id).execute()
+        except HttpError as error:
+            _raise_transient(error, "an event already created")
+            raise
+        return found
