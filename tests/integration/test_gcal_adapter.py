@@ -325,11 +325,6 @@ def test_usage_limits_and_backend_errors_are_transient_with_retry_after(
 
 
 @pytest.mark.rule("CAL-12")
-@pytest.mark.xfail(
-    strict=True,
-    raises=TransientError,
-    reason="the calendar emulator does not answer calendarList.list yet (501 notImplemented)",
-)
 def test_an_event_moved_to_another_calendar_is_found_there(user: User) -> None:
     user.calendar.add_calendar(user.address, TEAM, "Team")
     event_id = _own_id()

@@ -419,6 +419,29 @@ class CalendarEmulator:
         if wanted is not None and wanted != "*" and wanted != event.get("etag"):
             raise Refused(412, "Precondition Failed", "conditionNotMet")
 
+    def _calendarList_list(
+        self,
+        address: str,
+        calendar: Calendar | None,
+        path: dict[str, str],
+        query: dict[str, str],
+        body: dict[str, Any],
+        request: Request,
+    ) -> Response:
+        """The user's calendars (one page: users here have few), the primary one marked."""
+        account = self.account(address)
+        items = [
+            {
+                "kind": "calendar#calendarListEntry",
+                "id": found.id,
+                "summary": found.summary,
+                "accessRole": "owner",
+                **({"primary": True} if key == "primary" else {}),
+            }
+            for key, found in account.calendars.items()
+        ]
+        return _json({"kind": "calendar#calendarList", "items": items})
+
     def _events_insert(
         self,
         address: str,
