@@ -14,6 +14,8 @@ from typing import ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from crmsync.calendar.models import SyncedFields
+
 DirectoryKind = Literal["users", "contacts", "leads", "deals"]
 
 
@@ -155,6 +157,69 @@ class MessageRemovedInMailbox(CrmEvent):
     how: Literal["deleted", "trashed", "left_synced_folders"] = Field(description="What happened to it.")
 
 
+class _ActivityEvent(CrmEvent):
+    """Fields every calendar event to the CRM carries."""
+
+    user_id: str = Field(description="The activity's owner, whose calendar it syncs with (CAL-2).")
+    account_id: str = Field(description="The calendar connection.")
+    activity_id: str = Field(description="The CRM's id of the activity.")
+
+
+class ActivityCreatedFromCalendar(_ActivityEvent):
+    """CAL-1: an event made in the user's calendar became an activity. The CRM creates it under
+    `activity_id`; a PUT of it that repeats these fields changes nothing (CAL-15)."""
+
+    provider_event_id: str = Field(description="The calendar's id of the event.")
+    type: str = Field(description="The activity type events become (the `save_events_as` setting, CAL-4).")
+    fields: SyncedFields = Field(description="Subject, times, location, description, attendees.")
+
+
+class ActivityUpdatedFromCalendar(_ActivityEvent):
+    """CAL-1: the event of a synced activity changed in the calendar; the CRM applies `fields`."""
+
+    provider_event_id: str = Field(description="The calendar's id of the event.")
+    fields: SyncedFields = Field(description="The activity's fields after the change.")
+    changed: list[str] = Field(description="Which of them changed.")
+
+
+class ActivityTrashed(_ActivityEvent):
+    """The calendar side removed the activity's event (deleted, moved to another calendar, made
+    private: CAL-8, CAL-12): the CRM moves the activity to its trash."""
+
+    reason: Literal["deleted_in_calendar", "moved_to_other_calendar", "made_private", "owner_changed"] = (
+        Field(description="Why.")
+    )
+
+
+class ActivityRestored(_ActivityEvent):
+    """CAL-12: the event came back (moved back to the synced calendar): the CRM restores the activity
+    from its trash."""
+
+    provider_event_id: str = Field(description="The calendar's id of the event.")
+    fields: SyncedFields = Field(description="The activity's fields as the event has them.")
+
+
+class CalendarConflictRecorded(_ActivityEvent):
+    """CAL-14: both sides changed the item since the last sync; the most recent change won and the
+    other version is kept, readable at GET /v1/activities/{id}."""
+
+    winner: Literal["crm", "provider"] = Field(description="Which side's version was applied.")
+    differing: list[str] = Field(description="The fields the two versions differ in.")
+    crm_version: SyncedFields = Field(description="The CRM's version.")
+    provider_version: SyncedFields = Field(description="The calendar's version.")
+
+
+class ContactCreatedFromAttendee(CrmEvent):
+    """CAL-13: an attendee of a synced event who was neither a contact nor a tenant user; the CRM
+    creates the contact (once per address)."""
+
+    user_id: str = Field(description="The owner of the calendar the event is in.")
+    account_id: str = Field(description="The calendar connection.")
+    email: str = Field(description="The attendee's address, lower case.")
+    name: str | None = Field(default=None, description="The attendee's name, when the calendar gives one.")
+    activity_id: str = Field(description="The activity of the event the attendee was found in.")
+
+
 EVENT_TYPES: tuple[type[CrmEvent], ...] = (
     DirectoryEntryUpserted,
     DirectoryEntryDeleted,
@@ -166,6 +231,12 @@ EVENT_TYPES: tuple[type[CrmEvent], ...] = (
     MessageSynced,
     MessageSkipped,
     MessageRemovedInMailbox,
+    ActivityCreatedFromCalendar,
+    ActivityUpdatedFromCalendar,
+    ActivityTrashed,
+    ActivityRestored,
+    CalendarConflictRecorded,
+    ContactCreatedFromAttendee,
 )
 
 
