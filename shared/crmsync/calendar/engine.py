@@ -1,0 +1,314 @@
+"""The calendar engine: reads what an item needs, asks the pure planner (rules.plan), then acts.
+
+Inbound it is the sync core's Sink of CalendarEvent: a provider page's events come in one call
+(`ingest_many`), each is planned against its state row and activity, the whole page's plans pass
+the mass-trash guard (CAL-16) before any of them acts, and then they act in turn. Outbound,
+`push` plans one activity the CRM changed against its event and writes the calendar.
+
+Writes are ordered so that a crash between any two is healed by the redelivery:
+- towards the CRM: the activity (idempotent by `updated_at`), then its event on the bus, then
+  the state row. A crash before the state row leaves the item planned again from the same
+  state: the same activity is written again (no change) and the event goes out again (at
+  least once; the CRM de-duplicates by activity id), then the row;
+- towards the calendar: the provider write (a create under our own id, so a retry finds the
+  event instead of making a second one, CAL-15), then the state row.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from crmsync.accounts.models import Account
+from crmsync.calendar.fingerprint import fingerprint
+from crmsync.calendar.models import Activity, CalendarEvent, CalendarLink, SyncedFields, SyncState
+from crmsync.calendar.ports import ActivityStore, CalendarWriter
+from crmsync.calendar.recurrence import series_key
+from crmsync.calendar.rules import Plan, guard_deletions, plan
+from crmsync.errors import PermanentError, TransientError
+from crmsync.events import (
+    ActivityCreatedFromCalendar,
+    ActivityRestored,
+    ActivityTrashed,
+    ActivityUpdatedFromCalendar,
+    CalendarConflictRecorded,
+    CrmEvent,
+    EventPublisher,
+)
+
+_IDS = uuid.UUID("7d1b0c5e-2f4a-4b8e-9c1d-5a6e3f2b8c90")
+
+
+def activity_id_for(account_id: str, provider_event_id: str) -> str:
+    """The CRM id an event's activity gets: the same for a retried create (CAL-15)."""
+    return str(uuid.uuid5(_IDS, f"{account_id}|{provider_event_id}"))
+
+
+@dataclass(frozen=True)
+class CalendarOutcome:
+    """What happened to one item: the sync core counts `status`."""
+
+    status: str  # "synced" (changed something), "updated" (nothing to do), "skipped"
+    action: str
+    reason: str
+    activity_id: str | None = None
+
+
+class MassTrashRefused(PermanentError):
+    """CAL-16: the page would trash more than the allowed share of the calendar's activities."""
+
+
+class CalendarSync:
+    def __init__(
+        self,
+        store: ActivityStore,
+        writers: Mapping[str, CalendarWriter],
+        publisher: EventPublisher,
+        link_of: Callable[[Account], CalendarLink],
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._store = store
+        self._writers = writers  # provider → its calendar writer
+        self._publisher = publisher
+        self._link_of = link_of
+        self._now = now
+
+    # ------------------------------------------------------------------ the Sink port
+    def ingest_many(self, account: Account, events: Sequence[CalendarEvent]) -> list[CalendarOutcome]:
+        """A provider page's events, planned together, guarded (CAL-16), then acted on in order."""
+        link = self._link_of(account)
+        states = self._store.states_of_events(account.account_id, [e.provider_event_id for e in events])
+        planned: list[tuple[CalendarEvent, SyncState | None, Activity | None, Plan]] = []
+        for event in events:
+            state = states.get(event.provider_event_id)
+            activity_id = state.activity_id if state is not None else event.activity_id
+            activity = self._store.get_activity(account.tenant_id, activity_id) if activity_id else None
+            planned.append((event, state, activity, plan(activity, event, state, link, self._now())))
+        guard = guard_deletions(
+            [p for *_, p in planned], self._store.count_states(account.account_id), link.settings
+        )
+        if not guard.allowed:
+            raise MassTrashRefused(guard.report)
+        return [self._act(account, link, event, state, activity, p) for event, state, activity, p in planned]
+
+    def remove_many(self, account: Account, removals: Sequence[object]) -> int:
+        """Calendar providers report removals as cancelled events, which `ingest_many` plans; a
+        removal without its event is never taken as a deletion (CAL-16)."""
+        return 0
+
+    def settle(self, account: Account) -> int:
+        """Nothing is held untold: each item's event goes out before its state row is written."""
+        return 0
+
+    # ------------------------------------------------------------------ the CRM's side
+    def push(self, account: Account, activity: Activity) -> CalendarOutcome:
+        """An activity the CRM created or changed, towards its owner's calendar (CAL-1, CAL-2)."""
+        link = self._link_of(account)
+        state = self._store.get_state(account.tenant_id, activity.id)
+        decided = plan(activity, None, state, link, self._now())
+        return self._act(account, link, None, state, activity, decided)
+
+    # ------------------------------------------------------------------ acting
+    def _act(
+        self,
+        account: Account,
+        link: CalendarLink,
+        event: CalendarEvent | None,
+        state: SyncState | None,
+        activity: Activity | None,
+        decided: Plan,
+    ) -> CalendarOutcome:
+        match decided.action:
+            case "nothing":
+                return CalendarOutcome(
+                    "updated", "nothing", decided.reason, activity.id if activity else None
+                )
+            case "create_activity" | "update_activity" | "restore_activity":
+                assert event is not None and decided.fields is not None
+                return self._to_crm(account, link, event, state, activity, decided)
+            case "trash_activity":
+                assert state is not None and activity is not None
+                return self._trash(account, state, activity, decided)
+            case "create_event" | "update_event":
+                assert activity is not None and decided.fields is not None
+                return self._to_calendar(account, link, event, state, activity, decided)
+            case "delete_event":
+                assert state is not None
+                self._writer(account).delete(account, state.provider_event_id)
+                self._save(account, state, None, None, trashed=None, gone=True)
+                return CalendarOutcome("synced", "delete_event", decided.reason, state.activity_id)
+            case "link":
+                assert event is not None and activity is not None
+                self._save(account, None, activity, event, trashed=None)
+                return CalendarOutcome("synced", "link", decided.reason, activity.id)
+        raise PermanentError(f"no way to act on {decided.action!r}")
+
+    def _to_crm(
+        self,
+        account: Account,
+        link: CalendarLink,
+        event: CalendarEvent,
+        state: SyncState | None,
+        activity: Activity | None,
+        decided: Plan,
+    ) -> CalendarOutcome:
+        fields = decided.fields
+        assert fields is not None
+        activity_id = (
+            activity.id
+            if activity is not None
+            else (
+                state.activity_id if state else activity_id_for(account.account_id, event.provider_event_id)
+            )
+        )
+        base = activity or Activity(
+            id=activity_id,
+            tenant_id=account.tenant_id,
+            owner_user_id=link.owner_user_id,
+            type=decided.activity_type or link.settings.save_events_as,
+            created_at=event.created,
+            updated_at=event.updated,
+            **fields.model_dump(),
+        )
+        written = base.model_copy(
+            update={**_field_values(fields), "updated_at": event.updated, "trashed": False}
+        )
+        self._store.put_activity(written)
+        events: list[CrmEvent] = [self._told(account, written, event, decided)]
+        if decided.conflict is not None:
+            self._store.add_conflict(account.tenant_id, decided.conflict)
+            events.append(self._conflict_event(account, written, decided))
+        self._publisher.publish(events)
+        self._save(account, state, written, event, trashed=None)
+        return CalendarOutcome("synced", decided.action, decided.reason, written.id)
+
+    def _told(self, account: Account, activity: Activity, event: CalendarEvent, decided: Plan) -> CrmEvent:
+        common = {
+            "tenant_id": account.tenant_id,
+            "user_id": activity.owner_user_id,
+            "account_id": account.account_id,
+            "activity_id": activity.id,
+        }
+        if decided.action == "create_activity":
+            return ActivityCreatedFromCalendar(
+                **common,
+                provider_event_id=event.provider_event_id,
+                type=activity.type,
+                fields=activity.fields(),
+            )
+        if decided.action == "restore_activity":
+            return ActivityRestored(
+                **common, provider_event_id=event.provider_event_id, fields=activity.fields()
+            )
+        return ActivityUpdatedFromCalendar(
+            **common,
+            provider_event_id=event.provider_event_id,
+            fields=activity.fields(),
+            changed=decided.changed,
+        )
+
+    def _conflict_event(
+        self, account: Account, activity: Activity, decided: Plan
+    ) -> CalendarConflictRecorded:
+        conflict = decided.conflict
+        assert conflict is not None
+        return CalendarConflictRecorded(
+            tenant_id=account.tenant_id,
+            user_id=activity.owner_user_id,
+            account_id=account.account_id,
+            activity_id=activity.id,
+            winner=conflict.winner,
+            differing=conflict.differing,
+            crm_version=conflict.crm_version,
+            provider_version=conflict.provider_version,
+        )
+
+    def _trash(
+        self, account: Account, state: SyncState, activity: Activity, decided: Plan
+    ) -> CalendarOutcome:
+        reason = decided.trash_reason
+        assert reason is not None
+        trashed = activity.model_copy(update={"trashed": True, "updated_at": self._now()})
+        self._store.put_activity(trashed)
+        self._publisher.publish(
+            [
+                ActivityTrashed(
+                    tenant_id=account.tenant_id,
+                    user_id=activity.owner_user_id,
+                    account_id=account.account_id,
+                    activity_id=activity.id,
+                    reason=reason,
+                )
+            ]
+        )
+        self._save(account, state, None, None, trashed=reason)
+        return CalendarOutcome("synced", "trash_activity", decided.reason, activity.id)
+
+    def _to_calendar(
+        self,
+        account: Account,
+        link: CalendarLink,
+        event: CalendarEvent | None,
+        state: SyncState | None,
+        activity: Activity,
+        decided: Plan,
+    ) -> CalendarOutcome:
+        fields = decided.fields
+        assert fields is not None and decided.event_id is not None
+        writer = self._writer(account)
+        if decided.action == "create_event":
+            written = writer.create(account, decided.event_id, fields, activity.id)
+        else:
+            written = writer.patch(account, decided.event_id, fields, decided.changed)
+        if decided.conflict is not None:
+            self._store.add_conflict(account.tenant_id, decided.conflict)
+            self._publisher.publish([self._conflict_event(account, activity, decided)])
+        self._save(account, state, activity, written, trashed=None)
+        return CalendarOutcome("synced", decided.action, decided.reason, activity.id)
+
+    # ------------------------------------------------------------------ state rows
+    def _save(
+        self,
+        account: Account,
+        state: SyncState | None,
+        activity: Activity | None,
+        event: CalendarEvent | None,
+        trashed: str | None,
+        gone: bool = False,
+    ) -> None:
+        """The row after an action: both sides as they now agree (the fingerprint of what was
+        written), or, for a trash or a delete, the row as it was with why. A row another writer
+        moved meanwhile makes the job retry from what is there now."""
+        if state is None and (activity is None or event is None):
+            return
+        if activity is not None and event is not None:
+            row = SyncState(
+                tenant_id=account.tenant_id,
+                activity_id=activity.id,
+                provider_event_id=event.provider_event_id,
+                calendar_id=event.calendar_id,
+                series_key=series_key(event),
+                crm_version=activity.updated_at,
+                provider_etag=event.etag,
+                fingerprint=fingerprint(activity.fields()),
+                last_synced_at=self._now(),
+            )
+        else:
+            assert state is not None
+            row = state.model_copy(
+                update={"trashed_by_sync": None if gone else trashed, "last_synced_at": self._now()}
+            )
+        if not self._store.put_state(account.account_id, row, state):
+            raise TransientError(f"the sync state of activity {row.activity_id} changed meanwhile")
+
+    def _writer(self, account: Account) -> CalendarWriter:
+        try:
+            return self._writers[account.provider]
+        except KeyError:
+            raise PermanentError(f"no calendar writer for {account.provider} in this build") from None
+
+
+def _field_values(fields: SyncedFields) -> dict[str, object]:
+    return {name: getattr(fields, name) for name in SyncedFields.model_fields}
