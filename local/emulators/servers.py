@@ -34,6 +34,7 @@ class Emulators:
             "GoogleTokenUri": f"{self.google_url}/token",
             "GoogleUserinfoUri": f"{self.google_url}/v1/userinfo",
             "GmailApiBase": self.google_url,
+            "GoogleCalendarApiBase": self.google_url,
             "MicrosoftAuthorityHost": self.microsoft_url,
             "GraphApiBase": self.microsoft_url,
             "ProviderCaBundle": str(self.ca_bundle),

@@ -314,7 +314,7 @@ def _reason(error: dict[str, Any] | None) -> str:
 
 # Which cursor a resync of each kind ends with, and the job that syncs on from it.
 CURSOR_OF: dict[str, str] = {"mail_resync": "mail", "mail_import": "mail", "calendar_resync": "calendar"}
-FOLLOW_UP: dict[str, str] = {"mail": JobType.MAIL_SYNC}
+FOLLOW_UP: dict[str, str] = {"mail": JobType.MAIL_SYNC, "calendar": JobType.CALENDAR_SYNC}
 
 
 class JobQueue(Protocol):

@@ -18,31 +18,35 @@ from crmsync.providers import registry
 
 if TYPE_CHECKING:
     from crmsync.accounts.credentials import Credentials
+    from crmsync.accounts.models import Account
     from crmsync.accounts.oauth import OAuthClient
     from crmsync.accounts.ports import ProviderHooks
     from crmsync.accounts.service import Accounts
+    from crmsync.calendar.engine import CalendarSync
+    from crmsync.calendar.models import CalendarEvent, CalendarLink
     from crmsync.crypto import SecretBox
     from crmsync.directory import Directory
     from crmsync.jobs import JobRunner
     from crmsync.mail.actions import MailActions
     from crmsync.mail.engine import MailSync
-    from crmsync.mail.jobs import MailSyncJob
     from crmsync.mail.models import ProviderMessage
     from crmsync.mail.read import Mailbox
     from crmsync.mail.send import Outbox
     from crmsync.mail.watch import MailWatchJob, SyncSchedule
-    from crmsync.providers.bundle import MailBundle
+    from crmsync.providers.bundle import CalendarBundle, MailBundle
     from crmsync.providers.google.push import GmailPush
     from crmsync.providers.microsoft.notify import GraphNotifications
     from crmsync.resync import Resync, ResyncRequests
     from crmsync.schedule import Scheduler
     from crmsync.settings import Settings
     from crmsync.stores.accounts import DynamoAccountStore
+    from crmsync.stores.activities import DynamoActivityStore
     from crmsync.stores.cursors import DynamoCursorStore, DynamoDueStore, DynamoSyncStateStore
     from crmsync.stores.eventbridge import EventBridgePublisher
     from crmsync.stores.mail import DynamoMailStore
     from crmsync.stores.queue import SqsJobQueue
     from crmsync.sync.core import ChangeSource, CursorLoop
+    from crmsync.sync.jobs import SyncJob
     from crmsync.worker import SyncBatch
 
 
@@ -195,8 +199,8 @@ class Services:
         )
 
     def _hooks(self, provider: str, purpose: str) -> ProviderHooks:
-        if purpose != "mail":
-            raise KeyError((provider, purpose))  # the calendar bundles come with the calendar engine
+        if purpose == "calendar":
+            return self.calendar_bundle(provider).hooks
         return self.mail_bundle(provider).hooks
 
     # ------------------------------------------------------------------ providers
@@ -207,6 +211,14 @@ class Services:
 
     def _mail_parts[T](self, part: Callable[[MailBundle], T]) -> Mapping[str, T]:
         return registry.ByProvider("mail", lambda provider: part(self.mail_bundle(provider)))
+
+    @_once
+    def calendar_bundle(self, provider: str) -> CalendarBundle:
+        """A provider's calendar parts over these services (KeyError: no such provider)."""
+        return registry.calendar_bundle(provider, _Wiring(self))
+
+    def _calendar_parts[T](self, part: Callable[[CalendarBundle], T]) -> Mapping[str, T]:
+        return registry.ByProvider("calendar", lambda provider: part(self.calendar_bundle(provider)))
 
     @_once
     def change_sources(self) -> Mapping[str, ChangeSource[ProviderMessage]]:
@@ -247,10 +259,10 @@ class Services:
         return SyncSchedule(self.due(), self.settings.catchup_after_s)
 
     @_once
-    def mail_sync_job(self) -> MailSyncJob:
-        from crmsync.mail.jobs import MailSyncJob
+    def mail_sync_job(self) -> SyncJob[ProviderMessage]:
+        from crmsync.sync.jobs import SyncJob
 
-        return MailSyncJob(
+        return SyncJob(
             self.account_store(),
             self.mailbox_sync(),
             self.change_sources(),
@@ -282,10 +294,13 @@ class Services:
         from crmsync.sync.core import ImportPages
 
         pages = ImportPages(self.account_store(), self._mail_parts(lambda b: b.pages), self.mail_sync())
+        events = ImportPages(
+            self.account_store(), self._calendar_parts(lambda b: b.pages), self.calendar_sync()
+        )
         return Resync(
             self.sync_state(),
             self.publisher(),
-            sources={"mail_resync": pages, "mail_import": pages},
+            sources={"mail_resync": pages, "mail_import": pages, "calendar_resync": events},
             cursor_sink=CursorHandover(self.cursors(), self.queue()),
         )
 
@@ -301,6 +316,7 @@ class Services:
         runner = JobRunner(self.resync_requests(), SqsDeadLetters(s.sync_dlq_url))
         runner.register(JobType.MAIL_SYNC, self.mail_sync_job())
         runner.register(JobType.MAIL_WATCH, self.mail_watch_job())  # SYNC-7
+        runner.register(JobType.CALENDAR_SYNC, self.calendar_sync_job())
         runner.register(
             JobType.MAIL_PROPAGATE, PropagateJob(self.account_store(), self._mail_parts(lambda b: b.actions))
         )
@@ -321,6 +337,56 @@ class Services:
         from crmsync.schedule import Scheduler
 
         return Scheduler(self.due(), self.queue())
+
+    # ------------------------------------------------------------------ calendar sync
+    @_once
+    def activity_store(self) -> DynamoActivityStore:
+        from crmsync.stores.activities import DynamoActivityStore
+
+        return DynamoActivityStore(self.settings.activities_table)
+
+    def calendar_link(self, account: Account) -> CalendarLink:
+        """What the calendar engine plans an account's items for: its owner, its primary
+        calendar, the original connection date (CAL-6) and its settings (CAL-4, CAL-5)."""
+        from crmsync.calendar.models import CalendarLink, CalendarSettings
+
+        return CalendarLink(
+            tenant_id=account.tenant_id,
+            owner_user_id=account.user_id,
+            calendar_id=self.calendar_bundle(account.provider).calendar_id(account),
+            original_connection_date=account.connected_at,
+            settings=CalendarSettings(
+                save_events_as=account.settings.save_events_as,
+                activity_types=list(account.settings.activity_types),
+            ),
+        )
+
+    @_once
+    def calendar_sync(self) -> CalendarSync:
+        from crmsync.calendar.engine import CalendarSync
+
+        writers = self._calendar_parts(lambda b: b.writer)
+        return CalendarSync(self.activity_store(), writers, self.publisher(), self.calendar_link)
+
+    @_once
+    def calendar_loop(self) -> CursorLoop[CalendarEvent]:
+        from crmsync.resync import ResyncTrigger
+        from crmsync.sync.core import CursorLoop
+
+        trigger = ResyncTrigger(self.resync_requests(), self.queue(), "calendar_resync")
+        return CursorLoop(self.calendar_sync(), self.cursors(), trigger, "calendar")
+
+    @_once
+    def calendar_sync_job(self) -> SyncJob[CalendarEvent]:
+        from crmsync.sync.jobs import SyncJob
+
+        return SyncJob(
+            self.account_store(),
+            self.calendar_loop(),
+            self._calendar_parts(lambda b: b.source),
+            continuation=self.queue(),
+            job_type=JobType.CALENDAR_SYNC,
+        )
 
     # ------------------------------------------------------------------ webhooks
     @_once
@@ -403,7 +469,7 @@ class _Wiring:
     def queue(self) -> SqsJobQueue:
         return self._services.queue()
 
-    def sync_job(self) -> MailSyncJob:
+    def sync_job(self) -> SyncJob[ProviderMessage]:
         return self._services.mail_sync_job()
 
 

@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     google_token_uri: str = "https://oauth2.googleapis.com/token"
     google_userinfo_uri: str = "https://openidconnect.googleapis.com/v1/userinfo"
     gmail_api_base: str = "https://gmail.googleapis.com"
+    google_calendar_api_base: str = "https://www.googleapis.com"  # calendar.v3 adds its own path
     microsoft_authority_host: str = "https://login.microsoftonline.com"
     graph_api_base: str = "https://graph.microsoft.com"
     # A CA bundle to trust for provider TLS (the emulators' local CA); empty: the system's.

@@ -362,6 +362,8 @@ def test_a_further_account_with_settings_and_a_back_import(
         "scope": "crm_threads",
         "inbound_from_contacts": True,
         "archive_propagation": False,
+        "save_events_as": "meeting",
+        "activity_types": ["meeting"],
     }
     sfn = boto3.client("stepfunctions")
 

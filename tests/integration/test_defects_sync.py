@@ -408,8 +408,8 @@ class NoVisibility:
 @pytest.mark.rule("SYNC-1")
 def test_a_slow_mailbox_takes_its_share_of_the_time_and_the_others_still_sync(stack: LocalStack) -> None:
     from crmsync.jobs import JobRunner
-    from crmsync.mail.jobs import MailSyncJob
     from crmsync.stores.queue import SqsJobQueue
+    from crmsync.sync.jobs import SyncJob
 
     slow, quick = World(), World()
     for world in (slow, quick):
@@ -441,7 +441,7 @@ def test_a_slow_mailbox_takes_its_share_of_the_time_and_the_others_still_sync(st
     )["QueueUrl"]
     real = services.current().job_runner()
     runner = JobRunner(real._resyncs, real._dead)  # type: ignore[attr-defined]
-    sync_job = MailSyncJob(
+    sync_job = SyncJob(
         services.current().account_store(),
         services.current().mailbox_sync(),
         {"google": ByAccount()},

@@ -28,6 +28,8 @@ ACTIVE: frozenset[str] = frozenset({"connected", "syncing", "reauth_required"})
 SYNCABLE: frozenset[str] = frozenset({"connected", "syncing"})
 
 Label = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\r\n\x00]+$")]
+# a CRM activity type's name (custom types included), as the CRM spells it
+ActivityType = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\r\n\x00]+$")]
 
 
 class _Strict(BaseModel):
@@ -51,6 +53,14 @@ class AccountSettings(_Strict):
     scope: Literal["crm_threads", "all"] = Field(default="crm_threads", description="MAIL-1.")
     inbound_from_contacts: bool = Field(default=True, description="MAIL-4.")
     archive_propagation: bool = Field(default=False, description="MAIL-9.")
+    save_events_as: ActivityType = Field(
+        default="meeting", description="CAL-4: the CRM activity type events from the calendar become."
+    )
+    activity_types: list[ActivityType] = Field(
+        default_factory=lambda: ["meeting"],
+        max_length=50,
+        description="CAL-5: the activity types (custom ones included) that go to the calendar.",
+    )
 
 
 class AccountSettingsPatch(_Strict):
@@ -59,6 +69,8 @@ class AccountSettingsPatch(_Strict):
     scope: Literal["crm_threads", "all"] | None = None
     inbound_from_contacts: bool | None = None
     archive_propagation: bool | None = None
+    save_events_as: ActivityType | None = None
+    activity_types: list[ActivityType] | None = Field(default=None, max_length=50)
 
 
 # A mail server's DNS name (labels of 1-63 letters, digits and hyphens, no hyphen at either

@@ -10,17 +10,20 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 if TYPE_CHECKING:
+    from crmsync.accounts.models import Account
     from crmsync.accounts.ports import ProviderHooks
+    from crmsync.calendar.models import CalendarEvent
+    from crmsync.calendar.ports import CalendarWriter
     from crmsync.jobs import Job
     from crmsync.mail.actions import MailboxActions
     from crmsync.mail.engine import MailSync
-    from crmsync.mail.jobs import MailSyncJob
     from crmsync.mail.limits import AttachmentLimits
     from crmsync.mail.models import ProviderMessage
     from crmsync.mail.send import MailSender
     from crmsync.mail.watch import SyncSchedule, Watcher
     from crmsync.settings import Settings
     from crmsync.sync.core import ChangeSource, CursorStore, ImportSource
+    from crmsync.sync.jobs import SyncJob
 
 
 class JobQueue(Protocol):
@@ -49,7 +52,7 @@ class MailWiring(Protocol):
 
     def queue(self) -> JobQueue: ...
 
-    def sync_job(self) -> MailSyncJob: ...
+    def sync_job(self) -> SyncJob[ProviderMessage]: ...
 
 
 class MailBundle(ABC):
@@ -91,3 +94,32 @@ class MailBundle(ABC):
     @property
     def jobs(self) -> Mapping[str, Callable[[Job, str], None]]:
         return {}
+
+
+class CalendarBundle(ABC):
+    """A vendor's calendar parts: `source` pages through changes since a cursor, `pages` through
+    what a calendar resync lists, `writer` writes events (CAL-15, CAL-17), `hooks` give a new
+    connection its first cursor. Built over the same wiring as the mail bundle."""
+
+    def __init__(self, wiring: MailWiring) -> None:
+        self.wiring = wiring
+
+    @property
+    @abstractmethod
+    def source(self) -> ChangeSource[CalendarEvent]: ...
+
+    @property
+    @abstractmethod
+    def pages(self) -> ImportSource[CalendarEvent]: ...
+
+    @property
+    @abstractmethod
+    def writer(self) -> CalendarWriter: ...
+
+    @property
+    @abstractmethod
+    def hooks(self) -> ProviderHooks: ...
+
+    @abstractmethod
+    def calendar_id(self, account: Account) -> str:
+        """The id of the account's primary calendar, the one that syncs (CAL-3)."""

@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from crmsync.accounts.oauth import OAuthClient
     from crmsync.mail.limits import AttachmentLimits
-    from crmsync.providers.bundle import MailBundle, MailWiring
+    from crmsync.providers.bundle import CalendarBundle, MailBundle, MailWiring
     from crmsync.settings import Settings
 
 # (provider, purpose) → "module:name" of its bundle class (or, for "oauth", its sign-in factory)
 BUNDLES: dict[tuple[str, str], str] = {
     ("google", "mail"): "crmsync.providers.google.bundle:GoogleMail",
     ("google", "oauth"): "crmsync.providers.google.bundle:oauth_client",
+    ("google", "calendar"): "crmsync.providers.google.bundle:GoogleCalendar",
     ("microsoft", "mail"): "crmsync.providers.microsoft.bundle:MicrosoftMail",
     ("microsoft", "oauth"): "crmsync.providers.microsoft.bundle:oauth_client",
 }
@@ -36,6 +37,12 @@ def providers(purpose: str) -> list[str]:
 def mail_bundle(provider: str, wiring: MailWiring) -> MailBundle:
     """The provider's mail bundle; KeyError for a provider with none."""
     bundle: MailBundle = _load(provider, "mail")(wiring)
+    return bundle
+
+
+def calendar_bundle(provider: str, wiring: MailWiring) -> CalendarBundle:
+    """The provider's calendar bundle; KeyError for a provider with none."""
+    bundle: CalendarBundle = _load(provider, "calendar")(wiring)
     return bundle
 
 

@@ -8,11 +8,18 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from crmsync.mail.limits import MB, AttachmentLimits
-from crmsync.providers.bundle import MailBundle
+from crmsync.providers.bundle import CalendarBundle, MailBundle
 
 if TYPE_CHECKING:
+    from crmsync.accounts.models import Account
     from crmsync.accounts.oauth import OAuthClient
     from crmsync.providers.google.actions import GmailActions
+    from crmsync.providers.google.calendar import (
+        GoogleCalendarHooks,
+        GoogleCalendarImport,
+        GoogleCalendarSource,
+        GoogleCalendarWriter,
+    )
     from crmsync.providers.google.gmail import GmailHistorySource, GmailImport
     from crmsync.providers.google.watch import GmailWatcher, GmailWatchHooks
     from crmsync.settings import Settings
@@ -84,3 +91,41 @@ def oauth_client(config: Mapping[str, str], settings: Settings) -> OAuthClient:
         settings.gmail_api_base,
         settings.provider_ca_bundle or True,
     )
+
+
+class GoogleCalendar(CalendarBundle):
+    """Google Calendar's parts: the primary calendar's sync-token listing, its full listing for a
+    resync, the writer, and the first cursor of a new connection."""
+
+    @property
+    def _base(self) -> str:
+        return self.wiring.settings.google_calendar_api_base
+
+    @cached_property
+    def source(self) -> GoogleCalendarSource:
+        from crmsync.providers.google.calendar import GoogleCalendarSource
+
+        return GoogleCalendarSource(self.wiring.access_token, self._base, refused=self.wiring.refused)
+
+    @cached_property
+    def pages(self) -> GoogleCalendarImport:
+        from crmsync.providers.google.calendar import GoogleCalendarImport
+
+        return GoogleCalendarImport(self.wiring.access_token, self._base, refused=self.wiring.refused)
+
+    @cached_property
+    def writer(self) -> GoogleCalendarWriter:
+        from crmsync.providers.google.calendar import GoogleCalendarWriter
+
+        return GoogleCalendarWriter(self.wiring.access_token, self._base, refused=self.wiring.refused)
+
+    @cached_property
+    def hooks(self) -> GoogleCalendarHooks:
+        from crmsync.providers.google.calendar import GoogleCalendarHooks
+
+        return GoogleCalendarHooks(self._base, self.wiring.cursors())
+
+    def calendar_id(self, account: Account) -> str:
+        from crmsync.providers.google.calendar import primary_id
+
+        return primary_id(account)

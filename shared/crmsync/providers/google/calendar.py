@@ -17,12 +17,12 @@ from collections.abc import Callable, Sequence
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from crmsync.accounts.models import Account
+from crmsync.accounts.models import Account, TokenSet
 from crmsync.calendar.models import CalendarEvent, SyncedFields
 from crmsync.errors import TransientError, retry_after_seconds
 from crmsync.providers.google.calendar_events import ACTIVITY_PROPERTY, from_google, to_google
 from crmsync.providers.google.gmail import _bearer
-from crmsync.sync.core import ChangePage, CursorExpired
+from crmsync.sync.core import ChangePage, CursorExpired, CursorStore
 
 if TYPE_CHECKING:
     from crmsync.resync import ResyncJob
@@ -277,3 +277,35 @@ class GoogleCalendarWriter(_Client):
             _raise_transient(error, "an event already created")
             raise
         return found
+
+
+class GoogleCalendarHooks:
+    """A new calendar connection's first cursor: the sync token at the end of the primary
+    calendar's full listing, read and not imported (nothing in it was created after the original
+    connection date, CAL-6). A reconnect keeps the cursor it has."""
+
+    def __init__(self, api_base: str, cursors: CursorStore) -> None:
+        self._base = api_base
+        self._cursors = cursors
+
+    def on_connected(self, account: Account, tokens: TokenSet) -> None:
+        if "calendar" not in account.purposes or not tokens.access_token:
+            return
+        from crmsync.resync import ResyncJob
+
+        token = tokens.access_token
+        listing = GoogleCalendarImport(lambda _: token, self._base)
+        job = ResyncJob(
+            tenant_id=account.tenant_id,
+            user_id=account.user_id,
+            account_id=account.account_id,
+            kind="calendar_resync",
+        )
+        page = listing.page(account, job)
+        while page.next_page is not None:
+            page = listing.page(account, job.model_copy(update={"page_token": page.next_page}))
+        if page.cursor:
+            self._cursors.advance(account.account_id, "calendar", page.cursor, expected=None)
+
+    def on_disconnected(self, account: Account, tokens: TokenSet | None) -> None:
+        return None  # push channels are stopped by their own hooks (next); the listing needs no teardown

@@ -438,7 +438,7 @@ class GraphLifecycleJobs:
     """The worker's jobs for Graph's lifecycle events (queued by providers/microsoft/notify.py)."""
 
     def __init__(self, accounts: AccountOfJob, watcher: GraphWatcher, queue: JobQueue) -> None:
-        self._accounts = accounts  # MailSyncJob: raises Paused for an account that may not sync
+        self._accounts = accounts  # SyncJob: raises Paused for an account that may not sync
         self._watcher = watcher
         self._queue = queue
 

@@ -1,4 +1,6 @@
-"""The sync worker's `mail.sync` job: run an account's incremental sync from its cursor."""
+"""The sync worker's `mail.sync` and `calendar.sync` jobs: an account's incremental sync of one
+item kind from its cursor, on the sync core's loop, continued as a job of its own when the run
+runs out of time."""
 
 from __future__ import annotations
 
@@ -12,7 +14,6 @@ from crmsync.accounts.models import Account
 from crmsync.errors import Paused, PermanentError
 from crmsync.jobs import Job, current_deadline
 from crmsync.jobtypes import JobType
-from crmsync.mail.models import ProviderMessage
 from crmsync.sync.core import ChangeSource, CursorLoop, Resume
 
 
@@ -24,18 +25,20 @@ class JobQueue(Protocol):
     def send(self, job: Job, dedup_id: str) -> None: ...
 
 
-class MailSyncJob:
+class SyncJob[T]:
     def __init__(
         self,
         accounts: AccountById,
-        mailbox_sync: CursorLoop[ProviderMessage],
-        sources: Mapping[str, ChangeSource[ProviderMessage]],
+        mailbox_sync: CursorLoop[T],
+        sources: Mapping[str, ChangeSource[T]],
         synced: Callable[[Account], object] | None = None,
         continuation: JobQueue | None = None,
+        job_type: str = JobType.MAIL_SYNC,
     ) -> None:
+        self._job_type = job_type  # what a continuation is queued as
         self._accounts = accounts
         self._sync = mailbox_sync
-        self._sources = sources  # provider → ChangeSource; the Gmail, Graph and IMAP adapters register
+        self._sources = sources  # provider → its ChangeSource of this item kind
         self._synced = synced  # e.g. SyncSchedule.synced: the catch-up poll moves on (SYNC-2)
         self._continuation = continuation  # where a run that ran out of time queues the rest
 
@@ -60,13 +63,15 @@ class MailSyncJob:
         try:
             source = self._sources[account.provider]
         except KeyError:
-            raise PermanentError(f"no change source for {account.provider} mailboxes in this build") from None
+            raise PermanentError(
+                f"no change source for {account.provider} ({self._job_type}) in this build"
+            ) from None
         deadline = current_deadline() if self._continuation is not None else None
         result = self._sync.run(account, source, deadline=deadline, resume=resume)
         if result.resume is not None and self._continuation is not None:
             # out of time: the rest is a job of its own, behind whatever else the account has queued
             go_on = Job(
-                type=JobType.MAIL_SYNC,
+                type=self._job_type,
                 tenant_id=account.tenant_id,
                 account_id=account.account_id,
                 payload={"resume": result.resume.model_dump()},
