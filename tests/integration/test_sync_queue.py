@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from typing import Any
 
 import boto3
 import pytest
@@ -13,6 +14,9 @@ from crmsync import services
 from crmsync.schedule import DueItem
 from local.stack import LocalStack
 from tests.integration.helpers import executions, wait_for_execution, wait_until
+from tests.integration.test_resync import ScriptedProvider, provider
+
+__all__ = ["provider"]  # test_resync's fixture, used here too
 
 
 def _send(stack: LocalStack, body: str, group: str) -> None:
@@ -29,7 +33,7 @@ def _resync_job(tenant: str, account: str) -> dict:
         "type": "resync.start",
         "tenant_id": tenant,
         "account_id": account,
-        "payload": {"user_id": "u1", "kind": "calendar_resync"},  # no calendar source yet: an empty account
+        "payload": {"user_id": "u1", "kind": "calendar_resync"},
     }
 
 
@@ -61,7 +65,8 @@ def _execution_for(stack: LocalStack, account: str) -> dict | None:
     return found[0] if found else None
 
 
-def test_a_queued_resync_job_starts_the_state_machine(stack: LocalStack, tenant: str) -> None:
+def test_a_queued_resync_job_starts_the_state_machine(stack: LocalStack, tenant: str, provider: Any) -> None:
+    provider("calendar_resync", ScriptedProvider([0]))  # an empty calendar
     account = f"acc-{uuid.uuid4().hex[:8]}"
     _send(stack, json.dumps(_resync_job(tenant, account)), account)
     started = wait_until(lambda: _execution_for(stack, account))
