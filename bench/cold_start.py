@@ -159,6 +159,10 @@ def first_calls(stack: LocalStack) -> dict[str, tuple[str, dict[str, Any]]]:
             _http(stack, "GET", "/v1/directory/lookup", "member", "address=ann@example.com"),
         ),
         "AccountsFunction": ("GET /v1/accounts", _http(stack, "GET", "/v1/accounts", "member")),
+        "ActivitiesFunction": (
+            "GET /v1/activities/{id} (unknown)",
+            _http(stack, "GET", "/v1/activities/a-unknown", "service"),
+        ),
         "OAuthCallbackFunction": (
             "GET /oauth/google/callback (unknown state)",
             _http(stack, "GET", "/oauth/google/callback", None, "state=bench&code=bench"),

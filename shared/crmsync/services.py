@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from crmsync.accounts.oauth import OAuthClient
     from crmsync.accounts.ports import ProviderHooks
     from crmsync.accounts.service import Accounts
+    from crmsync.calendar.activities import Activities, CalendarPushJob
     from crmsync.calendar.engine import CalendarSync
     from crmsync.calendar.models import CalendarEvent, CalendarLink
     from crmsync.crypto import SecretBox
@@ -317,6 +318,7 @@ class Services:
         runner.register(JobType.MAIL_SYNC, self.mail_sync_job())
         runner.register(JobType.MAIL_WATCH, self.mail_watch_job())  # SYNC-7
         runner.register(JobType.CALENDAR_SYNC, self.calendar_sync_job())
+        runner.register(JobType.CALENDAR_PUSH, self.calendar_push_job())
         runner.register(
             JobType.MAIL_PROPAGATE, PropagateJob(self.account_store(), self._mail_parts(lambda b: b.actions))
         )
@@ -387,6 +389,18 @@ class Services:
             continuation=self.queue(),
             job_type=JobType.CALENDAR_SYNC,
         )
+
+    @_once
+    def calendar_push_job(self) -> CalendarPushJob:
+        from crmsync.calendar.activities import CalendarPushJob
+
+        return CalendarPushJob(self.activity_store(), self.account_store(), self.calendar_sync())
+
+    @_once
+    def activities(self) -> Activities:
+        from crmsync.calendar.activities import Activities
+
+        return Activities(self.activity_store(), self.queue())
 
     # ------------------------------------------------------------------ webhooks
     @_once
