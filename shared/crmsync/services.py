@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from crmsync.calendar.activities import Activities, CalendarPushJob
     from crmsync.calendar.engine import CalendarSync
     from crmsync.calendar.models import CalendarEvent, CalendarLink
+    from crmsync.calendar.schedule import CalendarPolls
     from crmsync.crypto import SecretBox
     from crmsync.directory import Directory
     from crmsync.jobs import JobRunner
@@ -379,6 +380,13 @@ class Services:
         return CursorLoop(self.calendar_sync(), self.cursors(), trigger, "calendar")
 
     @_once
+    def calendar_polls(self) -> CalendarPolls:
+        """Each calendar connection's poll, as a due item the scheduler fans out (SYNC-2)."""
+        from crmsync.calendar.schedule import CalendarPolls
+
+        return CalendarPolls(self.due(), self.settings.calendar_poll_after_s)
+
+    @_once
     def calendar_sync_job(self) -> SyncJob[CalendarEvent]:
         from crmsync.sync.jobs import SyncJob
 
@@ -386,6 +394,7 @@ class Services:
             self.account_store(),
             self.calendar_loop(),
             self._calendar_parts(lambda b: b.source),
+            synced=self.calendar_polls().synced,
             continuation=self.queue(),
             job_type=JobType.CALENDAR_SYNC,
         )
@@ -479,6 +488,9 @@ class _Wiring:
 
     def schedule(self) -> SyncSchedule:
         return self._services.sync_schedule()
+
+    def calendar_polls(self) -> CalendarPolls:
+        return self._services.calendar_polls()
 
     def queue(self) -> SqsJobQueue:
         return self._services.queue()

@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     due_shards: int = 16
     # SYNC-2: a mailbox that has not synced for this long gets a catch-up sync (lost pushes).
     catchup_after_s: int = 900
+    calendar_poll_after_s: int = 900  # a calendar connection is synced at least this often (SYNC-2)
 
     # Accounts: secrets, OAuth clients, where the connect flow returns.
     user_secrets_key_id: str = ""

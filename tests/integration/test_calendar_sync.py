@@ -91,3 +91,58 @@ def test_a_connected_google_calendar_syncs_its_new_events_into_crm_activities(
         if e.get("detail-type") == "ActivityCreatedFromCalendar"
         and e["detail"].get("fields", {}).get("subject") == "Planned last month"
     ]
+
+
+@pytest.mark.rule("SYNC-2")
+@pytest.mark.rule("ACC-8")
+def test_a_calendar_whose_pushes_are_lost_is_synced_by_its_poll_and_a_disconnect_ends_the_poll(
+    stack: LocalStack, api: Api, emulators: Emulators, tenant: str
+) -> None:
+    """The poll is a due item the scheduler fans out (no run reads every connection); each sync
+    moves it a period on; disconnecting removes it."""
+    from tests.integration.test_graph_notify import _due_items
+
+    set_plan(api, tenant, "advanced")
+    user = api.token(tenant, "u1")
+    address = f"poll-{uuid.uuid4().hex[:8]}@gmail.test"
+    account_id = connect(api, Browser(emulators), user, "google", address, purpose="calendar")["account_id"]
+    poll = _due_items(stack, account_id)["DUE#calpoll"]
+    assert poll["job"]["type"] == "calendar.sync"
+    emulators.google.calendar.create_in_client(address, _event("Nobody pushed this"))
+    assert stack.services.scheduler().run(int(poll["due_at"]) + 1) >= 1
+    _told(stack, account_id, "ActivityCreatedFromCalendar", "Nobody pushed this")
+    # still scheduled after it ran, a full period after the sync (the same second as the connect here)
+    assert _due_items(stack, account_id)["DUE#calpoll"]["due_at"] >= poll["due_at"]
+    assert api.call("DELETE", f"/v1/accounts/{account_id}", user).status_code == 200
+    assert "DUE#calpoll" not in _due_items(stack, account_id)
+
+
+@pytest.mark.rule("SYNC-2")
+def test_each_sync_moves_the_poll_a_full_period_on_and_a_stopped_one_stays_stopped(stack: LocalStack) -> None:
+    from crmsync.accounts.models import Account, AccountSettings
+    from crmsync.calendar.schedule import POLL, CalendarPolls
+    from tests.integration.test_graph_notify import _due_items
+
+    now = [1_900_000_000.0]
+    polls = CalendarPolls(stack.services.due(), 900, clock=lambda: now[0])
+    at = datetime.now(UTC)
+    account = Account(
+        account_id=f"acc-{uuid.uuid4().hex[:8]}",
+        tenant_id="t-poll",
+        user_id="u1",
+        provider="google",
+        purpose="calendar",
+        address="p@gmail.test",
+        status="connected",
+        settings=AccountSettings(),
+        connected_at=at,
+        updated_at=at,
+    )
+    polls.started(account)
+    assert _due_items(stack, account.account_id)[POLL]["due_at"] == 1_900_000_900
+    now[0] += 600
+    assert polls.synced(account) is True
+    assert _due_items(stack, account.account_id)[POLL]["due_at"] == 1_900_001_500
+    polls.stopped(account)
+    assert polls.synced(account) is False  # a sync that ends after the disconnect brings nothing back
+    assert POLL not in _due_items(stack, account.account_id)

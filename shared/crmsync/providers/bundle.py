@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from crmsync.accounts.ports import ProviderHooks
     from crmsync.calendar.models import CalendarEvent
     from crmsync.calendar.ports import CalendarWriter
+    from crmsync.calendar.schedule import CalendarPolls
     from crmsync.jobs import Job
     from crmsync.mail.actions import MailboxActions
     from crmsync.mail.engine import MailSync
@@ -49,6 +50,8 @@ class MailWiring(Protocol):
     def cursors(self) -> CursorStore: ...
 
     def schedule(self) -> SyncSchedule: ...
+
+    def calendar_polls(self) -> CalendarPolls: ...
 
     def queue(self) -> JobQueue: ...
 

@@ -123,7 +123,7 @@ class GoogleCalendar(CalendarBundle):
     def hooks(self) -> GoogleCalendarHooks:
         from crmsync.providers.google.calendar import GoogleCalendarHooks
 
-        return GoogleCalendarHooks(self._base, self.wiring.cursors())
+        return GoogleCalendarHooks(self._base, self.wiring.cursors(), self.wiring.calendar_polls())
 
     def calendar_id(self, account: Account) -> str:
         from crmsync.providers.google.calendar import primary_id

@@ -25,6 +25,7 @@ from crmsync.providers.google.gmail import _bearer
 from crmsync.sync.core import ChangePage, CursorExpired, CursorStore
 
 if TYPE_CHECKING:
+    from crmsync.calendar.schedule import CalendarPolls
     from crmsync.resync import ResyncJob
 
 PRIMARY = "primary"
@@ -284,9 +285,10 @@ class GoogleCalendarHooks:
     calendar's full listing, read and not imported (nothing in it was created after the original
     connection date, CAL-6). A reconnect keeps the cursor it has."""
 
-    def __init__(self, api_base: str, cursors: CursorStore) -> None:
+    def __init__(self, api_base: str, cursors: CursorStore, polls: CalendarPolls) -> None:
         self._base = api_base
         self._cursors = cursors
+        self._polls = polls  # the catch-up poll of the connection (SYNC-2)
 
     def on_connected(self, account: Account, tokens: TokenSet) -> None:
         if "calendar" not in account.purposes or not tokens.access_token:
@@ -306,6 +308,8 @@ class GoogleCalendarHooks:
             page = listing.page(account, job.model_copy(update={"page_token": page.next_page}))
         if page.cursor:
             self._cursors.advance(account.account_id, "calendar", page.cursor, expected=None)
+        self._polls.started(account)
 
     def on_disconnected(self, account: Account, tokens: TokenSet | None) -> None:
-        return None  # push channels are stopped by their own hooks (next); the listing needs no teardown
+        if "calendar" in account.purposes:
+            self._polls.stopped(account)  # nothing is polled any more (ACC-8)
