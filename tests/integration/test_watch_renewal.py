@@ -17,6 +17,7 @@ from boto3.dynamodb.conditions import Key
 
 from crmsync import services
 from crmsync.auth import Principal
+from crmsync.calendar.schedule import POLL
 from crmsync.directory import ContactEntry
 from crmsync.mail.watch import CATCHUP, WATCH, renew_at
 from crmsync.settings import get_settings
@@ -197,7 +198,8 @@ def test_disconnect_leaves_nothing_scheduled_and_late_work_cannot_bring_it_back(
 ) -> None:
     _with_contact(api, tenant)
     address, account_id = _connected(api, emulators, tenant, "leaving")
-    assert set(_due_items(stack, account_id)) == {WATCH, CATCHUP}
+    # connected for mail and calendar (the default purpose): the watch, the catch-up, the calendar poll
+    assert set(_due_items(stack, account_id)) == {WATCH, CATCHUP, POLL}
     gone = api.call("DELETE", f"/v1/accounts/{account_id}", api.token(tenant, "u1"))
     assert gone.status_code == 200 and gone.json()["status"] == "disconnected"
     assert _due_items(stack, account_id) == {}
