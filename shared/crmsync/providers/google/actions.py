@@ -7,12 +7,12 @@ INBOX label; deleting moves to trash (`messages.trash`), never the permanent del
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
 from typing import Any
 
 from crmsync.accounts.models import Account
 from crmsync.errors import PermanentError
-from crmsync.providers.google.gmail import _raise_transient, _status, account_gmail
+from crmsync.providers.google.client import status_of
+from crmsync.providers.google.gmail import GmailClients, _raise_transient
 
 
 def _call(request: Any, what: str) -> Any:
@@ -21,26 +21,13 @@ def _call(request: Any, what: str) -> Any:
     try:
         return request.execute()
     except HttpError as error:
-        status = _status(error)
+        status = status_of(error)
         _raise_transient(error, what)  # throttling and 5xx, with Retry-After, as the sync path does
         reason = getattr(error, "reason", "") or str(status)
         raise PermanentError(f"gmail answered {status} to {what}: {reason}") from error
 
 
-class GmailActions:
-    def __init__(
-        self,
-        access_token: Callable[[str], str],
-        api_base: str,
-        refused: Callable[[str, str], str] | None = None,
-    ) -> None:
-        self._token = access_token  # Credentials.access_token: refreshes, or raises AccountPaused
-        self._base = api_base
-        self._refused = refused  # Credentials.refused: a new token after a 401, or AccountPaused
-
-    def _gmail(self, account: Account) -> Any:
-        return account_gmail(account.account_id, self._token, self._base, self._refused)
-
+class GmailActions(GmailClients):
     def send(
         self, account: Account, raw: bytes, reply_to: tuple[str, str | None] | None
     ) -> tuple[str, str | None]:
@@ -84,7 +71,7 @@ class GmailActions:
         try:
             _call(request, what)
         except PermanentError as error:
-            if isinstance(error.__cause__, HttpError) and _status(error.__cause__) == 404:
+            if isinstance(error.__cause__, HttpError) and status_of(error.__cause__) == 404:
                 return False
             raise
         return True

@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from crmsync.accounts.models import Account, TokenSet
 from crmsync.calendar.models import CalendarEvent, SyncedFields
-from crmsync.errors import TransientError, retry_after_seconds
 from crmsync.providers.google.calendar_events import ACTIVITY_PROPERTY, from_google, to_google
-from crmsync.providers.google.gmail import _bearer
+from crmsync.providers.google.client import AccountClients, google_service, raise_transient, status_of
 from crmsync.sync.core import ChangePage, CursorExpired, CursorStore
 
 if TYPE_CHECKING:
@@ -31,7 +30,6 @@ if TYPE_CHECKING:
 PRIMARY = "primary"
 PAGE_SIZE = 250  # Google's default; kept explicit so every listing asks the same
 NO_NOTIFICATIONS = "none"  # CAL-17: sendUpdates on every write
-_TIMEOUT = 20
 
 
 @cache
@@ -49,58 +47,29 @@ def _service_path() -> str:
 def calendar_service(access_token: str, api_base: str, refresh: Callable[[str], str] | None = None) -> Any:
     """A calendar.v3 client on `api_base` (the Google API root, as for Gmail: the service path
     of the discovery document is added here). After a 401, `refresh(refused token)` gives a new
-    token once (see gmail._bearer)."""
-    import google_auth_httplib2
-    import httplib2
-    from googleapiclient.discovery import build_from_document
-
-    credentials = _bearer(access_token, refresh)
-    http = google_auth_httplib2.AuthorizedHttp(credentials, http=httplib2.Http(timeout=_TIMEOUT))
+    token once (client._bearer)."""
     endpoint = api_base.rstrip("/") + "/" + _service_path()
-    return build_from_document(_discovery(), http=http, client_options={"api_endpoint": endpoint})
+    return google_service(_discovery(), access_token, endpoint, refresh, "google calendar")
 
 
-class _Client:
+class _Client(AccountClients):
     """What the three adapters share: an account's calendar.v3 client."""
 
-    def __init__(
-        self,
-        access_token: Callable[[str], str],
-        api_base: str,
-        refused: Callable[[str, str], str] | None = None,
-    ) -> None:
-        self._token = access_token  # Credentials.access_token: refreshes, or raises AccountPaused
-        self._base = api_base
-        self._refused = refused  # Credentials.refused: after a 401
-
     def _service(self, account: Account) -> Any:
-        refused = self._refused
-        refresh = (lambda old: refused(account.account_id, old)) if refused is not None else None
-        return calendar_service(self._token(account.account_id), self._base, refresh)
-
-
-def _status(error: Any) -> int:
-    return int(getattr(getattr(error, "resp", None), "status", 0) or 0)
-
-
-def _retry_after(error: Any) -> str:
-    return str(getattr(getattr(error, "resp", None), "get", lambda *_: None)("retry-after") or "")
+        return calendar_service(
+            self._token(account.account_id), self._base, self._refresh_for(account.account_id)
+        )
 
 
 def _is_usage_limit(error: Any) -> bool:
     content = getattr(error, "content", b"") or b""
-    return _status(error) == 429 or (
-        _status(error) == 403 and (b'"usageLimits"' in content or b"ateLimitExceeded" in content)
+    return status_of(error) == 429 or (
+        status_of(error) == 403 and (b'"usageLimits"' in content or b"ateLimitExceeded" in content)
     )
 
 
 def _raise_transient(error: Any, what: str) -> None:
-    if _is_usage_limit(error) or _status(error) >= 500:
-        raise TransientError(
-            f"google calendar answered {_status(error)} for {what}; "
-            f"retry after {_retry_after(error) or 'a while'}",
-            retry_after=retry_after_seconds(_retry_after(error)),
-        ) from error
+    raise_transient(error, what, "google calendar", _is_usage_limit)
 
 
 def _listing(service: Any, sync_token: str | None, page_token: str | None) -> dict[str, Any]:
@@ -147,7 +116,7 @@ class GoogleCalendarSource(_Client):
         try:
             listed = _listing(self._service(account), cursor, page_token)
         except HttpError as error:
-            if _status(error) == 410:  # fullSyncRequired: the token expired
+            if status_of(error) == 410:  # fullSyncRequired: the token expired
                 raise CursorExpired("google calendar no longer accepts the sync token (410)") from error
             _raise_transient(error, "the changed events")
             raise
@@ -194,7 +163,7 @@ class GoogleCalendarWriter(_Client):
                 service.events().insert(calendarId=PRIMARY, body=body, sendUpdates=NO_NOTIFICATIONS).execute()
             )
         except HttpError as error:
-            if _status(error) != 409:
+            if status_of(error) != 409:
                 _raise_transient(error, "an event insert")
                 raise
             made = self._get(service, event_id)
@@ -229,7 +198,7 @@ class GoogleCalendarWriter(_Client):
                 calendarId=PRIMARY, eventId=provider_event_id, sendUpdates=NO_NOTIFICATIONS
             ).execute()
         except HttpError as error:
-            if _status(error) in (404, 410):
+            if status_of(error) in (404, 410):
                 return
             _raise_transient(error, "an event delete")
             raise

@@ -17,8 +17,13 @@ from typing import TYPE_CHECKING, Any
 from aws_lambda_powertools import Logger
 
 from crmsync.accounts.models import Account, TokenSet
-from crmsync.errors import PermanentError, TransientError, retry_after_seconds
 from crmsync.mail.models import ProviderMessage, RemovalKind
+from crmsync.providers.google.client import (
+    AccountClients,
+    google_service,
+    raise_transient,
+    status_of,
+)
 from crmsync.sync.core import ChangePage, CursorExpired, CursorStore, Removal
 
 if TYPE_CHECKING:
@@ -33,7 +38,6 @@ BATCH_SIZE = 50  # Gmail allows 100 calls per batch and advises at most 50 (larg
 # one message over it (Gmail takes up to 25 MB, base64 makes it a third larger on the wire) bound
 # the raw mail it holds at once.
 BATCH_BYTES = 24 * 1024 * 1024
-_TIMEOUT = 20
 
 
 @cache
@@ -43,63 +47,24 @@ def _discovery() -> Any:
     return get_static_doc("gmail", "v1")
 
 
-class AccessTokenRefused(PermanentError):
-    """Gmail answered 401 to the access token, and no new one could be had: a reason for the
-    dead-letter record, never google-auth's RefreshError retried until the token expires."""
-
-
-def _bearer(access_token: str, refresh: Callable[[str], str] | None) -> Any:
-    """google-auth credentials holding our token. On a 401, google-auth asks them to refresh:
-    they get a new token from `refresh` (Credentials.refused: a forced refresh, or the account
-    paused for re-authorisation, ACC-9) once; a second 401, or no `refresh`, is a PermanentError."""
-    from google.oauth2.credentials import Credentials
-
-    class Bearer(Credentials):
-        refreshed = False
-
-        def refresh(self, request: Any) -> None:
-            if refresh is None or self.refreshed:
-                raise AccessTokenRefused("gmail refused the access token (401)")
-            self.refreshed = True
-            self.token = refresh(str(self.token))
-
-    return Bearer(token=access_token)  # type: ignore[no-untyped-call]
-
-
 def gmail_service(access_token: str, api_base: str, refresh: Callable[[str], str] | None = None) -> Any:
     """A gmail.v1 client on `api_base`; imported and built only where Gmail is called.
-    `refresh(refused token)` gives a new token after a 401 (see _bearer)."""
-    import google_auth_httplib2
-    import httplib2
-    from googleapiclient.discovery import build_from_document
-
-    credentials = _bearer(access_token, refresh)
-    http = google_auth_httplib2.AuthorizedHttp(credentials, http=httplib2.Http(timeout=_TIMEOUT))
-    return build_from_document(
-        _discovery(), http=http, client_options={"api_endpoint": api_base.rstrip("/") + "/"}
-    )
+    `refresh(refused token)` gives a new token after a 401 (client._bearer)."""
+    return google_service(_discovery(), access_token, api_base.rstrip("/") + "/", refresh, "gmail")
 
 
-def account_gmail(
-    account_id: str, token: Callable[[str], str], api_base: str, refused: Callable[[str, str], str] | None
-) -> Any:
-    """A gmail.v1 client with the account's token (`token`: Credentials.access_token); after
-    a 401, `refused` (Credentials.refused) gives a new token or pauses the account."""
-    refresh = (lambda old: refused(account_id, old)) if refused is not None else None
-    return gmail_service(token(account_id), api_base, refresh)
+class GmailClients(AccountClients):
+    """An account's gmail.v1 client: its token, and after a 401 a new one or the account paused
+    for re-authorisation (Credentials.refused, ACC-9)."""
 
-
-def _status(error: Any) -> int:
-    return int(getattr(getattr(error, "resp", None), "status", 0) or 0)
-
-
-def _retry_after(error: Any) -> str:
-    return str(getattr(getattr(error, "resp", None), "get", lambda *_: None)("retry-after") or "")
+    def _gmail(self, account: Account) -> Any:
+        account_id = account.account_id
+        return gmail_service(self._token(account_id), self._base, self._refresh_for(account_id))
 
 
 def _is_rate_limit(error: Any) -> bool:
-    return _status(error) == 429 or (
-        _status(error) == 403 and b"ateLimitExceeded" in (getattr(error, "content", b"") or b"")
+    return status_of(error) == 429 or (
+        status_of(error) == 403 and b"ateLimitExceeded" in (getattr(error, "content", b"") or b"")
     )
 
 
@@ -109,11 +74,7 @@ def _batch_path() -> str:
 
 
 def _raise_transient(error: Any, what: str) -> None:
-    if _is_rate_limit(error) or _status(error) >= 500:
-        raise TransientError(
-            f"gmail answered {_status(error)} for {what}; retry after {_retry_after(error) or 'a while'}",
-            retry_after=retry_after_seconds(_retry_after(error)),
-        ) from error
+    raise_transient(error, what, "gmail", _is_rate_limit)
 
 
 def fetch_raw_batched(gmail: Any, api_base: str, message_ids: Sequence[str]) -> list[ProviderMessage]:
@@ -146,7 +107,7 @@ def fetch_raw_batched(gmail: Any, api_base: str, message_ids: Sequence[str]) -> 
             response, failure = answers.pop(str(index))
             if failure is None:
                 found.append(_provider_message(response))
-            elif _status(failure) != 404:  # 404: deleted since the history was written, nothing to sync
+            elif status_of(failure) != 404:  # 404: deleted since the history was written, nothing to sync
                 _raise_transient(failure, "a message in a batch")
                 raise failure
     return found
@@ -166,7 +127,7 @@ def sizes_of(gmail: Any, api_base: str, message_ids: Sequence[str]) -> dict[str,
     def answered(request_id: str, response: Any, error: HttpError | None) -> None:
         if error is None:
             found[str(response["id"])] = int(response.get("sizeEstimate") or 0)
-        elif _status(error) != 404:
+        elif status_of(error) != 404:
             _raise_transient(error, "a message's size")
             raise error
 
@@ -238,23 +199,13 @@ def removals(history: list[dict[str, Any]], selected: list[str]) -> list[Removal
     return [Removal(item_id=i, how=how) for i, how in verdict.items() if how is not None]
 
 
-class GmailHistorySource:
-    def __init__(
-        self,
-        access_token: Callable[[str], str],
-        api_base: str,
-        refused: Callable[[str, str], str] | None = None,
-    ) -> None:
-        self._token = access_token  # Credentials.access_token: refreshes, or raises AccountPaused
-        self._base = api_base
-        self._refused = refused  # Credentials.refused: after a 401
-
+class GmailHistorySource(GmailClients):
     def changes(self, account: Account, cursor: str, page_token: str | None) -> ChangePage[ProviderMessage]:
         """One batch of messages at a time: a history page (up to 500 records) is read once with
         its messages' sizes, and its added messages are fetched and handed over in batches of at
         most BATCH_SIZE messages and BATCH_BYTES, so a worker holds at most one batch of raw mail;
         the page's removals come after its last batch."""
-        gmail = account_gmail(account.account_id, self._token, self._base, self._refused)
+        gmail = self._gmail(account)
         if page_token is not None and page_token.startswith(_HELD):
             held = json.loads(page_token[len(_HELD) :])
         else:
@@ -291,7 +242,7 @@ class GmailHistorySource:
                 .execute()
             )
         except HttpError as error:
-            if _status(error) == 404:
+            if status_of(error) == 404:
                 raise CursorExpired(f"history {cursor} is no longer kept (404)") from error
             _raise_transient(error, "the history")
             raise
@@ -340,32 +291,22 @@ class GmailHooks:
             logger.warning(
                 "gmail watch not stopped; it lapses on its own",
                 extra={
-                    "status": _status(getattr(error, "__cause__", None) or error),
+                    "status": status_of(getattr(error, "__cause__", None) or error),
                     "error_type": type(error).__name__,
                 },
             )
 
 
-class GmailImport:
+class GmailImport(GmailClients):
     """A resync or back-import of a Gmail mailbox, one `messages.list` page per step; the sync
     core hands the messages to the engine (exactly once, whatever was synced before). A resync
     starts from the mailbox's historyId read before its first page, so changes made while it
     runs are caught by the next incremental sync."""
 
-    def __init__(
-        self,
-        access_token: Callable[[str], str],
-        api_base: str,
-        refused: Callable[[str, str], str] | None = None,
-    ) -> None:
-        self._token = access_token
-        self._base = api_base
-        self._refused = refused
-
     def page(self, account: Account, job: ResyncJob) -> ChangePage[ProviderMessage]:
         from googleapiclient.errors import HttpError
 
-        gmail = account_gmail(account.account_id, self._token, self._base, self._refused)
+        gmail = self._gmail(account)
         if job.page_token is not None and job.page_token.startswith(_HELD):  # the rest of a listed page
             held = json.loads(job.page_token[len(_HELD) :])
             return self._batch(gmail, held["ids"], held["sizes"], held["next"], job.cursor)
