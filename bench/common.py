@@ -28,12 +28,14 @@ TARGET_COLD_START = 1.5
 _HARNESS_THREADS = ("sqs:", "events-tap", "schedule:")
 
 
-def layer_services(stack: Any) -> Any:
-    """The layer's services the stack's handlers use: the stack's own composition root when it
-    has one, else the module-level factories (the one place that knows which)."""
-    from crmsync import services
+def worker_memory_mb() -> int:
+    """SyncWorkerFunction's MemorySize, as template.yaml gives it (else the Globals')."""
+    from local.cfn import load_template
+    from local.stack import TEMPLATE
 
-    return getattr(stack, "services", None) or services
+    template = load_template(TEMPLATE)
+    own = template["Resources"]["SyncWorkerFunction"]["Properties"].get("MemorySize")
+    return int(own or template["Globals"]["Function"]["MemorySize"])
 
 
 def mark(ok: bool) -> str:

@@ -35,9 +35,9 @@ from bench.common import (
     Usage,
     cost_model,
     dynamodb_line,
-    layer_services,
     mark,
     print_cost,
+    worker_memory_mb,
 )
 from local.emulators.google import GoogleEmulator
 from local.moto_patch import moto_transactions_without_table_copies
@@ -45,7 +45,6 @@ from local.stack import LocalStack
 
 SIZES = (100, 1000)
 CONTACT = "carla@client.test"
-WORKER_MEMORY_MB = 1024  # SyncWorkerFunction's MemorySize in template.yaml
 
 
 class _Quiet(WSGIRequestHandler):
@@ -150,7 +149,7 @@ class Bench:
         from crmsync.settings import get_settings
         from crmsync.stores.cursors import DynamoCursorStore
 
-        services = layer_services(stack)
+        services = stack.services
         self.tenant = f"bench-{uuid.uuid4().hex[:8]}"
         admin = Principal(tenant_id=self.tenant, user_id="admin", role="admin")
         services.directory().upsert(admin, "contacts", "c1", ContactEntry(name="Carla", emails=[CONTACT]))
@@ -278,7 +277,7 @@ def main() -> None:
     print_cost(
         f"modelled cost per million messages synced by Gmail (from the N={largest.n} run, one worker"
         " invocation per run)",
-        cost_model(largest.aws, largest.n, invocations=1, memory_mb=WORKER_MEMORY_MB),
+        cost_model(largest.aws, largest.n, invocations=1, memory_mb=worker_memory_mb()),
     )
 
 

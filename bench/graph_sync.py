@@ -46,11 +46,11 @@ from bench.common import (
     Usage,
     cost_model,
     dynamodb_line,
-    layer_services,
     mark,
     print_cost,
+    worker_memory_mb,
 )
-from bench.gmail_sync import WORKER_MEMORY_MB, CountingApp, sizes_from_env
+from bench.gmail_sync import CountingApp, sizes_from_env
 from local.emulators.microsoft import MicrosoftEmulator
 from local.emulators.tls import make_local_tls
 from local.moto_patch import moto_transactions_without_table_copies
@@ -161,7 +161,7 @@ class Bench:
         from crmsync.settings import get_settings
         from crmsync.stores.cursors import DynamoCursorStore
 
-        services = layer_services(stack)
+        services = stack.services
         self.bare_store = BareStore(stack)
         self.tenant = f"bench-{uuid.uuid4().hex[:8]}"
         admin = Principal(tenant_id=self.tenant, user_id="admin", role="admin")
@@ -375,5 +375,5 @@ def main() -> None:
     print_cost(
         f"modelled cost per million messages synced by Outlook (from the N={n} run, one worker"
         " invocation per run)",
-        cost_model(aws, n, invocations=1, memory_mb=WORKER_MEMORY_MB),
+        cost_model(aws, n, invocations=1, memory_mb=worker_memory_mb()),
     )

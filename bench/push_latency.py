@@ -30,7 +30,7 @@ from typing import Any
 
 import requests
 
-from bench.common import TARGET_PUSH_P99_S, AwsMeter, layer_services, mark
+from bench.common import TARGET_PUSH_P99_S, AwsMeter, mark
 from local.__main__ import local_parameters
 from local.browser import ConsentBrowser
 from local.devissuer import DevIssuer
@@ -154,7 +154,6 @@ def run(pushes: int = PUSHES) -> Latencies:
     meter.listeners.append(published)
     with connected_gmail_stack(meter) as env:
         stack, address = env.stack, env.address
-        layer_services(stack)  # the same composition root the handlers use
         google = env.emulators.google
         webhook = f"{env.server.url}/webhooks/gmail"
         worker = stack.functions["SyncWorkerFunction"]

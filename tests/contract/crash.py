@@ -19,10 +19,8 @@ import inspect
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import ModuleType
 from typing import Any
 
-import crmsync.services
 from local.stack import LocalStack
 
 # What the stores answer without changing anything. Anything else they do is a write.
@@ -57,12 +55,6 @@ READS = frozenset(
 # Parts of the layer the walk does not enter: the directory is read-only to the sync and shared
 # with the API (its store writes are the API's); a provider's adapters only read (sync/core.py).
 NOT_WORKER_PARTS = ("crmsync.directory", "crmsync.providers", "crmsync.settings")
-
-
-def layer(stack: LocalStack) -> Any:
-    """The layer's services: the stack's composition root when it has one, else the module."""
-    services: ModuleType | Any = getattr(stack, "services", None) or crmsync.services
-    return services
 
 
 class Crash(Exception):
@@ -165,7 +157,7 @@ def _wrap(roots: list[Any], plan: CrashPlan) -> list[tuple[Any, str, Any]]:
 def crashing(stack: LocalStack) -> Iterator[CrashPlan]:
     """The worker's mail sync (the same services object the stack's worker uses) with its stores
     wrapped for the length of the block; only counting until armed."""
-    services, plan = layer(stack), CrashPlan()
+    services, plan = stack.services, CrashPlan()
     undo = _wrap([services.mailbox_sync(), services.mail_sync_job()], plan)
     try:
         yield plan
