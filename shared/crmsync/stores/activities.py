@@ -32,7 +32,6 @@ Writes:
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -41,13 +40,10 @@ from boto3.dynamodb.conditions import Key
 from botocore.exceptions import ClientError
 
 from crmsync.calendar.models import Activity, Conflict, SyncState
-from crmsync.errors import TransientError
 from crmsync.ids import id_key
 from crmsync.stores.aws import dynamodb
-from crmsync.stores.dynamo import is_condition_failure, plain
+from crmsync.stores.dynamo import batch_get, is_condition_failure, plain
 
-BATCH_GET_KEYS = 100  # BatchGetItem: at most 100 keys per call
-_BATCH_ATTEMPTS = 8  # unprocessed keys are asked for again, with backoff, this many times
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAP_IS_OURS = "attribute_not_exists(pk) OR (tenant_id = :t AND activity_id = :a)"
 
@@ -150,24 +146,7 @@ class DynamoActivityStore:
         return found
 
     def _batch_get(self, keys: list[dict[str, str]]) -> list[dict[str, Any]]:
-        """The items at `keys` that exist, read consistently. Keys DynamoDB leaves unprocessed
-        (throttling) are asked for again with backoff; TransientError if they stay unread."""
-        found: list[dict[str, Any]] = []
-        resource = dynamodb()
-        for start in range(0, len(keys), BATCH_GET_KEYS):
-            request: dict[str, Any] = {
-                self._name: {"Keys": keys[start : start + BATCH_GET_KEYS], "ConsistentRead": True}
-            }
-            for attempt in range(_BATCH_ATTEMPTS):
-                response = resource.batch_get_item(RequestItems=request)
-                found += [plain(i) for i in response.get("Responses", {}).get(self._name, [])]
-                request = dict(response.get("UnprocessedKeys") or {})
-                if not request:
-                    break
-                time.sleep(min(0.05 * 2**attempt, 1.0))
-            else:
-                raise TransientError(f"DynamoDB left {len(request[self._name]['Keys'])} keys unread; retried")
-        return found
+        return batch_get(self._name, keys, consistent=True)
 
     def put_state(self, account_id: str, state: SyncState, expected: SyncState | None) -> bool:
         row_key = {"pk": _activity_pk(state.tenant_id, state.activity_id), "sk": "STATE"}

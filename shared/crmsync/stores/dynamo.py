@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
+from crmsync.errors import TransientError
 from crmsync.stores.aws import dynamodb
+
+BATCH_GET_KEYS = 100  # BatchGetItem: at most 100 keys per call
+BATCH_ATTEMPTS = 8  # unprocessed keys are asked for again, with backoff, this many times
 
 
 def plain(value: Any) -> Any:
@@ -21,20 +25,27 @@ def plain(value: Any) -> Any:
     return value
 
 
-def batch_get(table_name: str, keys: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """BatchGetItem in chunks of 100, following UnprocessedKeys with backoff."""
+def batch_get(
+    table_name: str, keys: Iterable[Mapping[str, Any]], consistent: bool = False
+) -> list[dict[str, Any]]:
+    """The items at `keys` that exist (duplicate keys asked once), BATCH_GET_KEYS per
+    BatchGetItem. Keys DynamoDB leaves unprocessed (throttling) are asked for again with
+    backoff, BATCH_ATTEMPTS times; TransientError if they stay unread."""
+    unique = list({tuple(sorted(k.items())): k for k in keys}.values())
     resource = dynamodb()
     found: list[dict[str, Any]] = []
-    for start in range(0, len(keys), 100):
-        request: dict[str, Any] = {table_name: {"Keys": list(keys[start : start + 100])}}
-        attempt = 0
-        while request:
+    for start in range(0, len(unique), BATCH_GET_KEYS):
+        chunk = unique[start : start + BATCH_GET_KEYS]
+        request: dict[str, Any] = {table_name: {"Keys": chunk, "ConsistentRead": consistent}}
+        for attempt in range(BATCH_ATTEMPTS):
             response = resource.batch_get_item(RequestItems=request)
-            found.extend(plain(item) for item in response["Responses"].get(table_name, []))
+            found.extend(plain(item) for item in response.get("Responses", {}).get(table_name, []))
             request = dict(response.get("UnprocessedKeys") or {})
-            if request:
-                time.sleep(min(0.05 * 2**attempt, 1.0))
-                attempt += 1
+            if not request:
+                break
+            time.sleep(min(0.05 * 2**attempt, 1.0))
+        else:
+            raise TransientError(f"DynamoDB left {len(request[table_name]['Keys'])} keys unread; retried")
     return found
 
 

@@ -15,7 +15,6 @@ MESSAGES_TABLE items:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -36,11 +35,9 @@ from crmsync.mail.models import (
 )
 from crmsync.pagetoken import InvalidPageToken
 from crmsync.stores.aws import client, dynamodb
-from crmsync.stores.dynamo import is_condition_failure, plain
+from crmsync.stores.dynamo import batch_get, is_condition_failure, plain
 
-BATCH_GET_KEYS = 100  # BatchGetItem: at most 100 keys per call
 TRANSACT_ITEMS = 100  # TransactWriteItems: at most 100 actions per call
-_BATCH_ATTEMPTS = 8  # unprocessed keys are asked for again, with backoff, this many times
 
 
 def _iso(moment: datetime | None) -> str:
@@ -113,26 +110,9 @@ class DynamoMailStore:
         return ThreadRecord.model_validate_json(item["thread"]) if item else None
 
     # ---- batched reads: one BatchGetItem per 100 keys, as consistent as the single reads
-    def _batch_get(self, table: str, keys: Iterable[dict[str, str]]) -> list[dict[str, Any]]:
-        """The items at `keys` (those that exist; duplicates asked once). Keys DynamoDB leaves
-        unprocessed (throttling) are asked for again with backoff; TransientError if they stay."""
-        unique = list({(k["pk"], k["sk"]): k for k in keys}.values())
-        found: list[dict[str, Any]] = []
-        resource = dynamodb()
-        for start in range(0, len(unique), BATCH_GET_KEYS):
-            request: dict[str, Any] = {
-                table: {"Keys": unique[start : start + BATCH_GET_KEYS], "ConsistentRead": True}
-            }
-            for attempt in range(_BATCH_ATTEMPTS):
-                response = resource.batch_get_item(RequestItems=request)
-                found += [plain(item) for item in response.get("Responses", {}).get(table, [])]
-                request = dict(response.get("UnprocessedKeys") or {})
-                if not request:
-                    break
-                time.sleep(min(0.05 * 2**attempt, 1.0))
-            else:
-                raise TransientError(f"DynamoDB left {len(request[table]['Keys'])} keys unread; retried")
-        return found
+    @staticmethod
+    def _batch_get(table: str, keys: Iterable[dict[str, str]]) -> list[dict[str, Any]]:
+        return batch_get(table, keys, consistent=True)
 
     def find_provider_messages(
         self, account_id: str, provider_message_ids: Sequence[str]
