@@ -101,6 +101,17 @@ def test_an_activity_is_stored_and_read_back(store: ActivityStore) -> None:
     assert store.get_activity(_id("other-tenant"), timed.id) is None
 
 
+def test_activities_read_together_answer_as_one_by_one(store: ActivityStore) -> None:
+    cal = Calendar()
+    made = [cal.activity(subject=f"Item {n}") for n in range(130)]  # past BatchGetItem's 100 keys
+    for activity in made:
+        assert store.put_activity(activity)
+    ids = [a.id for a in made]
+    found = store.get_activities(cal.tenant, [*ids, "nope", ids[0]])  # unknown and repeated ids too
+    assert found == {a.id: a for a in made}
+    assert store.get_activities(_id("other-tenant"), ids[:3]) == {}
+
+
 def test_put_activity_keeps_the_newest_by_updated_at(store: ActivityStore) -> None:
     cal = Calendar()
     first = cal.activity(subject="v1")

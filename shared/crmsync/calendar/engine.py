@@ -80,11 +80,18 @@ class CalendarSync:
         """A provider page's events, planned together, guarded (CAL-16), then acted on in order."""
         link = self._link_of(account)
         states = self._store.states_of_events(account.account_id, [e.provider_event_id for e in events])
+
+        def activity_id_of(event: CalendarEvent) -> str | None:
+            state = states.get(event.provider_event_id)
+            return state.activity_id if state is not None else event.activity_id
+
+        wanted = [i for i in dict.fromkeys(activity_id_of(e) for e in events) if i]
+        activities = self._store.get_activities(account.tenant_id, wanted) if wanted else {}
         planned: list[tuple[CalendarEvent, SyncState | None, Activity | None, Plan]] = []
         for event in events:
             state = states.get(event.provider_event_id)
-            activity_id = state.activity_id if state is not None else event.activity_id
-            activity = self._store.get_activity(account.tenant_id, activity_id) if activity_id else None
+            activity_id = activity_id_of(event)
+            activity = activities.get(activity_id) if activity_id else None
             planned.append((event, state, activity, plan(activity, event, state, link, self._now())))
         guard = guard_deletions(
             [p for *_, p in planned], self._store.count_states(account.account_id), link.settings

@@ -18,6 +18,10 @@ class ActivityStore(Protocol):
 
     def get_activity(self, tenant_id: str, activity_id: str) -> Activity | None: ...
 
+    def get_activities(self, tenant_id: str, activity_ids: Sequence[str]) -> dict[str, Activity]:
+        """`get_activity` for many (a page's items read together): those that exist, by id."""
+        ...
+
     def put_activity(self, activity: Activity) -> bool:
         """Stores the activity unless the stored one is as new or newer (by `updated_at`); True
         if it was written."""

@@ -106,6 +106,11 @@ class DynamoActivityStore:
         item = self._get({"pk": _activity_pk(tenant_id, activity_id), "sk": "ACTIVITY"})
         return Activity.model_validate_json(str(item["activity"])) if item else None
 
+    def get_activities(self, tenant_id: str, activity_ids: Sequence[str]) -> dict[str, Activity]:
+        keys = [{"pk": _activity_pk(tenant_id, i), "sk": "ACTIVITY"} for i in activity_ids]
+        found = (Activity.model_validate_json(str(item["activity"])) for item in self._batch_get(keys))
+        return {a.id: a for a in found}
+
     def put_activity(self, activity: Activity) -> bool:
         micros = updated_micros(activity)
         item: dict[str, Any] = {

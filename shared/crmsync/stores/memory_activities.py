@@ -44,6 +44,10 @@ class MemoryActivityStore:
             found = self._activities.get((tenant_id, activity_id))
         return Activity.model_validate_json(found[1]) if found else None
 
+    def get_activities(self, tenant_id: str, activity_ids: Sequence[str]) -> dict[str, Activity]:
+        found = {i: self.get_activity(tenant_id, i) for i in activity_ids}
+        return {i: a for i, a in found.items() if a is not None}
+
     def put_activity(self, activity: Activity) -> bool:
         key = (activity.tenant_id, activity.id)
         micros = updated_micros(activity)
