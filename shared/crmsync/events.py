@@ -209,6 +209,18 @@ class CalendarConflictRecorded(_ActivityEvent):
     provider_version: SyncedFields = Field(description="The calendar's version.")
 
 
+class CalendarGapChangeReported(_ActivityEvent):
+    """CAL-11: the calendar changed an already synced event while the connection's sync was stopped.
+    Told on resume whether or not the change was applied (tenant setting `apply_gap_changes`), so
+    nothing changes, or is left out, silently."""
+
+    provider_event_id: str = Field(description="The calendar's id of the event.")
+    applied: bool = Field(description="True: the activity took the change; false: it kept the CRM's version.")
+    differing: list[str] = Field(description="The fields the calendar's version differs in.")
+    calendar_version: SyncedFields = Field(description="The event as the calendar has it.")
+    changed_at: datetime = Field(description="When the calendar changed it (inside the stop).")
+
+
 class ContactCreatedFromAttendee(CrmEvent):
     """CAL-13: an attendee of a synced event who was neither a contact nor a tenant user; the CRM
     creates the contact (once per address)."""
@@ -236,6 +248,7 @@ EVENT_TYPES: tuple[type[CrmEvent], ...] = (
     ActivityTrashed,
     ActivityRestored,
     CalendarConflictRecorded,
+    CalendarGapChangeReported,
     ContactCreatedFromAttendee,
 )
 

@@ -312,3 +312,18 @@ def test_conflicts_and_state_share_the_activity_without_meeting(store: ActivityS
     assert store.get_activity(cal.tenant, activity.id) == activity
     assert store.get_state(cal.tenant, activity.id) == state
     assert store.conflicts(cal.tenant, activity.id) == [conflict]
+
+
+@pytest.mark.rule("CAL-9")
+def test_activities_held_while_stopped_are_kept_once_in_order_until_released(store: ActivityStore) -> None:
+    cal = Calendar()
+    other = Calendar()
+    store.hold(cal.account, "a-2")
+    store.hold(cal.account, "a-1")
+    store.hold(cal.account, "a-2")  # changed again while stopped: still held once, in its place
+    store.hold(other.account, "a-9")
+    assert store.held(cal.account) == ["a-2", "a-1"]
+    store.release(cal.account, "a-2")
+    store.release(cal.account, "a-3")  # never held: nothing to do
+    assert store.held(cal.account) == ["a-1"]
+    assert store.held(other.account) == ["a-9"]

@@ -125,6 +125,12 @@ class Account(BaseModel):
     status_reason: str | None = None
     replaces: str | None = None
     replaced_by: str | None = None
+    calendar_stopped_at: datetime | None = Field(
+        default=None, description="CAL-9: when the calendar's sync was last stopped (or disconnected)"
+    )
+    calendar_resumed_at: datetime | None = Field(
+        default=None, description="CAL-10: when it was resumed since; None while still stopped"
+    )
     # the stored item's version when this was read (0: never stored); every write of the
     # account is conditional on it, so no writer overwrites a change it has not seen
     _version: int = PrivateAttr(default=0)
@@ -149,6 +155,15 @@ class Account(BaseModel):
     @property
     def can_sync(self) -> bool:
         return self.status in SYNCABLE
+
+    @property
+    def calendar_stopped(self) -> bool:
+        """CAL-9: stopped through POST /v1/calendars/{id}/stop and not reconnected since."""
+        return self.calendar_stopped_at is not None and self.calendar_resumed_at is None
+
+    @property
+    def calendar_syncing(self) -> bool:
+        return "calendar" in self.purposes and self.can_sync and not self.calendar_stopped
 
 
 class TokenSet(BaseModel):

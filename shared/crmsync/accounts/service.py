@@ -145,10 +145,13 @@ class Accounts:
         else:
             self._overrides[(provider, purpose)] = hooks
 
-    def _hooks_of(self, account: Account) -> list[ProviderHooks]:
-        """The hooks of each purpose the account syncs, for its provider (none for IMAP today)."""
+    def _hooks_of(self, account: Account, only: str | None = None) -> list[ProviderHooks]:
+        """The hooks of each purpose the account syncs (or of `only` that one), for its provider
+        (none for IMAP today)."""
         found = []
         for purpose in account.purposes:
+            if only is not None and purpose != only:
+                continue
             key = (account.provider, purpose)
             hooks = self._overrides.get(key) or self._hooks.get(key)
             if hooks is not None:
@@ -436,9 +439,14 @@ class Accounts:
         sealed = self._box.seal(tokens.model_dump_json().encode(), secret_context(account))
         existing = self._store.get_secret(account.account_id)
         self._store.put_secret(account.account_id, sealed, existing[1] if existing else None)
+        # CAL-10: a calendar stopped (or disconnected) and connected again resumes
+        resuming = "calendar" in account.purposes and (account.calendar_stopped or previous == "disconnected")
+        now = self._now()
         if previous == "disconnected":
             account.settings = pending.settings
             self._start_provider(account, tokens)
+        elif resuming:
+            self._start_provider(account, tokens, only="calendar")
         seen: list[Status] = []
 
         def reconnected(current: Account) -> bool:
@@ -450,15 +458,59 @@ class Accounts:
             current.updated_at = self._now()
             if previous == "disconnected":
                 current.settings = pending.settings
+            if resuming and current.calendar_stopped_at is not None and current.calendar_resumed_at is None:
+                current.calendar_resumed_at = now
             return True
 
         saved = update_account(self._store, account, reconnected) or account
         if seen and seen[-1] != "connected":
             self._publish(saved, seen[-1])
+        if resuming:
+            self._resume_calendar(saved, now)
         return saved
 
-    def _start_provider(self, account: Account, tokens: TokenSet) -> None:
-        for hooks in self._hooks_of(account):
+    def _resume_calendar(self, account: Account, now: datetime) -> None:
+        """CAL-10: a resync from the original connection date through the state machine imports
+        what the calendar made meanwhile; the activities the CRM changed meanwhile go out at its
+        end (CalendarSync.settle), and changes the calendar made to synced events meanwhile are
+        reported and applied only if the tenant says so (CAL-11)."""
+        job = Job(
+            type=JobType.RESYNC_START,
+            tenant_id=account.tenant_id,
+            account_id=account.account_id,
+            payload={
+                "user_id": account.user_id,
+                "kind": "calendar_resync",
+                "since": account.connected_at.isoformat(),
+            },
+        )
+        self._queue.send(job, f"resume-{account.account_id}-{int(now.timestamp())}")
+
+    def stop_calendar(self, principal: Principal, account_id: str) -> Account:
+        """CAL-9: from now on the sync changes neither the CRM's activities from the calendar nor
+        the calendar from activities. The connection, its tokens and what it synced stay;
+        connecting the same account again resumes (CAL-10)."""
+        account = self.get(principal, account_id)
+        if "calendar" not in account.purposes:
+            raise Unprocessable(f"account {account_id} is not connected for calendar")
+        if account.calendar_stopped or account.status in ("disconnected", "replaced"):
+            return account
+        now = self._now()
+
+        def stopped(current: Account) -> bool:
+            if current.calendar_stopped:
+                return False
+            current.calendar_stopped_at = now
+            current.calendar_resumed_at = None
+            current.updated_at = now
+            return True
+
+        saved = update_account(self._store, account, stopped)
+        self._stop_provider(account, self._tokens_quietly(account), only="calendar")
+        return saved or self.get(principal, account_id)
+
+    def _start_provider(self, account: Account, tokens: TokenSet, only: str | None = None) -> None:
+        for hooks in self._hooks_of(account, only):
             hooks.on_connected(account, tokens)
 
     def _start_import(self, account: Account) -> None:
@@ -606,6 +658,9 @@ class Accounts:
             current.is_default = False
             current.replaced_by = replaced_by or current.replaced_by
             current.updated_at = self._now()
+            if "calendar" in current.purposes and not current.calendar_stopped:
+                current.calendar_stopped_at = current.updated_at  # a reconnect resumes (CAL-10)
+                current.calendar_resumed_at = None
             return True
 
         saved = update_account(self._store, account, retired)
@@ -639,8 +694,8 @@ class Accounts:
             )
             return tokens
 
-    def _stop_provider(self, account: Account, tokens: TokenSet | None) -> None:
-        found = self._hooks_of(account)
+    def _stop_provider(self, account: Account, tokens: TokenSet | None, only: str | None = None) -> None:
+        found = self._hooks_of(account, only)
         if not found:  # nothing at the provider to stop (IMAP): no token is refreshed either
             return
         fresh = self._fresh(account, tokens)

@@ -34,6 +34,7 @@ from crmsync.events import (
     ActivityTrashed,
     ActivityUpdatedFromCalendar,
     CalendarConflictRecorded,
+    CalendarGapChangeReported,
     CrmEvent,
     EventPublisher,
 )
@@ -106,13 +107,27 @@ class CalendarSync:
         return 0
 
     def settle(self, account: Account) -> int:
-        """Nothing is held untold: each item's event goes out before its state row is written."""
-        return 0
+        """After a full listing (the resync that resumes a stopped connection, CAL-10): the
+        activities the CRM changed while stopped go out now, each released once it is written.
+        Nothing else is held untold: each item's event goes out before its state row is written."""
+        if self._link_of(account).stopped:
+            return 0
+        released = 0
+        for activity_id in self._store.held(account.account_id):
+            activity = self._store.get_activity(account.tenant_id, activity_id)
+            if activity is not None:
+                self.push(account, activity)
+            self._store.release(account.account_id, activity_id)
+            released += 1
+        return released
 
     # ------------------------------------------------------------------ the CRM's side
     def push(self, account: Account, activity: Activity) -> CalendarOutcome:
         """An activity the CRM created or changed, towards its owner's calendar (CAL-1, CAL-2)."""
         link = self._link_of(account)
+        if link.stopped:  # CAL-9: the calendar is left alone; the change goes out on resume
+            self._store.hold(account.account_id, activity.id)
+            return CalendarOutcome("skipped", "hold", "stopped: held until sync resumes", activity.id)
         state = self._store.get_state(account.tenant_id, activity.id)
         decided = plan(activity, None, state, link, self._now())
         return self._act(account, link, None, state, activity, decided)
@@ -150,6 +165,19 @@ class CalendarSync:
                 assert event is not None and activity is not None
                 self._save(account, None, activity, event, trashed=None)
                 return CalendarOutcome("synced", "link", decided.reason, activity.id)
+            case "keep_crm":
+                assert event is not None and state is not None and activity is not None
+                self._publisher.publish(self._gap_events(account, activity, event, decided))
+                kept = state.model_copy(
+                    update={
+                        "provider_etag": event.etag,
+                        "gap_fingerprint": fingerprint(event),
+                        "last_synced_at": self._now(),
+                    }
+                )
+                if not self._store.put_state(account.account_id, kept, state):
+                    raise TransientError(f"the sync state of activity {state.activity_id} changed meanwhile")
+                return CalendarOutcome("synced", "keep_crm", decided.reason, activity.id)
         raise PermanentError(f"no way to act on {decided.action!r}")
 
     def _to_crm(
@@ -187,7 +215,7 @@ class CalendarSync:
         if decided.conflict is not None:
             self._store.add_conflict(account.tenant_id, decided.conflict)
             events.append(self._conflict_event(account, written, decided))
-        self._publisher.publish(events)
+        self._publisher.publish(events + self._gap_events(account, written, event, decided))
         self._save(account, state, written, event, trashed=None)
         return CalendarOutcome("synced", decided.action, decided.reason, written.id)
 
@@ -232,6 +260,27 @@ class CalendarSync:
             provider_version=conflict.provider_version,
         )
 
+    def _gap_events(
+        self, account: Account, activity: Activity, event: CalendarEvent | None, decided: Plan
+    ) -> list[CrmEvent]:
+        """CAL-11: a change the calendar made while stopped, told whether applied or not."""
+        gap = decided.gap
+        if gap is None or event is None:
+            return []
+        return [
+            CalendarGapChangeReported(
+                tenant_id=account.tenant_id,
+                user_id=activity.owner_user_id,
+                account_id=account.account_id,
+                activity_id=activity.id,
+                provider_event_id=event.provider_event_id,
+                applied=gap.applied,
+                differing=gap.differing,
+                calendar_version=gap.calendar_version,
+                changed_at=gap.changed_at,
+            )
+        ]
+
     def _trash(
         self, account: Account, state: SyncState, activity: Activity, decided: Plan
     ) -> CalendarOutcome:
@@ -269,9 +318,12 @@ class CalendarSync:
             written = writer.create(account, decided.event_id, fields, activity.id)
         else:
             written = writer.patch(account, decided.event_id, fields, decided.changed)
+        told: list[CrmEvent] = self._gap_events(account, activity, event, decided)
         if decided.conflict is not None:
             self._store.add_conflict(account.tenant_id, decided.conflict)
-            self._publisher.publish([self._conflict_event(account, activity, decided)])
+            told.insert(0, self._conflict_event(account, activity, decided))
+        if told:
+            self._publisher.publish(told)
         self._save(account, state, activity, written, trashed=None)
         return CalendarOutcome("synced", decided.action, decided.reason, activity.id)
 

@@ -124,6 +124,11 @@ class SyncState(BaseModel):
     trashed_by_sync: TrashReason | None = Field(
         default=None, description="set while the sync keeps the activity in the CRM trash, and why"
     )
+    gap_fingerprint: str | None = Field(
+        default=None,
+        description="CAL-11: the calendar's version made while sync was stopped, reported and not "
+        "applied; seeing it again is no change",
+    )
 
 
 class Conflict(BaseModel):
@@ -149,6 +154,19 @@ class CalendarSettings(BaseModel):
     min_trash_refused: int = Field(default=10, ge=1, description="CAL-16: smaller batches always run")
 
 
+class StopGap(BaseModel):
+    """CAL-9 to CAL-11: the time sync was stopped. A change the calendar made to an already synced
+    event inside it is reported to the CRM, and applied only when `apply` (the tenant's
+    `apply_gap_changes`)."""
+
+    stopped_at: datetime
+    resumed_at: datetime | None = Field(default=None, description="None: still stopped")
+    apply: bool = False
+
+    def holds(self, changed_at: datetime) -> bool:
+        return self.stopped_at < changed_at and (self.resumed_at is None or changed_at <= self.resumed_at)
+
+
 class CalendarLink(BaseModel):
     """The connection an item is planned for."""
 
@@ -157,3 +175,9 @@ class CalendarLink(BaseModel):
     calendar_id: str = Field(description="CAL-3: the primary calendar's id")
     original_connection_date: datetime = Field(description="CAL-6: recorded at the first connect")
     settings: CalendarSettings = Field(default_factory=CalendarSettings)
+    gap: StopGap | None = Field(default=None, description="the last stop, if sync was ever stopped")
+
+    @property
+    def stopped(self) -> bool:
+        """CAL-9: nothing changes on either side while stopped."""
+        return self.gap is not None and self.gap.resumed_at is None

@@ -50,6 +50,17 @@ class ActivityStore(Protocol):
 
     def conflicts(self, tenant_id: str, activity_id: str) -> list[Conflict]: ...
 
+    def hold(self, account_id: str, activity_id: str) -> None:
+        """CAL-9: an activity the CRM changed while the connection's sync was stopped, kept to go
+        out on resume (holding it twice keeps it once)."""
+        ...
+
+    def held(self, account_id: str) -> list[str]:
+        """The activities held for the connection, oldest hold first."""
+        ...
+
+    def release(self, account_id: str, activity_id: str) -> None: ...
+
 
 class CalendarWriter(Protocol):
     """A provider's calendar writes (CAL-15, CAL-17): creates under our own id, so a retried

@@ -39,9 +39,20 @@ Action = Literal[
     "trash_activity",
     "restore_activity",
     "link",
+    "keep_crm",
     "nothing",
 ]
 DESTRUCTIVE: frozenset[Action] = frozenset({"trash_activity", "delete_event"})
+
+
+class GapChange(BaseModel):
+    """CAL-11: what the calendar changed in an already synced event while sync was stopped, told
+    to the CRM whether or not it was applied."""
+
+    applied: bool
+    differing: list[str]
+    calendar_version: SyncedFields
+    changed_at: datetime
 
 
 class Plan(BaseModel):
@@ -54,6 +65,7 @@ class Plan(BaseModel):
     activity_type: str | None = Field(default=None, description="on create_activity (CAL-4)")
     trash_reason: TrashReason | None = None
     conflict: Conflict | None = None
+    gap: GapChange | None = Field(default=None, description="a change made while stopped (CAL-11)")
 
 
 def nothing(reason: str, rule: str | None = None) -> Plan:
@@ -285,8 +297,56 @@ def _plan_known(
     crm = activity.fields() if activity is not None else None
     provider = to_synced_fields(event) if event is not None else None
     crm_changed = crm is not None and fingerprint(crm) != state.fingerprint
-    provider_changed = provider is not None and fingerprint(provider) != state.fingerprint
+    provider_changed = provider is not None and fingerprint(provider) not in (
+        state.fingerprint,
+        state.gap_fingerprint,  # a change made while stopped, already reported (CAL-11)
+    )
+    gap = link.gap
+    if not (provider_changed and event is not None and gap is not None and gap.holds(event.updated)):
+        return _plan_changes(activity, event, state, now, crm, provider, crm_changed, provider_changed)
+    assert provider is not None and event is not None
+    told = GapChange(
+        applied=gap.apply,
+        differing=differing(crm, provider) if crm is not None else list(FIELDS),
+        calendar_version=provider,
+        changed_at=event.updated,
+    )
+    if gap.apply:  # the tenant's apply_gap_changes: planned as any change, and told as a gap change
+        decided = _plan_changes(activity, event, state, now, crm, provider, crm_changed, provider_changed)
+        return decided.model_copy(update={"gap": told})
+    if crm_changed:
+        assert crm is not None
+        return Plan(
+            action="update_event",
+            reason="changed in the CRM; the calendar's change made while stopped is not applied",
+            rule="CAL-11",
+            event_id=state.provider_event_id,
+            fields=crm,
+            changed=differing(crm, provider),
+            gap=told,
+        )
+    if crm is None:
+        return nothing("changed in the calendar while stopped, but the activity was not given")
+    return Plan(
+        action="keep_crm",
+        reason="changed in the calendar while sync was stopped: reported, not applied",
+        rule="CAL-11",
+        event_id=event.provider_event_id,
+        gap=told,
+    )
 
+
+def _plan_changes(
+    activity: Activity | None,
+    event: CalendarEvent | None,
+    state: SyncState,
+    now: datetime,
+    crm: SyncedFields | None,
+    provider: SyncedFields | None,
+    crm_changed: bool,
+    provider_changed: bool,
+) -> Plan:
+    """Field changes of a synced item: one side, both (CAL-14), or none (CAL-15)."""
     if crm_changed and provider_changed:
         assert activity is not None and event is not None and crm is not None and provider is not None
         if fingerprint(crm) == fingerprint(provider):
@@ -345,6 +405,8 @@ def plan(
     """What one item needs. `activity` and `event` are what was read (None: not read, or not
     there, which is never taken as a deletion: CAL-16); `state` is its row, if it ever synced;
     `master` is the series' master when `event` is an occurrence (CAL-7)."""
+    if link.stopped:
+        return nothing("stopped: sync of this calendar was stopped", "CAL-9")
     if activity is not None and activity.owner_user_id != link.owner_user_id:
         if state is None:
             return nothing("other_owner: an activity syncs only with its owner's calendar", "CAL-2")

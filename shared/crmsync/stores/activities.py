@@ -27,6 +27,9 @@ Writes:
   transactions above, and one connection's syncs run one at a time, so the item is not hot.
 - add_conflict is a PutItem whose key derives from the conflict itself: a retried add rewrites
   the same item instead of adding a second one.
+- activities held while sync is stopped (CAL-9): pk=CAL#{account}#HELD  sk={activity}, put with
+  `attribute_not_exists` (the first hold's time stands), queried in the order held by their
+  `held_us`, deleted on release.
 """
 
 from __future__ import annotations
@@ -247,3 +250,31 @@ class DynamoActivityStore:
             if not page.get("LastEvaluatedKey"):
                 return found
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    # ---- activities held while a connection is stopped (CAL-9)
+    def hold(self, account_id: str, activity_id: str) -> None:
+        now_us = (datetime.now(UTC) - _EPOCH) // timedelta(microseconds=1)
+        try:
+            self._table.put_item(
+                Item={"pk": f"CAL#{account_id}#HELD", "sk": activity_id, "held_us": now_us},
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except ClientError as error:
+            if not is_condition_failure(error):
+                raise
+
+    def held(self, account_id: str) -> list[str]:
+        kwargs: dict[str, Any] = {
+            "KeyConditionExpression": Key("pk").eq(f"CAL#{account_id}#HELD"),
+            "ConsistentRead": True,
+        }
+        found: list[tuple[int, str]] = []
+        while True:
+            page = self._table.query(**kwargs)
+            found += [(int(str(i["held_us"])), str(i["sk"])) for i in page["Items"]]
+            if not page.get("LastEvaluatedKey"):
+                return [activity_id for _, activity_id in sorted(found)]
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def release(self, account_id: str, activity_id: str) -> None:
+        self._table.delete_item(Key={"pk": f"CAL#{account_id}#HELD", "sk": activity_id})

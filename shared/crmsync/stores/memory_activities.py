@@ -38,6 +38,7 @@ class MemoryActivityStore:
         self._maps: dict[tuple[str, str], _Map] = {}  # (account, id key of the event)
         self._counts: dict[str, int] = {}  # account → rows
         self._conflicts: dict[tuple[str, str], dict[str, str]] = {}  # (tenant, activity) → sort key → JSON
+        self._held: dict[str, dict[str, None]] = {}  # account → activity ids, in the order held
 
     def get_activity(self, tenant_id: str, activity_id: str) -> Activity | None:
         with self._lock:
@@ -115,3 +116,15 @@ class MemoryActivityStore:
         with self._lock:
             kept = dict(self._conflicts.get((tenant_id, activity_id), {}))
         return [Conflict.model_validate_json(kept[k]) for k in sorted(kept)]
+
+    def hold(self, account_id: str, activity_id: str) -> None:
+        with self._lock:
+            self._held.setdefault(account_id, {}).setdefault(activity_id, None)
+
+    def held(self, account_id: str) -> list[str]:
+        with self._lock:
+            return list(self._held.get(account_id, {}))
+
+    def release(self, account_id: str, activity_id: str) -> None:
+        with self._lock:
+            self._held.get(account_id, {}).pop(activity_id, None)
