@@ -327,3 +327,14 @@ def test_activities_held_while_stopped_are_kept_once_in_order_until_released(sto
     store.release(cal.account, "a-3")  # never held: nothing to do
     assert store.held(cal.account) == ["a-1"]
     assert store.held(other.account) == ["a-9"]
+
+
+@pytest.mark.rule("CAL-13")
+def test_an_attendee_is_claimed_for_one_activity_until_told_then_for_none(store: ActivityStore) -> None:
+    cal, other = Calendar(), Calendar()
+    assert store.claim_attendee(cal.tenant, "New@Client.test", "a-1") is True
+    assert store.claim_attendee(cal.tenant, "new@client.test", "a-2") is False  # another activity
+    assert store.claim_attendee(cal.tenant, "new@client.test", "a-1") is True  # its redelivery
+    store.attendee_told(cal.tenant, "new@client.test")
+    assert store.claim_attendee(cal.tenant, "new@client.test", "a-1") is False  # told: never again
+    assert store.claim_attendee(other.tenant, "new@client.test", "a-9") is True  # another tenant's own

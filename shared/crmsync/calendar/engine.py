@@ -24,9 +24,9 @@ from datetime import UTC, datetime
 from crmsync.accounts.models import Account
 from crmsync.calendar.fingerprint import fingerprint
 from crmsync.calendar.models import Activity, CalendarEvent, CalendarLink, SyncedFields, SyncState
-from crmsync.calendar.ports import ActivityStore, CalendarWriter
+from crmsync.calendar.ports import ActivityStore, CalendarWriter, People
 from crmsync.calendar.recurrence import series_key
-from crmsync.calendar.rules import Plan, guard_deletions, plan
+from crmsync.calendar.rules import Plan, guard_deletions, new_contacts, plan
 from crmsync.errors import PermanentError, TransientError
 from crmsync.events import (
     ActivityCreatedFromCalendar,
@@ -35,9 +35,11 @@ from crmsync.events import (
     ActivityUpdatedFromCalendar,
     CalendarConflictRecorded,
     CalendarGapChangeReported,
+    ContactCreatedFromAttendee,
     CrmEvent,
     EventPublisher,
 )
+from crmsync.ids import is_address
 
 _IDS = uuid.UUID("7d1b0c5e-2f4a-4b8e-9c1d-5a6e3f2b8c90")
 
@@ -69,7 +71,9 @@ class CalendarSync:
         publisher: EventPublisher,
         link_of: Callable[[Account], CalendarLink],
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        people: People | None = None,
     ) -> None:
+        self._people = people  # CAL-13: None, no attendee becomes a contact
         self._store = store
         self._writers = writers  # provider → its calendar writer
         self._publisher = publisher
@@ -215,7 +219,11 @@ class CalendarSync:
         if decided.conflict is not None:
             self._store.add_conflict(account.tenant_id, decided.conflict)
             events.append(self._conflict_event(account, written, decided))
-        self._publisher.publish(events + self._gap_events(account, written, event, decided))
+        events += self._gap_events(account, written, event, decided)
+        claimed = self._new_contacts(account, written, event)
+        self._publisher.publish([*events, *claimed])
+        for told in claimed:
+            self._store.attendee_told(account.tenant_id, told.email)
         self._save(account, state, written, event, trashed=None)
         return CalendarOutcome("synced", decided.action, decided.reason, written.id)
 
@@ -259,6 +267,33 @@ class CalendarSync:
             crm_version=conflict.crm_version,
             provider_version=conflict.provider_version,
         )
+
+    def _new_contacts(
+        self, account: Account, activity: Activity, event: CalendarEvent
+    ) -> list[ContactCreatedFromAttendee]:
+        """CAL-13: the event's attendees who are neither tenant users nor contacts, each claimed
+        for this activity before it is told (a redelivery tells again; no other item ever does),
+        marked told once the event is out."""
+        emails = [a.email.strip().lower() for a in event.attendees if not a.is_self and not a.resource]
+        if self._people is None or not emails:
+            return []
+        users, contacts = self._people.known(account.tenant_id, emails)
+        found: list[ContactCreatedFromAttendee] = []
+        for attendee in new_contacts(event.attendees, users, contacts):
+            if not is_address(attendee.email):
+                continue
+            if self._store.claim_attendee(account.tenant_id, attendee.email, activity.id):
+                found.append(
+                    ContactCreatedFromAttendee(
+                        tenant_id=account.tenant_id,
+                        user_id=activity.owner_user_id,
+                        account_id=account.account_id,
+                        email=attendee.email,
+                        name=attendee.name,
+                        activity_id=activity.id,
+                    )
+                )
+        return found
 
     def _gap_events(
         self, account: Account, activity: Activity, event: CalendarEvent | None, decided: Plan

@@ -61,6 +61,24 @@ class ActivityStore(Protocol):
 
     def release(self, account_id: str, activity_id: str) -> None: ...
 
+    def claim_attendee(self, tenant_id: str, email: str, activity_id: str) -> bool:
+        """CAL-13: True when this activity's sync is the one to tell the CRM to make a contact of
+        the address (lower case): nobody claimed it, or this activity did and has not told yet (a
+        redelivery after a crash). False once told, and for any other activity."""
+        ...
+
+    def attendee_told(self, tenant_id: str, email: str) -> None:
+        """The contact's event went out: no claim succeeds again."""
+        ...
+
+
+class People(Protocol):
+    """Who the tenant's directory knows (CAL-13)."""
+
+    def known(self, tenant_id: str, emails: Sequence[str]) -> tuple[set[str], set[str]]:
+        """Of these addresses (lower case), the tenant's users and its contacts."""
+        ...
+
 
 class CalendarWriter(Protocol):
     """A provider's calendar writes (CAL-15, CAL-17): creates under our own id, so a retried

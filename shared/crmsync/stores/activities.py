@@ -27,6 +27,9 @@ Writes:
   transactions above, and one connection's syncs run one at a time, so the item is not hot.
 - add_conflict is a PutItem whose key derives from the conflict itself: a retried add rewrites
   the same item instead of adding a second one.
+- attendees the sync made contacts of (CAL-13): pk=T#{tenant}#ATTENDEES  sk={address}: a
+  conditional PutItem claims it for one activity (absent, or that activity's and not yet told),
+  an UpdateItem sets `told` once the contact's event went out.
 - activities held while sync is stopped (CAL-9): pk=CAL#{account}#HELD  sk={activity}, put with
   `attribute_not_exists` (the first hold's time stands), queried in the order held by their
   `held_us`, deleted on release.
@@ -278,3 +281,29 @@ class DynamoActivityStore:
 
     def release(self, account_id: str, activity_id: str) -> None:
         self._table.delete_item(Key={"pk": f"CAL#{account_id}#HELD", "sk": activity_id})
+
+    # ---- attendees made contacts of (CAL-13)
+    def claim_attendee(self, tenant_id: str, email: str, activity_id: str) -> bool:
+        try:
+            self._table.put_item(
+                Item={
+                    "pk": f"T#{tenant_id}#ATTENDEES",
+                    "sk": email.strip().lower(),
+                    "claimed_by": activity_id,
+                    "told": False,
+                },
+                ConditionExpression="attribute_not_exists(pk) OR (claimed_by = :a AND told = :f)",
+                ExpressionAttributeValues={":a": activity_id, ":f": False},
+            )
+        except ClientError as error:
+            if is_condition_failure(error):
+                return False
+            raise
+        return True
+
+    def attendee_told(self, tenant_id: str, email: str) -> None:
+        self._table.update_item(
+            Key={"pk": f"T#{tenant_id}#ATTENDEES", "sk": email.strip().lower()},
+            UpdateExpression="SET told = :t",
+            ExpressionAttributeValues={":t": True},
+        )

@@ -39,6 +39,7 @@ class MemoryActivityStore:
         self._counts: dict[str, int] = {}  # account → rows
         self._conflicts: dict[tuple[str, str], dict[str, str]] = {}  # (tenant, activity) → sort key → JSON
         self._held: dict[str, dict[str, None]] = {}  # account → activity ids, in the order held
+        self._attendees: dict[tuple[str, str], tuple[str, bool]] = {}  # (tenant, address) → (by, told)
 
     def get_activity(self, tenant_id: str, activity_id: str) -> Activity | None:
         with self._lock:
@@ -128,3 +129,18 @@ class MemoryActivityStore:
     def release(self, account_id: str, activity_id: str) -> None:
         with self._lock:
             self._held.get(account_id, {}).pop(activity_id, None)
+
+    def claim_attendee(self, tenant_id: str, email: str, activity_id: str) -> bool:
+        with self._lock:
+            key = (tenant_id, email.strip().lower())
+            found = self._attendees.get(key)
+            if found is not None and (found[0] != activity_id or found[1]):
+                return False
+            self._attendees[key] = (activity_id, False)
+            return True
+
+    def attendee_told(self, tenant_id: str, email: str) -> None:
+        with self._lock:
+            key = (tenant_id, email.strip().lower())
+            by = self._attendees.get(key, ("", False))[0]
+            self._attendees[key] = (by, True)
