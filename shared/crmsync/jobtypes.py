@@ -11,6 +11,7 @@ class JobType(StrEnum):
     MAIL_SYNC = "mail.sync"  # an account's incremental mail sync from its cursor (or a `resume`)
     CALENDAR_SYNC = "calendar.sync"  # a calendar connection's incremental sync from its cursor
     CALENDAR_PUSH = "calendar.push"  # an activity the CRM changed, to its owner's calendar
+    CALENDAR_WATCH = "calendar.watch"  # replace the calendar's push channel before it expires (SYNC-7)
     MAIL_WATCH = "mail.watch"  # renew the provider watch / subscriptions, then catch up (SYNC-7)
     MAIL_PROPAGATE = "mail.propagate"  # archive or delete in the mailbox what the CRM did (MAIL-9)
     RESYNC_START = "resync.start"  # start a resync or back-import execution (SYNC-3, SYNC-6, ACC-5)

@@ -4,6 +4,10 @@ A due item carries the job to enqueue and when it is due; it may repeat every N 
 The scheduler reads what has come due, a fair share from every shard (see DynamoDueStore.due),
 enqueues each job on the sync queue and moves the item on. It never walks all accounts, only
 what is due (SYNC-2, SYNC-7).
+
+Items live in lanes (their own shards of the index): the generic `due` lane is the scheduler
+function's (watch renewals, mail catch-ups); the `calpoll` lane holds the calendar polls, read
+by the calendar_poll function alone (calendar/schedule.py). A Scheduler reads one lane.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from pydantic import BaseModel
 
 from crmsync.jobs import Job
 
+DUE_LANE = "due"  # the scheduler function's lane (the shard keys stay `due#{n}`)
+
 
 class DueItem(BaseModel):
     pk: str
@@ -23,10 +29,11 @@ class DueItem(BaseModel):
     due_at: int
     job: dict[str, Any]
     every_s: int | None = None
+    lane: str = DUE_LANE  # which fan-out reads it (its shards are `{lane}#{n}`)
 
 
 class DueStore(Protocol):
-    def due(self, now: int, limit: int) -> Iterator[DueItem]: ...
+    def due(self, now: int, limit: int, lane: str = DUE_LANE) -> Iterator[DueItem]: ...
 
     def advance(self, item: DueItem, next_due: int | None) -> bool: ...
 
@@ -38,9 +45,10 @@ class JobQueue(Protocol):
 
 
 class Scheduler:
-    def __init__(self, store: DueStore, queue: JobQueue) -> None:
+    def __init__(self, store: DueStore, queue: JobQueue, lane: str = DUE_LANE) -> None:
         self._store = store
         self._queue = queue
+        self._lane = lane  # the one lane of the due index this scheduler fans out
 
     def schedule(self, item: DueItem) -> None:
         self._store.put(item)
@@ -48,7 +56,7 @@ class Scheduler:
     def run(self, now: int, limit: int = 5000) -> int:
         """Enqueue what is due at `now` (epoch seconds); returns how many jobs were enqueued."""
         sent = 0
-        for item in self._store.due(now, limit):
+        for item in self._store.due(now, limit, self._lane):
             job = Job.model_validate(item.job)
             dedup = hashlib.sha256(f"{item.pk}|{item.sk}|{item.due_at}".encode()).hexdigest()
             self._queue.send(job, dedup)

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from crmsync.calendar.engine import CalendarSync
     from crmsync.calendar.models import CalendarEvent, CalendarLink
     from crmsync.calendar.schedule import CalendarPolls
+    from crmsync.calendar.watch import CalendarWatchJob
     from crmsync.crypto import SecretBox
     from crmsync.directory import Directory
     from crmsync.jobs import JobRunner
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from crmsync.mail.send import Outbox
     from crmsync.mail.watch import MailWatchJob, SyncSchedule
     from crmsync.providers.bundle import CalendarBundle, MailBundle
+    from crmsync.providers.google.calendar_push import CalendarPush
     from crmsync.providers.google.push import GmailPush
     from crmsync.providers.microsoft.notify import GraphNotifications
     from crmsync.resync import Resync, ResyncRequests
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
     from crmsync.stores.mail import DynamoMailStore
     from crmsync.stores.queue import SqsJobQueue
     from crmsync.sync.core import ChangeSource, CursorLoop
+    from crmsync.sync.health import ConnectionHealth, HealthLog
     from crmsync.sync.jobs import SyncJob
     from crmsync.worker import SyncBatch
 
@@ -128,6 +131,28 @@ class Services:
         from crmsync.stores.cursors import DynamoDueStore
 
         return DynamoDueStore(self.settings.cursors_table, self.settings.due_shards)
+
+    @_once
+    def health_log(self) -> HealthLog:
+        """SYNC-9: each sync job's run, recorded once per run beside the account's cursors."""
+        from crmsync.stores.health import DynamoHealthStore
+        from crmsync.sync.health import HealthLog
+
+        return HealthLog(DynamoHealthStore(self.settings.cursors_table))
+
+    @_once
+    def connection_health(self) -> ConnectionHealth:
+        """SYNC-9's view of one account: `.of(principal, account_id)`, `.of_account(account)`."""
+        from crmsync.stores.health import DynamoHealthStore
+        from crmsync.sync.health import ConnectionHealth
+
+        s = self.settings
+        return ConnectionHealth(
+            self.account_store(),
+            DynamoHealthStore(s.cursors_table),
+            self.cursors(),
+            poll_intervals={"mail": s.catchup_after_s, "calendar": s.calendar_poll_after_s},
+        )
 
     @_once
     def queue(self) -> SqsJobQueue:
@@ -270,6 +295,7 @@ class Services:
             self.change_sources(),
             synced=self.sync_schedule().synced,
             continuation=self.queue(),
+            health=self.health_log(),
         )
 
     @_once
@@ -320,6 +346,7 @@ class Services:
         runner.register(JobType.MAIL_WATCH, self.mail_watch_job())  # SYNC-7
         runner.register(JobType.CALENDAR_SYNC, self.calendar_sync_job())
         runner.register(JobType.CALENDAR_PUSH, self.calendar_push_job())
+        runner.register(JobType.CALENDAR_WATCH, self.calendar_watch_job())  # SYNC-7
         runner.register(
             JobType.MAIL_PROPAGATE, PropagateJob(self.account_store(), self._mail_parts(lambda b: b.actions))
         )
@@ -341,6 +368,14 @@ class Services:
 
         return Scheduler(self.due(), self.queue())
 
+    @_once
+    def calendar_poll(self) -> Scheduler:
+        """The calendar polls' own lane of the due index (functions/calendar_poll)."""
+        from crmsync.calendar.schedule import LANE
+        from crmsync.schedule import Scheduler
+
+        return Scheduler(self.due(), self.queue(), lane=LANE)
+
     # ------------------------------------------------------------------ calendar sync
     @_once
     def activity_store(self) -> DynamoActivityStore:
@@ -351,8 +386,14 @@ class Services:
     def calendar_link(self, account: Account) -> CalendarLink:
         """What the calendar engine plans an account's items for: its owner, its primary
         calendar, the original connection date (CAL-6) and its settings (CAL-4, CAL-5)."""
-        from crmsync.calendar.models import CalendarLink, CalendarSettings
+        from crmsync.calendar.models import CalendarLink, CalendarSettings, StopGap
 
+        gap = None
+        if account.calendar_stopped_at is not None:  # CAL-11: the tenant decides about gap changes
+            apply = self.directory().settings(account.tenant_id).apply_gap_changes
+            gap = StopGap(
+                stopped_at=account.calendar_stopped_at, resumed_at=account.calendar_resumed_at, apply=apply
+            )
         return CalendarLink(
             tenant_id=account.tenant_id,
             owner_user_id=account.user_id,
@@ -362,14 +403,23 @@ class Services:
                 save_events_as=account.settings.save_events_as,
                 activity_types=list(account.settings.activity_types),
             ),
+            gap=gap,
         )
 
     @_once
     def calendar_sync(self) -> CalendarSync:
         from crmsync.calendar.engine import CalendarSync
 
+        from crmsync.calendar.attendees import DirectoryPeople
+
         writers = self._calendar_parts(lambda b: b.writer)
-        return CalendarSync(self.activity_store(), writers, self.publisher(), self.calendar_link)
+        return CalendarSync(
+            self.activity_store(),
+            writers,
+            self.publisher(),
+            self.calendar_link,
+            people=DirectoryPeople(self.directory()),
+        )
 
     @_once
     def calendar_loop(self) -> CursorLoop[CalendarEvent]:
@@ -397,13 +447,25 @@ class Services:
             synced=self.calendar_polls().synced,
             continuation=self.queue(),
             job_type=JobType.CALENDAR_SYNC,
+            paused=lambda a: "calendar sync is stopped" if a.calendar_stopped else None,  # CAL-9
+            health=self.health_log(),
         )
+
+    @_once
+    def calendar_watch_job(self) -> CalendarWatchJob:
+        """`calendar.watch` (SYNC-7): every calendar provider's push channel renewed."""
+        from crmsync.calendar.watch import CalendarWatchJob
+
+        watchers = self._calendar_parts(lambda b: b.watcher)
+        return CalendarWatchJob(self.calendar_sync_job(), watchers, self.calendar_polls())
 
     @_once
     def calendar_push_job(self) -> CalendarPushJob:
         from crmsync.calendar.activities import CalendarPushJob
 
-        return CalendarPushJob(self.activity_store(), self.account_store(), self.calendar_sync())
+        return CalendarPushJob(
+            self.activity_store(), self.account_store(), self.calendar_sync(), health=self.health_log()
+        )
 
     @_once
     def activities(self) -> Activities:
@@ -424,6 +486,15 @@ class Services:
             self.account_store(),
             self.queue(),
         )
+
+    @_once
+    def calendar_push(self) -> CalendarPush:
+        """Google Calendar's webhook: channels looked up, `calendar.sync` queued."""
+        from crmsync.providers.google.calendar_push import CalendarPush
+        from crmsync.stores.calendar_channels import DynamoCalendarChannelStore
+
+        channels = DynamoCalendarChannelStore(self.settings.cursors_table)
+        return CalendarPush(channels, self.account_store(), self.queue())
 
     @_once
     def graph_notifications(self) -> GraphNotifications:

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     gmail_push_topic: str = (
         ""  # projects/<p>/topics/<t>; empty: no users.watch (pushes come from elsewhere or not at all)
     )
+    # Google Calendar push channels: the https address Google posts to (…/webhooks/google-calendar);
+    # empty: no channel is opened, and each calendar connection's poll alone keeps it in sync
+    google_calendar_webhook_url: str = ""
     # Attachment limits per provider (ATT-5): JSON overriding mail/limits.py's table; empty: the table
     attachment_limits: str = ""
 

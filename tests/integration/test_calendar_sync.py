@@ -98,8 +98,8 @@ def test_a_connected_google_calendar_syncs_its_new_events_into_crm_activities(
 def test_a_calendar_whose_pushes_are_lost_is_synced_by_its_poll_and_a_disconnect_ends_the_poll(
     stack: LocalStack, api: Api, emulators: Emulators, tenant: str
 ) -> None:
-    """The poll is a due item the scheduler fans out (no run reads every connection); each sync
-    moves it a period on; disconnecting removes it."""
+    """The poll is a due item the calendar_poll function fans out from its own lane of the due
+    index (no run reads every connection); each sync moves it a period on; disconnecting removes it."""
     from tests.integration.test_graph_notify import _due_items
 
     set_plan(api, tenant, "advanced")
@@ -109,7 +109,7 @@ def test_a_calendar_whose_pushes_are_lost_is_synced_by_its_poll_and_a_disconnect
     poll = _due_items(stack, account_id)["DUE#calpoll"]
     assert poll["job"]["type"] == "calendar.sync"
     emulators.google.calendar.create_in_client(address, _event("Nobody pushed this"))
-    assert stack.services.scheduler().run(int(poll["due_at"]) + 1) >= 1
+    assert stack.services.calendar_poll().run(int(poll["due_at"]) + 1) >= 1
     _told(stack, account_id, "ActivityCreatedFromCalendar", "Nobody pushed this")
     # still scheduled after it ran, a full period after the sync (the same second as the connect here)
     assert _due_items(stack, account_id)["DUE#calpoll"]["due_at"] >= poll["due_at"]

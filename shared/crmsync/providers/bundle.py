@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from crmsync.calendar.models import CalendarEvent
     from crmsync.calendar.ports import CalendarWriter
     from crmsync.calendar.schedule import CalendarPolls
+    from crmsync.calendar.watch import CalendarWatcher
     from crmsync.jobs import Job
     from crmsync.mail.actions import MailboxActions
     from crmsync.mail.engine import MailSync
@@ -122,6 +123,12 @@ class CalendarBundle(ABC):
     @property
     @abstractmethod
     def hooks(self) -> ProviderHooks: ...
+
+    @property
+    def watcher(self) -> CalendarWatcher | None:
+        """The connection's push channel, renewed by `calendar.watch` (SYNC-7); None: the
+        provider keeps none, and the poll alone syncs its calendars."""
+        return None
 
     @abstractmethod
     def calendar_id(self, account: Account) -> str:

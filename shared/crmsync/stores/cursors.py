@@ -2,21 +2,24 @@
 
 Items (see docs/architecture/data.md, "Cursors"):
 - progress:  pk=ACC#{account}  sk=RESYNC#{kind}
-- due items: any pk/sk, with due_shard=due#{n} and due_at (epoch s) while they are pending
-  (a mailbox's watch renewal and catch-up poll: pk=ACC#{account} sk=DUE#watch / DUE#catchup)
+- due items: any pk/sk, with due_shard={lane}#{n} and due_at (epoch s) while they are pending
+  (a mailbox's watch renewal and catch-up poll: pk=ACC#{account} sk=DUE#watch / DUE#catchup in
+  lane `due`; a calendar connection's poll, sk=DUE#calpoll, in lane `calpoll`)
 """
 
 from __future__ import annotations
 
+import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from boto3.dynamodb.conditions import Key
 from botocore.exceptions import ClientError
 
 from crmsync.resync import ResyncProgress
-from crmsync.schedule import DueItem
+from crmsync.schedule import DUE_LANE, DueItem
 from crmsync.stores.aws import dynamodb
 from crmsync.stores.dynamo import is_condition_failure, plain
 
@@ -63,10 +66,12 @@ class DynamoSyncStateStore:
 
 
 class DynamoCursorStore:
-    """Provider cursors: pk=ACC#{account} sk=CUR#{name}. A write names the value it replaces."""
+    """Provider cursors: pk=ACC#{account} sk=CUR#{name}. A write names the value it replaces,
+    and stamps `updated_at` (epoch s; absent on cursors written before it was kept)."""
 
-    def __init__(self, table_name: str) -> None:
+    def __init__(self, table_name: str, clock: Callable[[], float] = time.time) -> None:
         self._table = dynamodb().Table(table_name)
+        self._clock = clock
 
     def get(self, account_id: str, name: str) -> str | None:
         item = self._table.get_item(
@@ -74,24 +79,46 @@ class DynamoCursorStore:
         ).get("Item")
         return str(item["cursor"]) if item else None
 
+    def updated_at(self, account_id: str, name: str) -> datetime | None:
+        """When the cursor last moved (SYNC-9's cursor age); None if unknown."""
+        item = self._table.get_item(
+            Key={"pk": f"ACC#{account_id}", "sk": f"CUR#{name}"},
+            ProjectionExpression="updated_at",
+            ConsistentRead=True,
+        ).get("Item")
+        stamp = plain(item.get("updated_at")) if item else None
+        return datetime.fromtimestamp(stamp, UTC) if stamp is not None else None
+
     def set(self, account_id: str, name: str, value: str) -> None:
         """A new baseline, whatever was there (the end of a full resync)."""
-        self._table.put_item(Item={"pk": f"ACC#{account_id}", "sk": f"CUR#{name}", "cursor": value})
+        self._table.put_item(
+            Item={
+                "pk": f"ACC#{account_id}",
+                "sk": f"CUR#{name}",
+                "cursor": value,
+                "updated_at": int(self._clock()),
+            }
+        )
 
     def advance(self, account_id: str, name: str, new: str, expected: str | None) -> bool:
         try:
             if expected is None:
                 self._table.put_item(
-                    Item={"pk": f"ACC#{account_id}", "sk": f"CUR#{name}", "cursor": new},
+                    Item={
+                        "pk": f"ACC#{account_id}",
+                        "sk": f"CUR#{name}",
+                        "cursor": new,
+                        "updated_at": int(self._clock()),
+                    },
                     ConditionExpression="attribute_not_exists(pk)",
                 )
             else:
                 self._table.update_item(
                     Key={"pk": f"ACC#{account_id}", "sk": f"CUR#{name}"},
-                    UpdateExpression="SET #c = :new",
+                    UpdateExpression="SET #c = :new, updated_at = :at",
                     ConditionExpression="#c = :old",
                     ExpressionAttributeNames={"#c": "cursor"},
-                    ExpressionAttributeValues={":new": new, ":old": expected},
+                    ExpressionAttributeValues={":new": new, ":old": expected, ":at": int(self._clock())},
                 )
         except ClientError as error:
             if is_condition_failure(error):
@@ -105,15 +132,15 @@ class DynamoDueStore:
         self._table = dynamodb().Table(table_name)
         self._shards = shards
 
-    def _shard(self, pk: str) -> str:
-        return f"due#{zlib.crc32(pk.encode()) % self._shards}"
+    def _shard(self, pk: str, lane: str = DUE_LANE) -> str:
+        return f"{lane}#{zlib.crc32(pk.encode()) % self._shards}"
 
     def put(self, item: DueItem) -> None:
         self._table.update_item(
             Key={"pk": item.pk, "sk": item.sk},
             UpdateExpression="SET due_shard = :s, due_at = :d, job = :j, every_s = :e",
             ExpressionAttributeValues={
-                ":s": self._shard(item.pk),
+                ":s": self._shard(item.pk, item.lane),
                 ":d": item.due_at,
                 ":j": item.job,
                 ":e": item.every_s,
@@ -129,7 +156,7 @@ class DynamoDueStore:
                 UpdateExpression="SET due_shard = :s, due_at = :d, job = :j, every_s = :e",
                 ConditionExpression="attribute_exists(job)",
                 ExpressionAttributeValues={
-                    ":s": self._shard(item.pk),
+                    ":s": self._shard(item.pk, item.lane),
                     ":d": item.due_at,
                     ":j": item.job,
                     ":e": item.every_s,
@@ -144,8 +171,8 @@ class DynamoDueStore:
     def remove(self, pk: str, sk: str) -> None:
         self._table.delete_item(Key={"pk": pk, "sk": sk})
 
-    def due(self, now: int, limit: int) -> Iterator[DueItem]:
-        """At most `limit` items, fair to every shard (SYNC-7): each shard gets an equal share
+    def due(self, now: int, limit: int, lane: str = DUE_LANE) -> Iterator[DueItem]:
+        """At most `limit` items of one lane, fair to every shard (SYNC-7): each shard gets an equal share
         of the limit, oldest first, so that a crowded shard cannot starve the others; what the
         quieter shards leave is shared again among the shards that have more. The shard read
         first moves on with the minute (with `limit` below the shard count, each is first in
@@ -161,7 +188,7 @@ class DynamoDueStore:
             for shard, last in pending:
                 if left <= 0:
                     return
-                items, following = self._read(shard, now, min(share, left), last)
+                items, following = self._read(lane, shard, now, min(share, left), last)
                 left -= len(items)
                 yield from items
                 if following is not None:
@@ -169,13 +196,13 @@ class DynamoDueStore:
             pending = more
 
     def _read(
-        self, shard: int, now: int, count: int, start: dict[str, Any] | None
+        self, lane: str, shard: int, now: int, count: int, start: dict[str, Any] | None
     ) -> tuple[list[DueItem], dict[str, Any] | None]:
         """Up to `count` due items of a shard from `start`, and where the next read goes on
         (None: nothing more is due there)."""
         kwargs: dict[str, Any] = {
             "IndexName": "due",
-            "KeyConditionExpression": Key("due_shard").eq(f"due#{shard}") & Key("due_at").lte(now),
+            "KeyConditionExpression": Key("due_shard").eq(f"{lane}#{shard}") & Key("due_at").lte(now),
         }
         if start is not None:
             kwargs["ExclusiveStartKey"] = start
@@ -191,6 +218,7 @@ class DynamoDueStore:
                         due_at=item["due_at"],
                         job=item["job"],
                         every_s=item.get("every_s"),
+                        lane=lane,
                     )
                 )
             if "LastEvaluatedKey" not in page:

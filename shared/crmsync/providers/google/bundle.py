@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         GoogleCalendarSource,
         GoogleCalendarWriter,
     )
+    from crmsync.providers.google.calendar_watch import GoogleCalendarWatcher
     from crmsync.providers.google.gmail import GmailHistorySource, GmailImport
     from crmsync.providers.google.watch import GmailWatcher, GmailWatchHooks
     from crmsync.settings import Settings
@@ -95,7 +96,7 @@ def oauth_client(config: Mapping[str, str], settings: Settings) -> OAuthClient:
 
 class GoogleCalendar(CalendarBundle):
     """Google Calendar's parts: the primary calendar's sync-token listing, its full listing for a
-    resync, the writer, and the first cursor of a new connection."""
+    resync, the writer, the push channel, and the hooks (first cursor, channel, poll)."""
 
     @property
     def _base(self) -> str:
@@ -120,10 +121,26 @@ class GoogleCalendar(CalendarBundle):
         return GoogleCalendarWriter(self.wiring.access_token, self._base, refused=self.wiring.refused)
 
     @cached_property
+    def watcher(self) -> GoogleCalendarWatcher:
+        """The connection's push channel (SYNC-7); none without GOOGLE_CALENDAR_WEBHOOK_URL."""
+        from crmsync.providers.google.calendar_watch import GoogleCalendarWatcher
+        from crmsync.stores.calendar_channels import DynamoCalendarChannelStore
+
+        w = self.wiring
+        return GoogleCalendarWatcher(
+            w.access_token,
+            self._base,
+            w.settings.google_calendar_webhook_url or None,
+            DynamoCalendarChannelStore(w.settings.cursors_table),
+            refused=w.refused,
+        )
+
+    @cached_property
     def hooks(self) -> GoogleCalendarHooks:
         from crmsync.providers.google.calendar import GoogleCalendarHooks
 
-        return GoogleCalendarHooks(self._base, self.wiring.cursors(), self.wiring.calendar_polls())
+        w = self.wiring
+        return GoogleCalendarHooks(self._base, w.cursors(), w.calendar_polls(), self.watcher)
 
     def calendar_id(self, account: Account) -> str:
         from crmsync.providers.google.calendar import primary_id

@@ -25,6 +25,7 @@ from crmsync.sync.core import ChangePage, CursorExpired, CursorStore
 
 if TYPE_CHECKING:
     from crmsync.calendar.schedule import CalendarPolls
+    from crmsync.calendar.watch import CalendarWatcher
     from crmsync.resync import ResyncJob
 
 PRIMARY = "primary"
@@ -252,12 +253,21 @@ class GoogleCalendarWriter(_Client):
 class GoogleCalendarHooks:
     """A new calendar connection's first cursor: the sync token at the end of the primary
     calendar's full listing, read and not imported (nothing in it was created after the original
-    connection date, CAL-6). A reconnect keeps the cursor it has."""
+    connection date, CAL-6). A reconnect keeps the cursor it has. Then its push channel (when a
+    webhook URL is configured), its poll and the channel's renewal (SYNC-2, SYNC-7); on
+    disconnect the schedule goes first, then the channel is stopped (ACC-8)."""
 
-    def __init__(self, api_base: str, cursors: CursorStore, polls: CalendarPolls) -> None:
+    def __init__(
+        self,
+        api_base: str,
+        cursors: CursorStore,
+        polls: CalendarPolls,
+        watcher: CalendarWatcher | None = None,
+    ) -> None:
         self._base = api_base
         self._cursors = cursors
-        self._polls = polls  # the catch-up poll of the connection (SYNC-2)
+        self._polls = polls  # the catch-up poll of the connection (SYNC-2) and the channel's renewal
+        self._watcher = watcher  # the push channel (providers/google/calendar_watch.py)
 
     def on_connected(self, account: Account, tokens: TokenSet) -> None:
         if "calendar" not in account.purposes or not tokens.access_token:
@@ -277,8 +287,12 @@ class GoogleCalendarHooks:
             page = listing.page(account, job.model_copy(update={"page_token": page.next_page}))
         if page.cursor:
             self._cursors.advance(account.account_id, "calendar", page.cursor, expected=None)
-        self._polls.started(account)
+        # the channel after the cursor: a push it sends finds a cursor to sync from
+        expires_at = self._watcher.start(account, token) if self._watcher is not None else None
+        self._polls.started(account, expires_at)
 
     def on_disconnected(self, account: Account, tokens: TokenSet | None) -> None:
         if "calendar" in account.purposes:
-            self._polls.stopped(account)  # nothing is polled any more (ACC-8)
+            self._polls.stopped(account)  # nothing is polled or renewed any more (ACC-8)
+            if self._watcher is not None:
+                self._watcher.stop(account, tokens)

@@ -1,0 +1,459 @@
+"""Google Calendar push channels end to end on the local stack: a calendar connected through the
+consent page gets a channel on the emulator (events.watch to /webhooks/google-calendar), the
+emulator pushes each change to the real webhook, which checks the channel's token and queues
+the connection's `calendar.sync`; the real worker syncs it and the CRM hears of it on the bus.
+Renewal replaces the channel (new first, then the old one stopped), a disconnect stops it, and
+the calendar_poll function fans out the calendar polls from their own lane of the due index."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+import pytest
+import requests
+
+from crmsync import services
+from crmsync.accounts.models import Account, AccountSettings
+from crmsync.calendar.schedule import LANE, POLL, RENEWAL, CalendarPolls, renewal_due
+from crmsync.jobs import Job
+from crmsync.schedule import DueItem, Scheduler
+from crmsync.stores.aws import dynamodb
+from crmsync.stores.calendar_channels import DynamoCalendarChannelStore
+from crmsync.stores.cursors import DynamoDueStore
+from crmsync.stores.queue import SqsJobQueue
+from local.emulators.gcal.push import Channel
+from local.emulators.servers import Emulators
+from local.stack import LocalStack
+from tests.conftest import Api
+from tests.integration.helpers import wait_for_quiet_queue, wait_until
+from tests.integration.test_accounts import Browser, connect, set_plan
+from tests.integration.test_defects_webhooks_infra import _fresh_cursors_table
+from tests.integration.test_graph_notify import _due_items
+
+WEBHOOK = "/webhooks/google-calendar"
+DAY = 86_400
+
+
+@dataclass
+class Pushing:
+    """The service as deployed with a calendar webhook URL, and the jobs its worker ran."""
+
+    url: str
+    jobs: list[Job] = field(default_factory=list)
+
+    def of(self, account_id: str, job_type: str = "calendar.sync") -> list[Job]:
+        return [j for j in list(self.jobs) if j.account_id == account_id and j.type == job_type]
+
+
+@pytest.fixture
+def pushing(stack: LocalStack, api: Api) -> Iterator[Pushing]:
+    """Calendar connections get a channel whose address is the local stack's webhook (the
+    connect hooks and the worker's `calendar.watch` of a Services with the URL set); the worker's
+    calendar jobs are tapped. Put back as configured afterwards."""
+    found = Pushing(url=api.base + WEBHOOK)
+    watched = services.current().with_settings(google_calendar_webhook_url=found.url)
+    accounts = stack.services.accounts()
+    runner = stack.services.sync_batch().runner
+    real: dict[str, Any] = {
+        "calendar.sync": stack.services.calendar_sync_job(),
+        "calendar.watch": watched.calendar_watch_job(),
+    }
+
+    def tap(handler: Any) -> Any:
+        def run(job: Job, message_id: str) -> None:
+            found.jobs.append(job)
+            handler(job, message_id)
+
+        return run
+
+    accounts.register_hooks("google", watched.calendar_bundle("google").hooks, purpose="calendar")
+    for job_type, handler in real.items():
+        runner.register(job_type, tap(handler))
+    yield found
+    accounts.register_hooks("google", None, purpose="calendar")
+    runner.register("calendar.sync", stack.services.calendar_sync_job())
+    runner.register("calendar.watch", stack.services.calendar_watch_job())
+
+
+def _event(summary: str) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "start": {"dateTime": "2026-12-14T09:00:00+01:00", "timeZone": "Europe/Paris"},
+        "end": {"dateTime": "2026-12-14T10:00:00+01:00", "timeZone": "Europe/Paris"},
+    }
+
+
+def _connected(api: Api, emulators: Emulators, tenant: str, hint: str) -> tuple[str, str]:
+    set_plan(api, tenant, "advanced")
+    address = f"{hint}-{uuid.uuid4().hex[:8]}@gmail.test"
+    result = connect(api, Browser(emulators), api.token(tenant, "u1"), "google", address, purpose="calendar")
+    assert result["status"] == "connected", result
+    return address, result["account_id"]
+
+
+def _channels(emulators: Emulators, address: str) -> list[Channel]:
+    return [c for c in list(emulators.google.calendar.push.channels.values()) if c.address == address]
+
+
+def _live(emulators: Emulators, address: str) -> Channel:
+    live = [c for c in _channels(emulators, address) if not c.stopped]
+    assert len(live) == 1, live
+    return live[0]
+
+
+def _push(
+    api: Api,
+    channel: Channel,
+    *,
+    state: str = "exists",
+    number: int = 100,
+    token: str | None = "genuine",
+    resource_id: str | None = None,
+    channel_id: str | None = None,
+) -> requests.Response:
+    """A push as Google sends it: an empty body and X-Goog-* headers (the channel's own token
+    unless told otherwise; None: no token header)."""
+    headers = {
+        "X-Goog-Channel-ID": channel_id or channel.id,
+        "X-Goog-Resource-ID": resource_id or channel.resource_id,
+        "X-Goog-Resource-URI": channel.resource_uri,
+        "X-Goog-Resource-State": state,
+        "X-Goog-Message-Number": str(number),
+        "X-Goog-Channel-Expiration": "Mon, 07 Dec 2026 09:00:00 GMT",
+    }
+    if token is not None:
+        headers["X-Goog-Channel-Token"] = channel.token if token == "genuine" and channel.token else token
+    return api.http.post(api.base + WEBHOOK, data=b"", headers=headers, timeout=10)
+
+
+def _settled(stack: LocalStack, emulators: Emulators) -> None:
+    wait_until(emulators.google.calendar.push.settled)
+    assert wait_for_quiet_queue(stack.queues["SyncQueue"], timeout=60)
+
+
+def _told(stack: LocalStack, account_id: str, summary: str) -> dict[str, Any]:
+    found = stack.wait_for_event(
+        lambda e: (
+            e.get("detail-type") == "ActivityCreatedFromCalendar"
+            and e["detail"].get("account_id") == account_id
+            and e["detail"].get("fields", {}).get("subject") == summary
+        ),
+        timeout=30,
+    )
+    detail: dict[str, Any] = found["detail"]
+    return detail
+
+
+# ---------------------------------------------------------------------------- channel and push
+
+
+@pytest.mark.rule("SYNC-7")
+@pytest.mark.rule("SYNC-1")
+def test_connect_opens_a_channel_and_a_change_in_the_calendar_reaches_the_crm_by_push(
+    stack: LocalStack, api: Api, emulators: Emulators, tenant: str, pushing: Pushing
+) -> None:
+    before = int(time.time())
+    address, account_id = _connected(api, emulators, tenant, "pushed")
+    channel = _live(emulators, address)
+    assert channel.url == pushing.url and channel.token and channel.calendar_id == address
+    requests_made = emulators.google.calendar.account(address).requests
+    assert requests_made.count("calendar.events.watch") == 1
+    # the record: the channel, never its token (only the token's SHA-256)
+    record = DynamoCalendarChannelStore(stack.tables["CursorsTable"]).current(account_id)
+    assert (
+        record is not None and record.channel_id == channel.id and record.resource_id == channel.resource_id
+    )
+    table = boto3.resource("dynamodb").Table(stack.tables["CursorsTable"])
+    stored = [table.get_item(Key=k)["Item"] for k in _channel_keys(account_id, channel.id)]
+    assert channel.token not in json.dumps(stored, default=str)
+    # the renewal: a day before the channel's expiry (the emulator gives a week)
+    due = _due_items(stack, account_id)
+    renewal = due[RENEWAL]
+    assert (
+        renewal["job"]["type"] == "calendar.watch"
+        and renewal["job"]["payload"]["expires_at"] == record.expires_at
+    )
+    assert before + 6 * DAY - 5 <= renewal["due_at"] <= int(time.time()) + 6 * DAY
+    assert str(renewal["due_shard"]).startswith("due#")  # the scheduler's lane, like the Gmail watch
+    assert str(due[POLL]["due_shard"]).startswith(f"{LANE}#")  # the poll: calendar_poll's own lane
+
+    _settled(stack, emulators)
+    greeting = [p for p in emulators.google.calendar.push.pushes_of(address) if p["state"] == "sync"]
+    assert greeting and greeting[0]["status"] == 200  # `sync` acknowledged, nothing queued
+    assert pushing.of(account_id) == []
+
+    made = emulators.google.calendar.create_in_client(address, _event("Pushed, not polled"))
+    created = _told(stack, account_id, "Pushed, not polled")  # no job was sent by the test: the push did it
+    assert created["provider_event_id"] == made["id"]
+    assert [j.payload.get("reason") for j in pushing.of(account_id)] == ["push"]
+    delivered = [p for p in emulators.google.calendar.push.pushes_of(address) if p["state"] == "exists"]
+    assert delivered and all(p["status"] == 200 for p in delivered)
+
+
+def _channel_keys(account_id: str, channel_id: str) -> list[dict[str, str]]:
+    return [{"pk": f"GCALCH#{channel_id}", "sk": "CHANNEL"}, {"pk": f"ACC#{account_id}", "sk": "GCALCH"}]
+
+
+@pytest.mark.rule("SEC-5")
+def test_the_webhook_refuses_a_wrong_or_missing_channel_token(
+    stack: LocalStack,
+    api: Api,
+    emulators: Emulators,
+    tenant: str,
+    pushing: Pushing,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue: "webhook refuses a wrong or missing channel token" — 401 without one, 403 with one
+    that is not the channel's, nothing queued either way, and the token never logged."""
+    address, account_id = _connected(api, emulators, tenant, "refusing")
+    channel = _live(emulators, address)
+    _settled(stack, emulators)
+    capsys.readouterr()
+
+    missing = _push(api, channel, token=None, number=501)
+    assert missing.status_code == 401 and missing.json()["message"] == "no channel token"
+    forged = f"forged-{uuid.uuid4().hex}"
+    wrong = _push(api, channel, token=forged, number=502)
+    assert wrong.status_code == 403 and wrong.json()["message"] == "channel token does not match"
+    longer = _push(api, channel, token=(channel.token or "") + "x", number=503)
+    assert longer.status_code == 403
+    # not a push at all: a clear 400, never a 500
+    assert _push(api, channel, state="changed", number=504).status_code == 400
+    assert _push(api, channel, number=-1).status_code == 400
+    _settled(stack, emulators)
+    assert pushing.of(account_id) == []
+    logged = capsys.readouterr()
+    assert forged not in logged.out + logged.err and str(channel.token) not in logged.out + logged.err
+
+    assert _push(api, channel, number=505).status_code == 200  # the genuine token is taken
+    wait_until(lambda: pushing.of(account_id))
+
+
+@pytest.mark.rule("SYNC-2")
+@pytest.mark.rule("SEC-5")
+def test_an_unknown_channel_or_resource_is_acknowledged_and_dropped(
+    stack: LocalStack, api: Api, emulators: Emulators, tenant: str, pushing: Pushing
+) -> None:
+    """spec/calendar.md: pushes may still come after channels.stop; unknown channel or resource
+    ids are dropped. 200, so Google does not retry them, and nothing queued."""
+    address, account_id = _connected(api, emulators, tenant, "unknown")
+    channel = _live(emulators, address)
+    _settled(stack, emulators)
+    stranger = _push(api, channel, channel_id=str(uuid.uuid4()), token="whatever-token", number=7)
+    assert stranger.status_code == 200
+    assert _push(api, channel, resource_id="someOtherResource", number=8).status_code == 200
+    _settled(stack, emulators)
+    assert pushing.of(account_id) == []
+
+
+@pytest.mark.rule("SYNC-2")
+def test_a_push_delivered_twice_queues_one_sync(
+    stack: LocalStack, api: Api, emulators: Emulators, tenant: str, pushing: Pushing
+) -> None:
+    address, account_id = _connected(api, emulators, tenant, "twice")
+    channel = _live(emulators, address)
+    _settled(stack, emulators)
+    # the emulator delivers one change's push twice (the same message number)
+    faults = {"address": address, "duplicate": 1}
+    assert requests.post(f"{emulators.google_url}/_emulator/gcal/push_faults", json=faults, timeout=5).ok
+    emulators.google.calendar.create_in_client(address, _event("Told twice"))
+    _told(stack, account_id, "Told twice")
+    _settled(stack, emulators)
+    twice = [p for p in emulators.google.calendar.push.pushes_of(address) if p["state"] == "exists"]
+    assert len(twice) == 2 and twice[0]["number"] == twice[1]["number"]
+    assert all(p["status"] == 200 for p in twice)
+    assert len(pushing.of(account_id)) == 1
+    # and by hand, the same push three times: still one job
+    for _ in range(3):
+        assert _push(api, channel, number=9001).status_code == 200
+    _settled(stack, emulators)
+    assert len(pushing.of(account_id)) == 2
+
+
+@pytest.mark.rule("ACC-8")
+def test_a_connection_that_may_not_sync_queues_nothing_and_a_disconnect_stops_the_channel(
+    stack: LocalStack, api: Api, emulators: Emulators, tenant: str, pushing: Pushing
+) -> None:
+    address, account_id = _connected(api, emulators, tenant, "stopping")
+    channel = _live(emulators, address)
+    _settled(stack, emulators)
+    store = stack.services.account_store()
+    account = store.get_by_id(account_id)
+    assert account is not None
+    store.save(account.model_copy(update={"status": "reauth_required"}))
+    assert _push(api, channel, number=11).status_code == 200  # acknowledged, dropped
+    _settled(stack, emulators)
+    assert pushing.of(account_id) == []
+    paused = store.get_by_id(account_id)
+    assert paused is not None
+    store.save(paused.model_copy(update={"status": "connected"}))
+
+    assert api.call("DELETE", f"/v1/accounts/{account_id}", api.token(tenant, "u1")).status_code == 200
+    assert all(c.stopped for c in _channels(emulators, address))  # channels.stop at Google
+    assert "calendar.channels.stop" in emulators.google.calendar.account(address).requests
+    assert DynamoCalendarChannelStore(stack.tables["CursorsTable"]).current(account_id) is None
+    assert RENEWAL not in _due_items(stack, account_id) and POLL not in _due_items(stack, account_id)
+    # a late push of the stopped channel (Google warns it can come) finds nothing to sync
+    assert _push(api, channel, number=12).status_code == 200
+    _settled(stack, emulators)
+    assert pushing.of(account_id) == []
+
+
+# ---------------------------------------------------------------------------- renewal
+
+
+@pytest.mark.rule("SYNC-7")
+def test_renewal_is_due_a_day_before_expiry_and_never_past_half_way() -> None:
+    now = 1_800_000_000
+    assert renewal_due(now, now + 7 * DAY) == now + 6 * DAY
+    assert renewal_due(now, now + 2 * 3600) == now + 3600  # a short-lived channel: half-way
+    assert renewal_due(now, now + 3 * DAY) == now + 2 * DAY
+    assert renewal_due(now, now - 60) == now  # lapsed: at once
+
+
+@pytest.mark.rule("SYNC-7")
+def test_renewal_opens_the_new_channel_before_stopping_the_old_and_the_old_ones_pushes_are_dropped(
+    stack: LocalStack, api: Api, emulators: Emulators, tenant: str, pushing: Pushing
+) -> None:
+    address, account_id = _connected(api, emulators, tenant, "renewed")
+    old = _live(emulators, address)
+    _settled(stack, emulators)
+    store = DynamoCalendarChannelStore(stack.tables["CursorsTable"])
+    # what the scheduler queues when the renewal comes due: its due item's job
+    job = Job.model_validate(_due_items(stack, account_id)[RENEWAL]["job"])
+    requests.post(  # the old channel may push once more after its stop (Google warns of it)
+        f"{emulators.google_url}/_emulator/gcal/late_push", json={"address": address, "count": 1}, timeout=5
+    ).raise_for_status()
+    SqsJobQueue(stack.queues["SyncQueue"]).send(job, f"renew-{uuid.uuid4().hex}")
+    wait_until(lambda: pushing.of(account_id, "calendar.watch"))
+    _settled(stack, emulators)
+
+    new = _live(emulators, address)
+    assert new.id != old.id and old.stopped
+    made = emulators.google.calendar.account(address).requests
+    last_watch = len(made) - 1 - made[::-1].index("calendar.events.watch")
+    assert "calendar.channels.stop" in made[last_watch:]  # the new channel first, then the stop
+    record = store.current(account_id)
+    assert record is not None and record.channel_id == new.id
+    assert store.get(old.id) is None  # forgotten with the same write that recorded the new one
+    renewal = _due_items(stack, account_id)[RENEWAL]
+    assert renewal["job"]["payload"]["expires_at"] == record.expires_at
+
+    # the old channel's late push, and any other push of it, are dropped; the new one's sync
+    late = [p for p in emulators.google.calendar.push.pushes_of(address) if p["channel"] == old.id]
+    assert late[-1]["state"] == "exists" and late[-1]["status"] == 200
+    syncs_before = len(pushing.of(account_id))
+    assert _push(api, old, number=77).status_code == 200
+    _settled(stack, emulators)
+    assert len(pushing.of(account_id)) == syncs_before
+    emulators.google.calendar.create_in_client(address, _event("After the renewal"))
+    _told(stack, account_id, "After the renewal")
+    pushed = [p for p in emulators.google.calendar.push.pushes_of(address) if p["state"] == "exists"]
+    assert {p["channel"] for p in pushed[-1:]} == {new.id}
+
+
+# ---------------------------------------------------------------------------- calendar_poll
+
+
+def _account(account_id: str) -> Account:
+    at = datetime.now(UTC)
+    return Account(
+        account_id=account_id,
+        tenant_id="t-calpoll",
+        user_id="u1",
+        provider="google",
+        purpose="calendar",
+        address=f"{account_id}@gmail.test",
+        status="connected",
+        settings=AccountSettings(),
+        connected_at=at,
+        updated_at=at,
+    )
+
+
+class _DynamoCalls:
+    """The DynamoDB operations made on the layer's client, with their main parameters."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, params: dict[str, Any], model: Any, **_: Any) -> None:
+        self.calls.append((model.name, params))
+
+
+@pytest.mark.rule("SYNC-2")
+def test_calendar_poll_queues_only_due_calendar_connections_through_its_lane_of_the_due_index(
+    stack: LocalStack,
+) -> None:
+    table = _fresh_cursors_table()
+    store = DynamoDueStore(table, 16)
+    sqs = boto3.client("sqs")
+    queue_url = sqs.create_queue(
+        QueueName=f"calpoll-{uuid.uuid4().hex[:8]}.fifo", Attributes={"FifoQueue": "true"}
+    )["QueueUrl"]
+    now = 1_900_000_000
+    due_polls = CalendarPolls(store, 900, clock=lambda: now - 1000)  # started 1000 s ago: due
+    later = CalendarPolls(store, 900, clock=lambda: now - 100)  # started 100 s ago: not yet
+    for n in range(3):
+        due_polls.started(_account(f"due-{n}"))
+    later.started(_account("later"))
+    mail = Job(type="mail.sync", tenant_id="t", account_id="mailbox", payload={})
+    store.put(DueItem(pk="ACC#mailbox", sk="DUE#catchup", due_at=now - 10, job=mail.model_dump(mode="json")))
+
+    calls = _DynamoCalls()
+    events = dynamodb().meta.client.meta.events
+    for operation in ("Query", "Scan"):
+        events.register(
+            f"before-parameter-build.dynamodb.{operation}", calls, unique_id=f"calpoll-{operation}"
+        )
+    try:
+        assert Scheduler(store, SqsJobQueue(queue_url), lane=LANE).run(now) == 3
+    finally:
+        for operation in ("Query", "Scan"):
+            events.unregister(
+                f"before-parameter-build.dynamodb.{operation}", unique_id=f"calpoll-{operation}"
+            )
+    assert calls.calls and all(
+        name == "Query" and params["IndexName"] == "due" for name, params in calls.calls
+    )
+    read = json.dumps([params for _, params in calls.calls], default=str)
+    assert f"{LANE}#" in read and '"due#' not in read  # only the calendar lane's shards
+
+    messages = []
+    while batch := sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages", []):
+        messages += batch
+        for message in batch:
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+    jobs = [Job.model_validate_json(m["Body"]) for m in messages]
+    assert sorted(j.account_id for j in jobs) == ["due-0", "due-1", "due-2"]
+    assert {j.type for j in jobs} == {"calendar.sync"}
+    # the generic scheduler no longer fans calendar polls out: the mail catch-up alone
+    generic = SqsJobQueue(queue_url)
+    assert Scheduler(store, generic).run(now + 10 * DAY) == 1
+
+
+@pytest.mark.rule("SYNC-2")
+def test_the_calendar_poll_function_syncs_a_due_connection_that_has_no_channel(
+    stack: LocalStack, api: Api, emulators: Emulators, tenant: str
+) -> None:
+    """Without a webhook URL (the stack's configuration) no channel is opened and no renewal
+    scheduled: the poll, fanned out by the CalendarPollFunction on its schedule, syncs."""
+    address, account_id = _connected(api, emulators, tenant, "polled")
+    assert _channels(emulators, address) == []
+    assert RENEWAL not in _due_items(stack, account_id)
+    account = stack.services.account_store().get_by_id(account_id)
+    assert account is not None
+    CalendarPolls(stack.services.due(), 900, clock=lambda: time.time() - 901).started(account)  # due now
+    emulators.google.calendar.create_in_client(address, _event("Found by the poll"))
+    source = next(s for s in stack.schedules if s.function.logical_id == "CalendarPollFunction")
+    assert source.every_s == 300  # rate(5 minutes)
+    assert stack.fire_schedule(source)["enqueued"] >= 1
+    _told(stack, account_id, "Found by the poll")
+    assert _due_items(stack, account_id)[POLL]["due_at"] > time.time()  # moved a period on
