@@ -21,7 +21,10 @@ from crmsync.accounts.models import (
     ImapConnectRequest,
 )
 from crmsync.api import build_api, current_principal, public_base_url
+from crmsync.calendar.connection import CalendarSyncView, calendar_sync_view
+from crmsync.errors import NotFound
 from crmsync.resync import ResyncProgress
+from crmsync.sync.health import ConnectionHealthView
 
 logger = Logger()
 app = build_api()
@@ -101,6 +104,37 @@ def sync_progress(account_id: AccountId) -> SyncProgress:
     return SyncProgress(
         account_id=account.account_id, imports=services.current().resync().progress_of(account.account_id)
     )
+
+
+@app.post(
+    "/v1/calendars/<account_id>/stop",
+    summary="Stop a calendar's sync: nothing changes on either side until you connect it again",
+    tags=["calendars"],
+)
+def stop_calendar(account_id: AccountId) -> CalendarSyncView:
+    account = services.current().accounts().stop_calendar(current_principal(app), account_id)
+    return calendar_sync_view(account, services.current().resync().progress(account_id, "calendar_resync"))
+
+
+@app.get(
+    "/v1/calendars/<account_id>/sync",
+    summary="A calendar's sync: syncing or stopped, and the progress of the resync that resumes it",
+    tags=["calendars"],
+)
+def calendar_sync(account_id: AccountId) -> CalendarSyncView:
+    account = services.current().accounts().get(current_principal(app), account_id)
+    if "calendar" not in account.purposes:
+        raise NotFound(f"account {account_id} is not connected for calendar")
+    return calendar_sync_view(account, services.current().resync().progress(account_id, "calendar_resync"))
+
+
+@app.get(
+    "/v1/accounts/<account_id>/health",
+    summary="How the account's syncs are doing: last success, lag, cursor age, token, failed items",
+    tags=TAGS,
+)
+def health(account_id: AccountId) -> ConnectionHealthView:
+    return services.current().connection_health().of(current_principal(app), account_id)
 
 
 @app.get(

@@ -17,10 +17,13 @@ from crmsync.calendar.ports import ActivityStore
 from crmsync.errors import Forbidden, NotFound, PermanentError
 from crmsync.jobs import Job
 from crmsync.jobtypes import JobType
+from crmsync.sync.core import ItemFailure
+from crmsync.sync.health import PUSH
 
 if TYPE_CHECKING:
     from crmsync.accounts.models import Account
     from crmsync.calendar.engine import CalendarSync
+    from crmsync.sync.health import HealthLog
 
 
 class ActivityPut(SyncedFields):
@@ -105,10 +108,17 @@ class CalendarPushJob:
     """The worker's `calendar.push`: the activity as it is now, planned against its owner's
     calendar connection (none connected, or not syncing: nothing to do)."""
 
-    def __init__(self, store: ActivityStore, accounts: CalendarAccounts, engine: CalendarSync) -> None:
+    def __init__(
+        self,
+        store: ActivityStore,
+        accounts: CalendarAccounts,
+        engine: CalendarSync,
+        health: HealthLog | None = None,
+    ) -> None:
         self._store = store
         self._accounts = accounts
         self._engine = engine
+        self._health = health  # SYNC-9: each push, under the connection's "calendar_push"
 
     def __call__(self, job: Job, message_id: str) -> None:
         activity_id = str(job.payload.get("activity_id") or "")
@@ -123,4 +133,17 @@ class CalendarPushJob:
             if "calendar" in a.purposes and a.can_sync
         ]
         for account in calendars[:1]:  # one calendar connection per user syncs (CAL-2, CAL-3)
-            self._engine.push(account, activity)
+            self._push(account, activity)
+
+    def _push(self, account: Account, activity: Activity) -> None:
+        try:
+            outcome = self._engine.push(account, activity)
+        except Exception as error:
+            if self._health is not None:
+                why = ItemFailure(item_id=activity.id, reason=f"{type(error).__name__}: {error}")
+                self._health.failed(account.account_id, PUSH, error, [why])
+            raise
+        if self._health is not None:
+            skipped = outcome.status == "skipped"
+            failed = [ItemFailure(item_id=activity.id, reason=outcome.reason)] if skipped else []
+            self._health.ran(account.account_id, PUSH, True, failed)

@@ -10,7 +10,9 @@ threads (one lock each). Nothing here talks to AWS.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from crmsync.accounts.models import Account
@@ -258,31 +260,42 @@ class MemoryRawStore:
 
 
 class MemoryCursorStore:
-    """Provider cursors like stores.cursors.DynamoCursorStore: a write names the value it replaces."""
+    """Provider cursors like stores.cursors.DynamoCursorStore: a write names the value it replaces
+    and stamps when (whole seconds, as DynamoDB keeps them)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._lock = threading.Lock()
         self._cursors: dict[tuple[str, str], str] = {}
+        self._stamps: dict[tuple[str, str], int] = {}
+        self._clock = clock
 
     def get(self, account_id: str, name: str) -> str | None:
         with self._lock:
             return self._cursors.get((account_id, name))
 
+    def updated_at(self, account_id: str, name: str) -> datetime | None:
+        with self._lock:
+            stamp = self._stamps.get((account_id, name))
+        return datetime.fromtimestamp(stamp, UTC) if stamp is not None else None
+
     def set(self, account_id: str, name: str, value: str) -> None:
         with self._lock:
             self._cursors[(account_id, name)] = value
+            self._stamps[(account_id, name)] = int(self._clock())
 
     def advance(self, account_id: str, name: str, new: str, expected: str | None) -> bool:
         with self._lock:
             if self._cursors.get((account_id, name)) != expected:
                 return False  # someone moved it meanwhile (or made it, or it is gone): theirs stands
             self._cursors[(account_id, name)] = new
+            self._stamps[(account_id, name)] = int(self._clock())
         return True
 
     def forget(self, account_id: str, name: str) -> None:
         """Lose a cursor (for tests: DynamoDB has no such write)."""
         with self._lock:
             self._cursors.pop((account_id, name), None)
+            self._stamps.pop((account_id, name), None)
 
 
 class MemorySyncStateStore:

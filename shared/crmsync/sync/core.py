@@ -98,6 +98,13 @@ class Resume(BaseModel):
     newest: str
 
 
+class ItemFailure(BaseModel):
+    """An item the sink did not sync, and why (its outcome's reason): counted in health (SYNC-9)."""
+
+    item_id: str
+    reason: str
+
+
 class SyncResult(BaseModel):
     status: Literal["synced", "resync_started", "no_cursor", "continued"]
     pages: int = 0
@@ -107,15 +114,27 @@ class SyncResult(BaseModel):
     removed: int = 0
     cursor: str | None = None
     resume: Resume | None = None
+    failed: list[ItemFailure] = Field(default_factory=list)  # the skipped items, in order
+
+
+def _item_id(item: object) -> str:
+    for name in ("provider_message_id", "provider_event_id"):
+        value = getattr(item, name, None)
+        if value:
+            return str(value)
+    return ""
 
 
 def apply_page[T](account: Account, page: ChangePage[T], sink: Sink[T], result: SyncResult) -> None:
     """A page's items, then its removals (a message added then trashed within the page ends
     removed), counted into `result`."""
     if page.items:
-        for outcome in sink.ingest_many(account, page.items):
+        for item, outcome in zip(page.items, sink.ingest_many(account, page.items), strict=False):
             if outcome.status in ("synced", "skipped", "updated"):
                 setattr(result, outcome.status, getattr(result, outcome.status) + 1)
+            if outcome.status == "skipped":
+                reason = str(getattr(outcome, "reason", None) or "skipped")
+                result.failed.append(ItemFailure(item_id=_item_id(item), reason=reason))
     if page.removed:
         result.removed += sink.remove_many(account, page.removed)
 

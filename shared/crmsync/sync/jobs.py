@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pydantic import ValidationError
 
@@ -15,6 +15,9 @@ from crmsync.errors import Paused, PermanentError
 from crmsync.jobs import Job, current_deadline
 from crmsync.jobtypes import JobType
 from crmsync.sync.core import ChangeSource, CursorLoop, Resume
+
+if TYPE_CHECKING:
+    from crmsync.sync.health import HealthLog
 
 
 class AccountById(Protocol):
@@ -34,6 +37,8 @@ class SyncJob[T]:
         synced: Callable[[Account], object] | None = None,
         continuation: JobQueue | None = None,
         job_type: str = JobType.MAIL_SYNC,
+        paused: Callable[[Account], str | None] | None = None,
+        health: HealthLog | None = None,
     ) -> None:
         self._job_type = job_type  # what a continuation is queued as
         self._accounts = accounts
@@ -41,6 +46,8 @@ class SyncJob[T]:
         self._sources = sources  # provider → its ChangeSource of this item kind
         self._synced = synced  # e.g. SyncSchedule.synced: the catch-up poll moves on (SYNC-2)
         self._continuation = continuation  # where a run that ran out of time queues the rest
+        self._paused = paused  # why an account that may sync otherwise does not sync this kind
+        self._health = health  # SYNC-9: one record per run, under the loop's (and cursor's) name
 
     def __call__(self, job: Job, message_id: str) -> None:
         resume = None
@@ -57,6 +64,9 @@ class SyncJob[T]:
             raise PermanentError(f"no account {job.account_id} in tenant {job.tenant_id}")
         if not account.can_sync:
             raise Paused(f"account {account.account_id} is {account.status}")
+        why = self._paused(account) if self._paused is not None else None
+        if why:
+            raise Paused(f"account {account.account_id}: {why}")
         return account
 
     def sync(self, account: Account, resume: Resume | None = None) -> None:
@@ -67,7 +77,15 @@ class SyncJob[T]:
                 f"no change source for {account.provider} ({self._job_type}) in this build"
             ) from None
         deadline = current_deadline() if self._continuation is not None else None
-        result = self._sync.run(account, source, deadline=deadline, resume=resume)
+        try:
+            result = self._sync.run(account, source, deadline=deadline, resume=resume)
+        except Exception as error:
+            if self._health is not None:
+                self._health.failed(account.account_id, self._sync.name, error)
+            raise
+        if self._health is not None:
+            completed = result.status == "synced"  # else continued, or a resync takes over
+            self._health.ran(account.account_id, self._sync.name, completed, result.failed)
         if result.resume is not None and self._continuation is not None:
             # out of time: the rest is a job of its own, behind whatever else the account has queued
             go_on = Job(
