@@ -125,7 +125,12 @@ def calendar_sync(account_id: AccountId) -> CalendarSyncView:
     account = services.current().accounts().get(current_principal(app), account_id)
     if "calendar" not in account.purposes:
         raise NotFound(f"account {account_id} is not connected for calendar")
-    return calendar_sync_view(account, services.current().resync().progress(account_id, "calendar_resync"))
+    layer = services.current()
+    return calendar_sync_view(
+        account,
+        layer.resync().progress(account_id, "calendar_resync"),
+        layer.connection_health().of_account(account),
+    )
 
 
 @app.get(

@@ -131,6 +131,9 @@ def test_a_stopped_calendar_changes_nothing_and_resumes_through_the_resync_from_
     assert view["state"] == "syncing" and view["original_connection_date"] == original  # kept (CAL-6)
     assert view["resync"]["status"] == "succeeded" and view["resync"]["items"] >= 3
     assert view["stopped_at"] < view["resumed_at"]
+    health = {s["name"]: s for s in view["health"]["syncs"]}  # SYNC-9 beside it
+    assert view["health"]["status"]["state"] == "connected"
+    assert health["calendar"]["last_success_at"] is not None and not health["calendar"]["stale"]
     # CAL-10: the event made meanwhile is imported
     imported = _told(stack, c.account_id, "ActivityCreatedFromCalendar", "Made in Google while stopped")
     assert imported["provider_event_id"] == made["id"]

@@ -1,6 +1,6 @@
 """What the API tells of a calendar connection's sync (GET /v1/calendars/{id}/sync): whether it is
 syncing or stopped (CAL-9), its original connection date (CAL-6), and the resync that resumes it
-(CAL-10) or that rebuilt it after a lost cursor, with its progress."""
+(CAL-10) or that rebuilt it after a lost cursor, with its progress, and its health (SYNC-9)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from crmsync.accounts.models import Account
 from crmsync.resync import ResyncProgress
+from crmsync.sync.health import ConnectionHealthView
 
 CalendarSyncState = Literal["syncing", "stopped", "reauth_required", "disconnected", "replaced"]
 
@@ -28,9 +29,14 @@ class CalendarSyncView(BaseModel):
     resync: ResyncProgress | None = Field(
         default=None, description="the latest resync from the original connection date, and how far it came"
     )
+    health: ConnectionHealthView | None = Field(
+        default=None, description="SYNC-9: last success, lag, cursor age, token state, failed items"
+    )
 
 
-def calendar_sync_view(account: Account, resync: ResyncProgress | None) -> CalendarSyncView:
+def calendar_sync_view(
+    account: Account, resync: ResyncProgress | None, health: ConnectionHealthView | None = None
+) -> CalendarSyncView:
     retired: dict[str, CalendarSyncState] = {
         "disconnected": "disconnected",
         "replaced": "replaced",
@@ -46,4 +52,5 @@ def calendar_sync_view(account: Account, resync: ResyncProgress | None) -> Calen
         stopped_at=account.calendar_stopped_at,
         resumed_at=account.calendar_resumed_at,
         resync=resync,
+        health=health,
     )
