@@ -45,8 +45,13 @@ def run(args: argparse.Namespace) -> int:
     except OSError as error:
         print(f"cannot listen on {args.host}:{args.port} to {args.port + 2}: {error}", file=sys.stderr)
         return 1
-    # connected Gmail mailboxes are watched; the emulated Pub/Sub subscription pushes to the webhook
-    parameters = {**local_parameters(server.url, emulators), "GmailPushTopic": LOCAL_GMAIL_TOPIC}
+    # connected Gmail mailboxes are watched; the emulated Pub/Sub subscription pushes to the webhook;
+    # connected Google calendars get a push channel whose address is the calendar webhook
+    parameters = {
+        **local_parameters(server.url, emulators),
+        "GmailPushTopic": LOCAL_GMAIL_TOPIC,
+        "GoogleCalendarWebhookUrl": f"{server.url}/webhooks/google-calendar",
+    }
     emulators.google.pubsub_endpoint = f"{server.url}/webhooks/gmail"
     stack = LocalStack(issuer=_issuer(args.port), say=say, parameters=parameters)
     say("crmsync local stack: building template.yaml in moto ...")
@@ -69,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
     say(
         f"Gmail push      watch topic {LOCAL_GMAIL_TOPIC} -> {emulators.google.pubsub_endpoint};"
         f" mail arrives with POST {emulators.google_url}/_emulator/gmail/arrive"
+    )
+    say(
+        f"Calendar push   channels -> {server.url}/webhooks/google-calendar;"
+        f" events change with POST {emulators.google_url}/_emulator/gcal/create"
     )
     say("Ctrl-C stops.")
     stopped = threading.Event()

@@ -208,14 +208,14 @@ def test_the_webhook_refuses_a_wrong_or_missing_channel_token(
     emulators: Emulators,
     tenant: str,
     pushing: Pushing,
-    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Issue: "webhook refuses a wrong or missing channel token" — 401 without one, 403 with one
     that is not the channel's, nothing queued either way, and the token never logged."""
     address, account_id = _connected(api, emulators, tenant, "refusing")
     channel = _live(emulators, address)
     _settled(stack, emulators)
-    capsys.readouterr()
+    caplog.clear()
 
     missing = _push(api, channel, token=None, number=501)
     assert missing.status_code == 401 and missing.json()["message"] == "no channel token"
@@ -229,8 +229,10 @@ def test_the_webhook_refuses_a_wrong_or_missing_channel_token(
     assert _push(api, channel, number=-1).status_code == 400
     _settled(stack, emulators)
     assert pushing.of(account_id) == []
-    logged = capsys.readouterr()
-    assert forged not in logged.out + logged.err and str(channel.token) not in logged.out + logged.err
+    refusals = [r for r in caplog.records if r.getMessage() == "calendar push refused"]
+    assert len(refusals) == 3 and {getattr(r, "channel_id", None) for r in refusals[1:]} == {channel.id}
+    logged = " ".join(str(vars(r)) for r in caplog.records)  # messages and their extra fields
+    assert forged not in logged and str(channel.token) not in logged
 
     assert _push(api, channel, number=505).status_code == 200  # the genuine token is taken
     wait_until(lambda: pushing.of(account_id))
@@ -457,3 +459,33 @@ def test_the_calendar_poll_function_syncs_a_due_connection_that_has_no_channel(
     assert stack.fire_schedule(source)["enqueued"] >= 1
     _told(stack, account_id, "Found by the poll")
     assert _due_items(stack, account_id)[POLL]["due_at"] > time.time()  # moved a period on
+
+
+@pytest.mark.rule("SYNC-7")
+def test_a_renewal_whose_stop_fails_still_replaces_the_channel_and_the_old_ones_pushes_are_dropped(
+    stack: LocalStack, api: Api, emulators: Emulators, tenant: str, pushing: Pushing
+) -> None:
+    address, account_id = _connected(api, emulators, tenant, "stopfails")
+    old = _live(emulators, address)
+    _settled(stack, emulators)
+    calendar = emulators.google.calendar
+    calendar.throttle(address, 5, status=403, method="calendar.channels.stop")  # Google refuses the stop
+    job = Job.model_validate(_due_items(stack, account_id)[RENEWAL]["job"])
+    SqsJobQueue(stack.queues["SyncQueue"]).send(job, f"renew-{uuid.uuid4().hex}")
+    wait_until(lambda: pushing.of(account_id, "calendar.watch"))
+    _settled(stack, emulators)
+    calendar.throttle(address, 0)
+
+    live = [c for c in _channels(emulators, address) if not c.stopped]
+    assert old in live and len(live) == 2  # the old one was not stopped: it lapses on its own
+    record = DynamoCalendarChannelStore(stack.tables["CursorsTable"]).current(account_id)
+    assert record is not None and record.channel_id != old.id
+    assert "calendar.channels.stop" in calendar.account(address).requests  # tried, refused
+    # both channels push the next change; only the current one's is taken
+    syncs_before = len(pushing.of(account_id))
+    calendar.create_in_client(address, _event("Both channels told"))
+    _told(stack, account_id, "Both channels told")
+    _settled(stack, emulators)
+    told = [p for p in calendar.push.pushes_of(address) if p["state"] == "exists"]
+    assert {p["channel"] for p in told[-2:]} == {old.id, record.channel_id}
+    assert len(pushing.of(account_id)) == syncs_before + 1
