@@ -321,9 +321,18 @@ class Services:
         from crmsync.resync import CursorHandover, Resync
         from crmsync.sync.core import ImportPages
 
-        pages = ImportPages(self.account_store(), self._mail_parts(lambda b: b.pages), self.mail_sync())
+        health = self.health_log()
+        pages = ImportPages(
+            self.account_store(),
+            self._mail_parts(lambda b: b.pages),
+            self.mail_sync(),
+            failed=lambda account_id, items: health.items(account_id, "mail", items),
+        )
         events = ImportPages(
-            self.account_store(), self._calendar_parts(lambda b: b.pages), self.calendar_sync()
+            self.account_store(),
+            self._calendar_parts(lambda b: b.pages),
+            self.calendar_sync(),
+            failed=lambda account_id, items: health.items(account_id, "calendar", items),
         )
         return Resync(
             self.sync_state(),

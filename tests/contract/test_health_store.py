@@ -156,3 +156,19 @@ def test_a_cursor_written_before_its_time_was_kept_has_no_age(stack: LocalStack)
     assert cursors.get(account, "mail") == "old" and cursors.updated_at(account, "mail") is None
     assert cursors.advance(account, "mail", "new", expected="old")
     assert cursors.updated_at(account, "mail") is not None
+
+
+@pytest.mark.rule("SYNC-9")
+def test_items_alone_join_the_failed_items_and_leave_the_runs_record_as_it_was(health_store: Any) -> None:
+    account = _account()
+    health_store.record(account, "mail", _run(0, "error", "TransientError: x"))
+    page = RunReport(
+        at=T0 + timedelta(minutes=1),
+        outcome="items",
+        failed_items=[FailedItem(item_id="r-1", reason="malformed_mime: y", at=T0 + timedelta(minutes=1))],
+    )
+    after = health_store.record(account, "mail", page)
+    assert [i.item_id for i in after.failed_items] == ["r-1"]
+    assert after.failures == 1 and after.last_attempt_at == T0 and after.last_success_at is None
+    fresh = health_store.record(_account(), "calendar", page)  # none before: made with the items alone
+    assert fresh.last_attempt_at is None and [i.item_id for i in fresh.failed_items] == ["r-1"]

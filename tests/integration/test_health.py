@@ -20,7 +20,7 @@ from crmsync.sync.health import STALE_GRACE_S, ConnectionHealth, HealthLog
 from local.emulators.servers import Emulators
 from local.stack import LocalStack
 from tests.conftest import Api
-from tests.integration.helpers import wait_until
+from tests.integration.helpers import run_execution, wait_until
 from tests.integration.test_accounts import Browser, connect, set_plan
 from tests.integration.test_gmail_batch import arrive_from_carla, connected_mailbox
 
@@ -178,6 +178,26 @@ def test_a_skipped_message_shows_in_failed_items_with_its_reason(
     [item] = mail["failed_items"]
     assert item["item_id"] == bad.id and item["reason"].startswith("malformed_mime: headers larger")
     assert mail["failures"] == 0  # the run itself succeeded: the message blocked nothing
+
+
+@pytest.mark.rule("SYNC-9")
+@pytest.mark.rule("SYNC-6")
+def test_a_message_a_resync_skipped_shows_in_failed_items_too(
+    stack: LocalStack, api: Api, emulators: Emulators, tenant: str
+) -> None:
+    address, account_id = connected_mailbox(api, emulators, tenant)
+    user = api.token(tenant, "u1")
+    bad = emulators.google.gmail.arrive(address, b"X-Junk: " + b"b" * (300 * 1024) + b"\r\n\r\nbody")
+    job = {"tenant_id": tenant, "user_id": "u1", "account_id": account_id, "kind": "mail_resync"}
+    described = run_execution(stack.state_machines["ResyncStateMachine"], job)
+    assert described["status"] == "SUCCEEDED", described
+
+    def failed_items() -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = _sync(_health(api, user, account_id), "mail")["failed_items"]
+        return found
+
+    [item] = wait_until(failed_items)
+    assert item["item_id"] == bad.id and item["reason"].startswith("malformed_mime")
 
 
 @pytest.mark.rule("SYNC-9")

@@ -57,7 +57,7 @@ class DynamoHealthStore:
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def record(self, account_id: str, name: str, run: RunReport) -> SyncHealth:
-        if not run.failed_items:
+        if not run.failed_items and run.outcome != "items":
             return self._update(account_id, name, run)
         for _ in range(ATTEMPTS):
             item = self._table.get_item(

@@ -206,10 +206,17 @@ class ImportPages[T]:
     """The resync state machine's page step for one item kind: the account's provider lists a
     page, the sink takes it. A provider without an import source has nothing to import."""
 
-    def __init__(self, accounts: AccountById, sources: Mapping[str, ImportSource[T]], sink: Sink[T]) -> None:
+    def __init__(
+        self,
+        accounts: AccountById,
+        sources: Mapping[str, ImportSource[T]],
+        sink: Sink[T],
+        failed: Callable[[str, Sequence[ItemFailure]], None] | None = None,
+    ) -> None:
         self._accounts = accounts
         self._sources = sources  # provider → ImportSource, built on first use (registry.ByProvider)
         self._sink = sink
+        self._failed = failed  # (account id, the page's skipped items): kept in health (SYNC-9)
 
     def fetch_page(self, job: ResyncJob) -> Page:
         from crmsync.resync import Page
@@ -223,7 +230,10 @@ class ImportPages[T]:
         if source is None:
             return Page(items=0)
         page = source.page(account, job)
-        apply_page(account, page, self._sink, SyncResult(status="synced"))
+        result = SyncResult(status="synced")
+        apply_page(account, page, self._sink, result)
+        if result.failed and self._failed is not None:
+            self._failed(account.account_id, result.failed)
         if page.next_page is None:  # the whole mailbox was listed: nothing stored stays untold
             self._sink.settle(account)
         listed = page.listed if page.listed is not None else len(page.items)

@@ -77,7 +77,8 @@ class RunReport(BaseModel):
     """What one run of a sync came to."""
 
     at: datetime
-    outcome: Literal["success", "progress", "error"]  # progress: ran without error, not to the end
+    # progress: ran without error, not to the end; items: only failed items (a resync's page)
+    outcome: Literal["success", "progress", "error", "items"]
     error: str | None = None
     failed_items: list[FailedItem] = Field(default_factory=list)
 
@@ -85,13 +86,15 @@ class RunReport(BaseModel):
 def merged(record: SyncHealth | None, account_id: str, name: str, run: RunReport) -> SyncHealth:
     """The record after `run` (pure: both stores apply it)."""
     base = record or SyncHealth(account_id=account_id, name=name)
-    changes: dict[str, object] = {"last_attempt_at": run.at}
+    changes: dict[str, object] = {}
     if run.outcome == "error":
         changes.update(failures=base.failures + 1, last_error=run.error, last_error_at=run.at)
-    else:
+    elif run.outcome != "items":
         changes["failures"] = 0
         if run.outcome == "success":
             changes["last_success_at"] = run.at
+    if run.outcome != "items":
+        changes["last_attempt_at"] = run.at
     if run.failed_items:
         fresh: dict[str, FailedItem] = {}
         for item in reversed(run.failed_items):  # newest first; an item met twice is kept once
@@ -144,11 +147,16 @@ class HealthLog:
         reason = error if isinstance(error, str) else reason_of(error)
         self._write(account_id, name, "error", scrub(reason), items)
 
+    def items(self, account_id: str, name: str, items: Sequence[ItemOutcome]) -> None:
+        """Items a resync's or back-import's page did not sync: kept among the sync's failed
+        items, the runs' record left as it is; no write when none failed."""
+        self._write(account_id, name, "items", None, items)
+
     def _write(
         self,
         account_id: str,
         name: str,
-        outcome: Literal["success", "progress", "error"],
+        outcome: Literal["success", "progress", "error", "items"],
         error: str | None,
         items: Sequence[ItemOutcome],
     ) -> None:
@@ -158,6 +166,8 @@ class HealthLog:
             for i in items
             if is_failure(i.reason)
         ][-KEEP_FAILED_ITEMS:]
+        if outcome == "items" and not failed:
+            return
         run = RunReport(at=at, outcome=outcome, error=error, failed_items=failed)
         try:
             self._store.record(account_id, name, run)
