@@ -280,6 +280,7 @@ def test_a_push_delivered_twice_queues_one_sync(
 
 
 @pytest.mark.rule("ACC-8")
+@pytest.mark.rule("CAL-9")
 def test_a_connection_that_may_not_sync_queues_nothing_and_a_disconnect_stops_the_channel(
     stack: LocalStack, api: Api, emulators: Emulators, tenant: str, pushing: Pushing
 ) -> None:
@@ -295,7 +296,14 @@ def test_a_connection_that_may_not_sync_queues_nothing_and_a_disconnect_stops_th
     assert pushing.of(account_id) == []
     paused = store.get_by_id(account_id)
     assert paused is not None
-    store.save(paused.model_copy(update={"status": "connected"}))
+    # a calendar stopped (CAL-9) whose channel is still kept: its pushes are dropped too
+    store.save(paused.model_copy(update={"status": "connected", "calendar_stopped_at": datetime.now(UTC)}))
+    assert _push(api, channel, number=12).status_code == 200
+    _settled(stack, emulators)
+    assert pushing.of(account_id) == []
+    stopped = store.get_by_id(account_id)
+    assert stopped is not None
+    store.save(stopped.model_copy(update={"calendar_stopped_at": None}))
 
     assert api.call("DELETE", f"/v1/accounts/{account_id}", api.token(tenant, "u1")).status_code == 200
     assert all(c.stopped for c in _channels(emulators, address))  # channels.stop at Google
@@ -303,7 +311,7 @@ def test_a_connection_that_may_not_sync_queues_nothing_and_a_disconnect_stops_th
     assert DynamoCalendarChannelStore(stack.tables["CursorsTable"]).current(account_id) is None
     assert RENEWAL not in _due_items(stack, account_id) and POLL not in _due_items(stack, account_id)
     # a late push of the stopped channel (Google warns it can come) finds nothing to sync
-    assert _push(api, channel, number=12).status_code == 200
+    assert _push(api, channel, number=13).status_code == 200
     _settled(stack, emulators)
     assert pushing.of(account_id) == []
 
@@ -489,3 +497,29 @@ def test_a_renewal_whose_stop_fails_still_replaces_the_channel_and_the_old_ones_
     told = [p for p in calendar.push.pushes_of(address) if p["state"] == "exists"]
     assert {p["channel"] for p in told[-2:]} == {old.id, record.channel_id}
     assert len(pushing.of(account_id)) == syncs_before + 1
+
+
+@pytest.mark.rule("CAL-9")
+@pytest.mark.rule("CAL-10")
+def test_stopping_a_calendar_stops_its_channel_and_connecting_again_opens_a_new_one(
+    stack: LocalStack, api: Api, emulators: Emulators, tenant: str, pushing: Pushing
+) -> None:
+    address, account_id = _connected(api, emulators, tenant, "stopresume")
+    first = _live(emulators, address)
+    _settled(stack, emulators)
+    user = api.token(tenant, "u1")
+    assert api.call("POST", f"/v1/calendars/{account_id}/stop", user).status_code == 200
+    assert first.stopped and not [c for c in _channels(emulators, address) if not c.stopped]
+    assert DynamoCalendarChannelStore(stack.tables["CursorsTable"]).current(account_id) is None
+    assert RENEWAL not in _due_items(stack, account_id)
+    assert _push(api, first, number=21).status_code == 200  # a late push: dropped
+    _settled(stack, emulators)
+    assert pushing.of(account_id) == []
+
+    again = connect(api, Browser(emulators), user, "google", address, purpose="calendar")
+    assert again["account_id"] == account_id
+    second = _live(emulators, address)
+    assert second.id != first.id
+    record = DynamoCalendarChannelStore(stack.tables["CursorsTable"]).current(account_id)
+    assert record is not None and record.channel_id == second.id
+    assert RENEWAL in _due_items(stack, account_id)

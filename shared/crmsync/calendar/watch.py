@@ -20,9 +20,9 @@ logger = Logger()
 
 def calendar_may_sync(account: Account) -> bool:
     """Whether anything may be queued or renewed for the account's calendar: the one place the
-    pushes and the renewals ask. (A calendar stop flag on the account, CAL-9, is checked here
-    too once the account model has it.)"""
-    return account.can_sync and "calendar" in account.purposes
+    pushes and the renewals ask. An account that may not sync (ACC-8, ACC-9), is not connected
+    for calendar, or whose calendar is stopped (CAL-9) may not."""
+    return account.calendar_syncing
 
 
 class CalendarWatcher(Protocol):
