@@ -523,3 +523,31 @@ def test_stopping_a_calendar_stops_its_channel_and_connecting_again_opens_a_new_
     record = DynamoCalendarChannelStore(stack.tables["CursorsTable"]).current(account_id)
     assert record is not None and record.channel_id == second.id
     assert RENEWAL in _due_items(stack, account_id)
+
+
+@pytest.mark.rule("SYNC-7")
+def test_a_renewal_without_a_webhook_url_stops_the_kept_channel_and_ends_the_renewals(
+    stack: LocalStack, api: Api, emulators: Emulators, tenant: str, pushing: Pushing
+) -> None:
+    """The URL was taken out of the configuration: the next renewal stops the channel kept from
+    before and opens none; the poll alone syncs from then on."""
+    address, account_id = _connected(api, emulators, tenant, "unwatched")
+    kept = _live(emulators, address)
+    _settled(stack, emulators)
+    runner = stack.services.sync_batch().runner
+    unconfigured = stack.services.calendar_watch_job()  # the stack's own: no webhook URL
+    ran: list[Job] = []
+
+    def run(job: Job, message_id: str) -> None:
+        ran.append(job)
+        unconfigured(job, message_id)
+
+    runner.register("calendar.watch", run)  # the fixture puts its own back afterwards
+    job = Job.model_validate(_due_items(stack, account_id)[RENEWAL]["job"])
+    SqsJobQueue(stack.queues["SyncQueue"]).send(job, f"renew-{uuid.uuid4().hex}")
+    wait_until(lambda: ran)
+    _settled(stack, emulators)
+    assert kept.stopped and not [c for c in _channels(emulators, address) if not c.stopped]
+    assert DynamoCalendarChannelStore(stack.tables["CursorsTable"]).current(account_id) is None
+    due = _due_items(stack, account_id)
+    assert RENEWAL not in due and POLL in due
