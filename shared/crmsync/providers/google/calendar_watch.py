@@ -137,7 +137,7 @@ class GoogleCalendarWatcher:
         record = self._open(account, access_token)
         if not self._store.replace(old, record):
             self._stop_at_google(account, record, access_token)
-            raise TransientError("the calendar's channel changed meanwhile; the connect hook runs again")
+            raise TransientError("the calendar's channel changed while a new one was opened")
         logger.info(
             "calendar channel opened",
             extra={"account_id": account.account_id, "channel_id": record.channel_id},
