@@ -181,6 +181,40 @@ def test_a_skipped_message_shows_in_failed_items_with_its_reason(
 
 
 @pytest.mark.rule("SYNC-9")
+def test_a_run_of_many_messages_and_skips_costs_its_health_one_read_and_one_write(
+    stack: LocalStack, api: Api, emulators: Emulators, tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from botocore.client import BaseClient
+
+    address, account_id = connected_mailbox(api, emulators, tenant)
+    arrive_from_carla(emulators, address, [f"Order {n}" for n in range(30)])
+    for n in range(3):
+        emulators.google.gmail.arrive(address, b"X-Junk: " + bytes([97 + n]) * (300 * 1024) + b"\r\n\r\nx")
+    calls: list[str] = []
+    real = BaseClient._make_api_call
+
+    def counting(client: Any, operation: str, params: dict[str, Any]) -> Any:
+        key = params.get("Key") or params.get("Item")
+        if client.meta.service_model.service_name == "dynamodb" and isinstance(key, dict):
+            sk = key.get("sk")  # the resource's plain value, or the client's {"S": ...}
+            if str(sk.get("S") if isinstance(sk, dict) else sk).startswith("HEALTH#"):
+                calls.append(operation)
+        return real(client, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", counting)
+    account = stack.services.account_store().get(tenant, "u1", account_id)
+    assert account is not None
+    stack.services.mail_sync_job().sync(account)
+    assert calls == ["GetItem", "PutItem"]  # 33 messages, 3 failed items: one read, one write
+    calls.clear()
+    stack.services.mail_sync_job().sync(account)  # nothing new, nothing failed: one update
+    assert calls == ["UpdateItem"]
+    monkeypatch.undo()
+    mail = _sync(_health(api, api.token(tenant, "u1"), account_id), "mail")
+    assert len(mail["failed_items"]) == 3 and mail["failures"] == 0
+
+
+@pytest.mark.rule("SYNC-9")
 @pytest.mark.rule("SYNC-6")
 def test_a_message_a_resync_skipped_shows_in_failed_items_too(
     stack: LocalStack, api: Api, emulators: Emulators, tenant: str
