@@ -7,8 +7,9 @@ again. Notifications come from the emulators (Pub/Sub pushes, Graph change notif
 nothing is called by hand on the service's side. The CRM's thread is printed with its links
 and events, and the demo fails unless it holds the four messages, each exactly once, all
 linked to the contact and the open deal. On Outlook the contact then sends a file Microsoft
-accounts do not take, and the demo shows the message skipped with its reason. If nothing
-answers on the port, the demo starts `make run`'s stack itself and stops it at the end."""
+accounts do not take, and the demo shows the message skipped with its reason. Then the calendar
+scenario on Google (local/demo_calendar.py). If nothing answers on the port, the demo starts
+`make run`'s stack itself and stops it at the end."""
 
 from __future__ import annotations
 
@@ -271,9 +272,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m local.demo")
     parser.add_argument("--port", type=int, default=3000)
     parser.add_argument(
-        "providers", nargs="*", default=list(PROVIDERS), help="google, microsoft (both by default)"
+        "providers",
+        nargs="*",
+        default=[*PROVIDERS, "calendar"],
+        help="google, microsoft (mail), calendar (Google Calendar); all three by default",
     )
     args = parser.parse_args(argv)
+    unknown = set(args.providers) - {*PROVIDERS, "calendar"}
+    if unknown:
+        parser.error(f"unknown scenario {', '.join(sorted(unknown))}: google, microsoft or calendar")
     base = f"http://127.0.0.1:{args.port}"
     stack = None
     if not _up(base):
@@ -297,7 +304,12 @@ def main(argv: list[str] | None = None) -> int:
         for number, provider in enumerate(args.providers):
             if number:
                 print("\n" + "-" * 100 + "\n")
-            failed += Demo(base, provider).run()
+            if provider == "calendar":
+                from local.demo_calendar import CalendarDemo  # it builds on this module's helpers
+
+                failed += CalendarDemo(base).run()
+            else:
+                failed += Demo(base, provider).run()
         return 1 if failed else 0
     except DemoFailed as failure:
         print(f"FAILED: {failure}", file=sys.stderr)
