@@ -28,7 +28,7 @@ $(STAMP): requirements-dev.txt shared/requirements.txt
 run: $(STAMP)
 	$(PY) -m local run
 
-# The Gmail scenario against `make run` (started for the demo if it is not running).
+# The mail (Gmail, Outlook) and Google Calendar scenarios against `make run` (started for the demo if it is not running).
 demo: $(STAMP)
 	$(PY) -m local.demo
 
