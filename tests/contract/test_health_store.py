@@ -56,7 +56,7 @@ def _run(minutes: int, outcome: str = "success", error: str | None = None, items
     failed = [
         FailedItem(item_id=f"m-{minutes}-{n}", reason=f"malformed_mime: {n}", at=at) for n in range(items)
     ]
-    return RunReport(at=at, outcome=outcome, error=error, failed_items=failed)  # type: ignore[arg-type]
+    return RunReport(at=at, outcome=outcome, error=error, failed_items=failed)
 
 
 @pytest.mark.rule("SYNC-9")

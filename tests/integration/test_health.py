@@ -45,14 +45,15 @@ def _health(api: Api, token: str, account_id: str) -> dict[str, Any]:
 
 
 def _sync(body: dict[str, Any], name: str) -> dict[str, Any]:
-    [found] = [s for s in body["syncs"] if s["name"] == name]
-    return found
+    found: list[dict[str, Any]] = [s for s in body["syncs"] if s["name"] == name]
+    [one] = found
+    return one
 
 
 def _synced_since(api: Api, token: str, account_id: str, name: str, since: datetime) -> dict[str, Any] | None:
     body = _health(api, token, account_id)
-    done = _sync(body, name)["last_success_at"]
-    return body if done and datetime.fromisoformat(done) >= since else None
+    done = [s["last_success_at"] for s in body["syncs"] if s["name"] == name and s["last_success_at"]]
+    return body if done and datetime.fromisoformat(done[0]) >= since else None
 
 
 def _later(stack: LocalStack, seconds: float) -> ConnectionHealth:
@@ -162,6 +163,77 @@ def test_a_failing_sync_shows_its_failures_and_reason_and_is_stale_after_a_poll_
 
 
 @pytest.mark.rule("SYNC-9")
+@pytest.mark.rule("CAL-16")
+def test_a_refused_mass_trash_is_a_failure_with_its_report(
+    stack: LocalStack, api: Api, emulators: Emulators, tenant: str
+) -> None:
+    from crmsync.calendar.engine import MassTrashRefused
+
+    user, address, account_id = _calendar(api, emulators, tenant)
+    calendar = emulators.google.calendar
+    made = [calendar.create_in_client(address, _event(f"Standup {n}")) for n in range(12)]
+    account = stack.services.account_store().get(tenant, "u1", account_id)
+    assert account is not None
+    job = stack.services.calendar_sync_job()
+    job.sync(account)
+    for event in made:
+        calendar.delete_in_client(address, event["id"])
+    with pytest.raises(MassTrashRefused):
+        job.sync(account)
+    body = _health(api, user, account_id)
+    failing = _sync(body, "calendar")
+    assert failing["failures"] == 1 and failing["last_error"].startswith(
+        "MassTrashRefused: refused: 12 of 12"
+    )
+    assert body["healthy"] is False
+
+
+@pytest.mark.rule("SYNC-9")
+def test_the_crms_changes_going_to_the_calendar_have_their_own_health(
+    stack: LocalStack, api: Api, emulators: Emulators, tenant: str
+) -> None:
+    from tests.integration.test_activities_api import _body
+
+    user, address, account_id = _calendar(api, emulators, tenant)
+    backend = api.token(tenant, "crm-backend", role="service")
+    started = datetime.now(UTC).replace(microsecond=0)
+    activity_id = f"a-{uuid.uuid4().hex[:8]}"
+    put = api.call("PUT", f"/v1/activities/{activity_id}", backend, json=_body("Pricing call", started))
+    assert put.status_code == 200, put.text
+    body = wait_until(lambda: _synced_since(api, user, account_id, "calendar_push", started))
+    push = _sync(body, "calendar_push")
+    assert push["failures"] == 0 and push["poll_interval_s"] is None and push["cursor_age_s"] is None
+    assert push["stale"] is False and [s["name"] for s in body["syncs"]] == ["calendar", "calendar_push"]
+
+    # Google fails the next write: the push fails with the activity as its failed item
+    later = started + timedelta(minutes=1)
+    activities = stack.services.activity_store()
+    stored = activities.get_activity(tenant, activity_id)
+    assert stored is not None
+    activities.put_activity(
+        stored.model_copy(update={"subject": "Pricing call (moved)", "updated_at": later})
+    )
+    emulators.google.calendar.fail(address, 50, status=500)
+    try:
+        with pytest.raises(TransientError):
+            stack.services.calendar_push_job()(
+                Job(
+                    type="calendar.push",
+                    tenant_id=tenant,
+                    account_id=f"activity-{activity_id}",
+                    payload={"activity_id": activity_id},
+                ),
+                "m-1",
+            )
+    finally:
+        emulators.google.calendar.fail(address, 0)
+    push = _sync(_health(api, user, account_id), "calendar_push")
+    assert push["failures"] == 1 and "TransientError" in push["last_error"]
+    [item] = push["failed_items"]
+    assert item["item_id"] == activity_id and "TransientError" in item["reason"]
+
+
+@pytest.mark.rule("SYNC-9")
 @pytest.mark.rule("SEC-5")
 def test_a_skipped_message_shows_in_failed_items_with_its_reason(
     stack: LocalStack, api: Api, emulators: Emulators, tenant: str
@@ -191,7 +263,7 @@ def test_a_run_of_many_messages_and_skips_costs_its_health_one_read_and_one_writ
     for n in range(3):
         emulators.google.gmail.arrive(address, b"X-Junk: " + bytes([97 + n]) * (300 * 1024) + b"\r\n\r\nx")
     calls: list[str] = []
-    real = BaseClient._make_api_call
+    real = BaseClient._make_api_call  # type: ignore[attr-defined]
 
     def counting(client: Any, operation: str, params: dict[str, Any]) -> Any:
         key = params.get("Key") or params.get("Item")
