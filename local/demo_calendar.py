@@ -366,35 +366,74 @@ class CalendarDemo:
         print("   the CRM's change made while stopped reached Google at the resync's end")
 
     def conflict(self, booked: str) -> None:
-        print("10. the same activity changes in the CRM and then in Google before a sync")
-        # Google turns down the next event patches for a moment (a rate limit), so the CRM's change
-        # waits in the queue while the calendar's change arrives: the sync sees both sides changed.
+        print("10. the same activity changes in the CRM and in Google before a sync")
         (event,) = self.of_activity(booked)
+        print("   a) in Google first (its notification comes late), then in the CRM: the CRM's is later")
+        self.in_google("push_faults", reorder=1)  # Google holds the edit's push until the next one
+        self.in_google("edit", eventId=event["id"], changes={"summary": "Quarterly review (Google, first)"})
+        self.put_activity(booked, "Quarterly review (CRM, later)", 5)
+        self.expect(
+            "the CRM's change, the later, in Google",
+            lambda: self.of_activity(booked)[0]["summary"] == "Quarterly review (CRM, later)" or None,
+            lambda: repr(self.of_activity(booked)[0]["summary"]),
+        )
+        self.conflict_shown(
+            booked, "10a", "Quarterly review (CRM, later)", "Quarterly review (Google, first)"
+        )
+        print("   b) in the CRM first (Google refuses its write a moment), then in Google: Google's is later")
+        # the rate limit keeps the CRM's change in the queue while the calendar's change arrives
         self.in_google("throttle", requests=3, method="calendar.events.patch")
         self.put_activity(booked, "Quarterly review (CRM)", 5)
         self.in_google("edit", eventId=event["id"], changes={"summary": "Quarterly review (Google)"})
-        told = self.told_once(
-            "CalendarConflictRecorded", "CalendarConflictRecorded", "10", activity_id=booked
-        )
-        view = self.expect(
-            f"the conflict at GET /v1/activities/{booked}",
-            lambda: (v := self.activity(booked))["conflicts"] and v,
-            lambda: self.activity(booked),
-        )
-        kept = view["conflicts"][-1]
-        versions = (kept["crm_version"]["subject"], kept["provider_version"]["subject"], kept["winner"])
-        wanted = ("Quarterly review (CRM)", "Quarterly review (Google)", "provider")
-        if self.check(
-            versions == wanted, "10", f"CRM and Google versions, winner provider {wanted}", versions
-        ):
-            print(
-                f"   GET /v1/activities/{booked}: conflict on {kept['differing']}: CRM {versions[0]!r},"
-                f" Google {versions[1]!r}, winner {kept['winner']} (the later change)"
+        self.conflict_shown(booked, "10b", "Quarterly review (CRM)", "Quarterly review (Google)")
+
+    def conflict_shown(self, booked: str, step: str, crm: str, google: str) -> None:
+        """The conflict between these two subjects, at GET /v1/activities/{id} and on the tap, the
+        later change (the second made) the winner and the activity's subject."""
+        winner, subject = ("crm", crm) if step == "10a" else ("provider", google)
+
+        def recorded() -> list[dict[str, Any]]:
+            return [
+                d
+                for d in self.told("CalendarConflictRecorded", activity_id=booked)
+                if (d["crm_version"]["subject"], d["provider_version"]["subject"]) == (crm, google)
+            ]
+
+        def kept() -> list[dict[str, Any]]:
+            conflicts: list[dict[str, Any]] = self.activity(booked)["conflicts"]
+            return [
+                c
+                for c in conflicts
+                if (c["crm_version"]["subject"], c["provider_version"]["subject"]) == (crm, google)
+            ]
+
+        try:
+            _wait("the conflict", lambda: recorded() and kept(), timeout=15)
+        except DemoFailed:
+            now = self.activity(booked)["activity"]["subject"], self.of_activity(booked)[0]["summary"]
+            found = (
+                f"no conflict recorded; the CRM has {now[0]!r}, Google {now[1]!r}; the other version is lost"
             )
-        subject = view["activity"]["subject"]
-        self.check(subject == wanted[1], "10", "the activity takes the winner's subject", repr(subject))
-        self.check(told["winner"] == "provider", "10", "CalendarConflictRecorded winner provider", told)
-        print(f"   CalendarConflictRecorded winner {told['winner']}; the activity is now {subject!r}")
+            self.check(False, step, f"a conflict of CRM {crm!r} and Google {google!r}", found)
+            return
+        (conflict,), (event,) = kept(), recorded()
+        if self.check(conflict["winner"] == winner, step, f"winner {winner}", conflict):
+            print(
+                f"   GET /v1/activities/{booked}: conflict on {conflict['differing']}: CRM {crm!r},"
+                f" Google {google!r}, winner {winner}; CalendarConflictRecorded winner {event['winner']}"
+            )
+        self.check(event["winner"] == winner, step, f"CalendarConflictRecorded winner {winner}", event)
+        self.expect(
+            f"both sides to hold the winner's subject {subject!r}",
+            lambda: (
+                (
+                    self.activity(booked)["activity"]["subject"] == subject
+                    and self.of_activity(booked)[0]["summary"] == subject
+                )
+                or None
+            ),
+            lambda: (self.activity(booked)["activity"]["subject"], self.of_activity(booked)[0]["summary"]),
+        )
 
     def report(self) -> int:
         print(f"\nevents for {self.tenant} (oldest first):")
