@@ -315,7 +315,7 @@ def test_a_connection_that_may_not_sync_queues_nothing_and_a_disconnect_stops_th
 
 
 @pytest.mark.rule("SYNC-7")
-def test_renewal_is_due_a_day_before_expiry_and_never_past_half_way() -> None:
+def test_renewal_is_due_a_day_before_expiry_or_half_way_for_a_short_lived_channel() -> None:
     now = 1_800_000_000
     assert renewal_due(now, now + 7 * DAY) == now + 6 * DAY
     assert renewal_due(now, now + 2 * 3600) == now + 3600  # a short-lived channel: half-way
