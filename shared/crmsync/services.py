@@ -152,6 +152,7 @@ class Services:
             DynamoHealthStore(s.cursors_table),
             self.cursors(),
             poll_intervals={"mail": s.catchup_after_s, "calendar": s.calendar_poll_after_s},
+            served=lambda provider, purpose: provider in registry.providers(purpose),
         )
 
     @_once

@@ -330,6 +330,38 @@ def test_a_refused_token_shows_as_the_token_state_with_its_reason(
 
 
 @pytest.mark.rule("SYNC-9")
+def test_only_the_syncs_this_build_runs_are_expected_and_a_stopped_or_gone_connection_is_never_stale(
+    stack: LocalStack,
+) -> None:
+    from crmsync.accounts.models import Account, AccountSettings
+
+    long_ago = datetime.now(UTC) - timedelta(days=2)
+    account = Account(
+        account_id=f"acc-{uuid.uuid4().hex[:8]}",
+        tenant_id="t-health",
+        user_id="u1",
+        provider="microsoft",
+        purpose="both",  # no Microsoft calendar in this build: only its mail is expected to sync
+        address="m@outlook.test",
+        status="connected",
+        settings=AccountSettings(),
+        connected_at=long_ago,
+        updated_at=long_ago,
+    )
+    health = stack.services.connection_health()
+    view = health.of_account(account)
+    assert [s.name for s in view.syncs] == ["mail"] and view.stale is True  # never synced in two days
+    assert view.syncs[0].last_success_at is None and view.syncs[0].lag_s is None
+    gone = health.of_account(account.model_copy(update={"status": "disconnected"}))
+    assert gone.stale is False and gone.healthy is False and gone.status.state == "disconnected"
+    paused = health.of_account(account.model_copy(update={"status": "reauth_required"}))
+    assert paused.stale is True and paused.status.state == "reauth_required"  # it should sync, and does not
+    google = account.model_copy(update={"provider": "google", "calendar_stopped_at": long_ago})
+    stopped = health.of_account(google)
+    assert [(s.name, s.stale) for s in stopped.syncs] == [("mail", True), ("calendar", False)]  # CAL-9
+
+
+@pytest.mark.rule("SYNC-9")
 @pytest.mark.rule("SEC-4")
 def test_another_users_or_tenants_account_is_a_404(
     stack: LocalStack, api: Api, emulators: Emulators, tenant: str

@@ -40,7 +40,7 @@ PUSH = "calendar_push"
 POLICY_SKIPS = frozenset({"internal_mail", "label_not_selected", "not_a_crm_thread", "blocked"})
 
 _SECRETS = re.compile(
-    r"(?i)(bearer\s+|(?:access_token|refresh_token|token|password|secret|code)[\"']?\s*[=:]\s*[\"']?)[^\s\"'&,;]+"
+    r"(?i)(bearer\s+|(?:access_token|refresh_token|token|password|secret)[\"']?\s*[=:]\s*[\"']?)[^\s\"'&,;]+"
 )
 
 
@@ -254,12 +254,14 @@ class ConnectionHealth:
         cursors: CursorAges,
         poll_intervals: Mapping[str, int],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        served: Callable[[str, str], bool] = lambda provider, name: True,
     ) -> None:
         self._accounts = accounts
         self._store = store
         self._cursors = cursors
         self._polls = poll_intervals  # sync name → its poll interval (s): the syncs that run periodically
         self._clock = clock
+        self._served = served  # (provider, purpose): whether this build syncs it (providers/registry.py)
 
     def of(self, principal: Principal, account_id: str) -> ConnectionHealthView:
         account = self._accounts.get(principal.tenant_id, principal.user_id, account_id)
@@ -270,7 +272,9 @@ class ConnectionHealth:
     def of_account(self, account: Account) -> ConnectionHealthView:
         now = self._clock()
         records = {r.name: r for r in self._store.health_of(account.account_id)}
-        expected = [name for name in account.purposes if name in self._polls]
+        expected = [
+            name for name in account.purposes if name in self._polls and self._served(account.provider, name)
+        ]
         names = [*expected, *sorted(n for n in records if n not in expected)]
         # a sync that should run: the account has not been disconnected or replaced
         should_run = account.status in ACTIVE
@@ -297,7 +301,7 @@ class ConnectionHealth:
         if poll is not None:
             cursor_age = _seconds(now, self._cursors.updated_at(account.account_id, name))
             since = record.last_success_at or account.connected_at  # a new one has a poll's time
-            if name == "calendar" and getattr(account, "calendar_stopped", False):
+            if name == "calendar" and account.calendar_stopped:
                 should_run = False  # CAL-9: the user stopped the calendar sync
             stale = should_run and (now - since).total_seconds() > poll + min(STALE_GRACE_S, poll // 2)
         return SyncHealthView(
