@@ -15,7 +15,16 @@ reached the webhook, and fails with that said if it did not.
 
 Something that must stay out of the CRM (an older event, a private one, the occurrences of a
 series) is judged only after a later event made in Google has come in: the sync that brought
-that one listed every earlier change too."""
+that one listed every earlier change too.
+
+Step 10 changes one activity on both sides before a sync, timed with the emulator's fault
+controls as Google itself can time it: a) the notification of the user's edit comes late
+(`push_faults` reorder) and the CRM changes the activity meanwhile; b) Google refuses the CRM's
+write for a moment (`throttle` of `events.patch`, a rate limit) while the user edits the event.
+Either way the later change must win and the other be kept as a conflict (CAL-14).
+
+A failed check is printed with what was expected and what was found, and the scenario goes on
+where it can; the run then fails, listing them. What later steps need fails it at once."""
 
 from __future__ import annotations
 
@@ -24,6 +33,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import requests
 
@@ -37,9 +47,10 @@ NINA = "nina.new@prospect.test"  # neither a contact nor a user
 
 
 def _slot(days: int, hour: int = 9) -> tuple[str, str]:
-    """An hour `days` from today, at `hour` Paris time (winter: +01:00)."""
-    day = (datetime.now(UTC) + timedelta(days=days)).date().isoformat()
-    return f"{day}T{hour:02d}:00:00+01:00", f"{day}T{hour + 1:02d}:00:00+01:00"
+    """An hour `days` from today, from `hour` o'clock in Paris (RFC 3339 with Paris's offset)."""
+    day = (datetime.now(UTC) + timedelta(days=days)).date()
+    start = datetime(day.year, day.month, day.day, hour, tzinfo=ZoneInfo(ZONE))
+    return start.isoformat(), (start + timedelta(hours=1)).isoformat()
 
 
 def _event(summary: str, days: int, **more: Any) -> dict[str, Any]:
@@ -223,11 +234,13 @@ class CalendarDemo:
         print("3. the CRM books an activity: it appears in Google Calendar, once, notifying nobody")
         booked = f"act-{uuid.uuid4().hex[:8]}"
         self.put_activity(booked, "Quarterly review", 5)
-        (event,) = self.expect(
-            "one event in Google Calendar for the activity",
+        events = self.expect(
+            "an event in Google Calendar for the activity",
             lambda: self.of_activity(booked) or None,
             lambda: [e["summary"] for e in self.google_reads("events")],
         )
+        self.check(len(events) == 1, "3", "one event for the activity", [e["id"] for e in events])
+        event = events[0]
         writes = [
             (w["method"], w["sendUpdates"])
             for w in self.google_reads("writes")
@@ -367,7 +380,7 @@ class CalendarDemo:
 
     def conflict(self, booked: str) -> None:
         print("10. the same activity changes in the CRM and in Google before a sync")
-        (event,) = self.of_activity(booked)
+        event = self.of_activity(booked)[0]
         print("   a) in Google first (its notification comes late), then in the CRM: the CRM's is later")
         self.in_google("push_faults", reorder=1)  # Google holds the edit's push until the next one
         self.in_google("edit", eventId=event["id"], changes={"summary": "Quarterly review (Google, first)"})
@@ -416,7 +429,8 @@ class CalendarDemo:
             )
             self.check(False, step, f"a conflict of CRM {crm!r} and Google {google!r}", found)
             return
-        (conflict,), (event,) = kept(), recorded()
+        conflict, event = kept()[-1], recorded()[-1]
+        self.check(len(kept()) == len(recorded()) == 1, step, "the conflict once", (kept(), recorded()))
         if self.check(conflict["winner"] == winner, step, f"winner {winner}", conflict):
             print(
                 f"   GET /v1/activities/{booked}: conflict on {conflict['differing']}: CRM {crm!r},"
