@@ -248,6 +248,12 @@ class CalendarDemo:
         ]
         if self.check(writes == [("insert", "none")], "3", "one insert, sendUpdates=none", writes):
             print(f'   event {event["id"][:10]}… "{event["summary"]}": one insert, sendUpdates=none')
+        sync = self.expect(
+            f"GET /v1/activities/{booked} to show its event",
+            lambda: self.activity(booked)["sync"],
+            lambda: self.activity(booked),
+        )
+        self.check(sync["provider_event_id"] == event["id"], "3", f"sync state of {event['id']}", sync)
         return booked, event
 
     def made_in_google(
@@ -304,7 +310,9 @@ class CalendarDemo:
             print("   moved away: ActivityTrashed reason moved_to_other_calendar")
         self.in_google("move", eventId=visit["id"], destination="primary", calendarId=self.other_calendar)
         self.told_once("ActivityRestored", "ActivityRestored of the visit", "7", activity_id=activity_id)
-        print("   moved back: ActivityRestored")
+        trashed_now = self.activity(activity_id)["activity"]["trashed"]
+        if self.check(trashed_now is False, "7", "the activity out of the trash", f"trashed={trashed_now}"):
+            print("   moved back: ActivityRestored, out of the trash at GET /v1/activities/{id}")
 
     def attendees(self) -> None:
         print("8. an event with attendees: Sam, Carla (a contact) and Nina (neither contact nor user)")
