@@ -28,14 +28,19 @@ TARGET_COLD_START = 1.5
 _HARNESS_THREADS = ("sqs:", "events-tap", "schedule:")
 
 
-def worker_memory_mb() -> int:
-    """SyncWorkerFunction's MemorySize, as template.yaml gives it (else the Globals')."""
+def function_memory_mb(logical_id: str) -> int:
+    """A function's MemorySize, as template.yaml gives it (else the Globals')."""
     from local.cfn import load_template
     from local.stack import TEMPLATE
 
     template = load_template(TEMPLATE)
-    own = template["Resources"]["SyncWorkerFunction"]["Properties"].get("MemorySize")
+    own = template["Resources"][logical_id]["Properties"].get("MemorySize")
     return int(own or template["Globals"]["Function"]["MemorySize"])
+
+
+def worker_memory_mb() -> int:
+    """SyncWorkerFunction's MemorySize."""
+    return function_memory_mb("SyncWorkerFunction")
 
 
 def mark(ok: bool) -> str:
@@ -141,6 +146,15 @@ class Usage:
             self.write_units - other.write_units,
             self.read_units - other.read_units,
             self.events - other.events,
+        )
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.requests + other.requests,
+            self.operations + other.operations,
+            self.write_units + other.write_units,
+            self.read_units + other.read_units,
+            self.events + other.events,
         )
 
     def copy(self) -> Usage:
@@ -309,13 +323,15 @@ def cost_model(
     return [line for line in lines if line.quantity]
 
 
-def print_cost(title: str, lines: list[CostLine]) -> None:
+def print_cost(title: str, lines: list[CostLine], unit: str = "msg", units: str = "messages") -> None:
+    """`unit`: what the quantities are per (one message, one event...); `units`: its plural."""
     print(f"{title} (AWS {prices.REGION} on-demand list prices of {prices.AS_OF}, bench/prices.py):")
     for line in lines:
         print(
-            f"  {line.what:28} {line.quantity:10.4f}/msg x ${line.unit_price:.10f} = ${line.per_million:9.2f}"
+            f"  {line.what:28} {line.quantity:10.4f}/{unit}"
+            f" x ${line.unit_price:.10f} = ${line.per_million:9.2f}"
         )
-    print(f"  {'total per million messages':28} {'':10}{'':17}  ${sum(x.per_million for x in lines):9.2f}")
+    print(f"  {'total per million ' + units:28} {'':10}{'':17}  ${sum(x.per_million for x in lines):9.2f}")
 
 
 def dynamodb_line(usage: Usage, n: int) -> str:
