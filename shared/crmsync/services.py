@@ -418,9 +418,8 @@ class Services:
 
     @_once
     def calendar_sync(self) -> CalendarSync:
-        from crmsync.calendar.engine import CalendarSync
-
         from crmsync.calendar.attendees import DirectoryPeople
+        from crmsync.calendar.engine import CalendarSync
 
         writers = self._calendar_parts(lambda b: b.writer)
         return CalendarSync(
