@@ -419,9 +419,9 @@ PLAN_ROWS = [
         activity(subject="Same", updated_at=LATER),
         event(summary="Same", updated=LATEST),
         state(),
-        "nothing",
+        "link",
         "both sides made the same change",
-        "both made the same change: no conflict",
+        "both made the same change: no conflict, the row records it",
     ),
     row(
         "CAL-15",
@@ -849,3 +849,54 @@ def test_a_missing_event_never_trashes(a: Activity | None, trashed_by: Any, know
     assert got.action not in ("trash_activity", "restore_activity", "create_activity")
     if got.action == "delete_event":
         assert a is not None and a.trashed  # only an explicit CRM deletion removes the event
+
+
+# --- found by the model test (tests/contract/test_calendar_model.py) ---------------------------
+# A run that stopped between its writes leaves an activity without its state row, or a row that
+# says less than both sides do; the retry plans from what is there and finishes the item.
+
+
+@pytest.mark.rule("CAL-15")
+def test_an_activity_made_from_an_event_whose_row_was_never_written_is_told_again() -> None:
+    """The engine looks up the activity the sync makes from the event (by its id) when there is
+    no row: it is told to the CRM again and recorded, not made twice."""
+    made = activity(subject="Kick-off", id="made-from-ev1")
+    got = plan(made, event(), None, LINK, NOW)
+    assert (got.action, got.fields) == ("create_activity", to_synced_fields(event()))
+    assert got.activity_type == "meeting"
+
+
+@pytest.mark.rule("CAL-1")
+@pytest.mark.rule("CAL-8")
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [({"status": "cancelled"}, "deleted_in_calendar"), ({"visibility": "private"}, "made_private")],
+)
+def test_an_activity_made_from_an_event_that_left_before_its_row_was_written_is_trashed(
+    changes: dict[str, Any], reason: str
+) -> None:
+    got = plan(activity(id="made-from-ev1"), event(**changes), None, LINK, NOW)
+    assert (got.action, got.trash_reason) == ("trash_activity", reason)
+
+
+@pytest.mark.rule("CAL-1")
+def test_an_activity_trashed_in_the_crm_before_its_row_was_written_deletes_its_event() -> None:
+    got = plan(activity(trashed=True), event(activity_id="a1"), None, LINK, NOW)
+    assert (got.action, got.event_id) == ("delete_event", "ev1")
+
+
+@pytest.mark.rule("CAL-12")
+def test_a_restore_whose_row_was_never_written_is_told_again() -> None:
+    """The activity is live again, the row still says the sync keeps it in the trash: the
+    restore is finished (told again, the row cleared), never taken as no change."""
+    got = plan(activity(), event(), state(trashed_by_sync="made_private"), LINK, NOW)
+    assert got.action == "restore_activity"
+
+
+@pytest.mark.rule("CAL-15")
+def test_both_sides_alike_beyond_the_row_is_recorded_without_a_conflict() -> None:
+    """A patch or an activity write that landed before its row: both sides agree, the row is
+    older; the agreement is recorded (else the next change on one side looks like two)."""
+    renamed = {"subject": "Kick-off, renamed"}
+    got = plan(activity(**renamed, updated_at=LATER), event(summary=renamed["subject"]), state(), LINK, NOW)
+    assert (got.action, got.conflict) == ("link", None)

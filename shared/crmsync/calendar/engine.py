@@ -5,11 +5,16 @@ Inbound it is the sync core's Sink of CalendarEvent: a provider page's events co
 the mass-trash guard (CAL-16) before any of them acts, and then they act in turn. Outbound,
 `push` plans one activity the CRM changed against its event and writes the calendar.
 
-Writes are ordered so that a crash between any two is healed by the redelivery:
-- towards the CRM: the activity (idempotent by `updated_at`), then its event on the bus, then
-  the state row. A crash before the state row leaves the item planned again from the same
-  state: the same activity is written again (no change) and the event goes out again (at
-  least once; the CRM de-duplicates by activity id), then the row;
+Writes are ordered so that a crash between any two is healed by the redelivery (a conflict is
+kept before anything else, as a retry would find both sides alike and plan none):
+- towards the CRM: a new or restored activity, then its event on the bus, then the state row
+  (a retry finds the activity by its id, or live under a row still marked trashed, and tells
+  the CRM again); a change: its event on the bus, then the activity (idempotent by
+  `updated_at`), then the row, so that a changed activity was told.
+  A crash before the row leaves the item planned again: the event goes out again (at least
+  once; the CRM de-duplicates by activity id), the activity is written unless already so, then
+  the row. A trash marks the row, tells the CRM, then trashes the activity: a live activity
+  under a marked row is trashed again, or restored if its event came back;
 - towards the calendar: the provider write (a create under our own id, so a retry finds the
   event instead of making a second one, CAL-15), then the state row.
 """
@@ -19,12 +24,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from crmsync.accounts.models import Account
 from crmsync.calendar.fingerprint import fingerprint
 from crmsync.calendar.models import Activity, CalendarEvent, CalendarLink, SyncedFields, SyncState
-from crmsync.calendar.ports import ActivityStore, CalendarWriter, People
+from crmsync.calendar.ports import ActivityStore, CalendarWriter, EventChanged, People
 from crmsync.calendar.recurrence import series_key
 from crmsync.calendar.rules import Plan, guard_deletions, new_contacts, plan
 from crmsync.errors import PermanentError, TransientError
@@ -85,10 +90,14 @@ class CalendarSync:
         """A provider page's events, planned together, guarded (CAL-16), then acted on in order."""
         link = self._link_of(account)
         states = self._store.states_of_events(account.account_id, [e.provider_event_id for e in events])
+        events = [self._moved(account, link, e, states.get(e.provider_event_id)) for e in events]
 
         def activity_id_of(event: CalendarEvent) -> str | None:
             state = states.get(event.provider_event_id)
-            return state.activity_id if state is not None else event.activity_id
+            if state is not None:
+                return state.activity_id
+            # ours; or the one the sync makes from it, there already if a run stopped before its row
+            return event.activity_id or activity_id_for(account.account_id, event.provider_event_id)
 
         wanted = [i for i in dict.fromkeys(activity_id_of(e) for e in events) if i]
         activities = self._store.get_activities(account.tenant_id, wanted) if wanted else {}
@@ -104,6 +113,28 @@ class CalendarSync:
         if not guard.allowed:
             raise MassTrashRefused(guard.report)
         return [self._act(account, link, event, state, activity, p) for event, state, activity, p in planned]
+
+    def _moved(
+        self, account: Account, link: CalendarLink, event: CalendarEvent, state: SyncState | None
+    ) -> CalendarEvent:
+        """CAL-12: a synced event the primary calendar lists as cancelled may have been moved to
+        another of the user's calendars (Google lists a move as a cancel at the source): looked
+        up there by its iCalUID, the event found stands in for the cancel, so the activity is
+        trashed as moved, not deleted. Under its id here, so it stays this item."""
+        if (
+            event.status != "cancelled"
+            or state is None
+            or state.trashed_by_sync is not None
+            or event.recurring_event_id is not None
+            or event.calendar_id != link.calendar_id
+            or link.stopped
+        ):
+            return event
+        uid = event.ical_uid or state.ical_uid
+        found = self._writer(account).find_elsewhere(account, uid) if uid else None
+        if found is None or found.calendar_id == link.calendar_id:
+            return event
+        return found.model_copy(update={"provider_event_id": event.provider_event_id})
 
     def remove_many(self, account: Account, removals: Sequence[object]) -> int:
         """Calendar providers report removals as cancelled events, which `ingest_many` plans; a
@@ -134,7 +165,20 @@ class CalendarSync:
             return CalendarOutcome("skipped", "hold", "stopped: held until sync resumes", activity.id)
         state = self._store.get_state(account.tenant_id, activity.id)
         decided = plan(activity, None, state, link, self._now())
-        return self._act(account, link, None, state, activity, decided)
+        try:
+            return self._act(account, link, None, state, activity, decided)
+        except EventChanged:
+            # the patch carried the etag last synced, and the calendar has changed the event
+            # since (its change not synced yet): planned again against it, so that a change on
+            # both sides is a conflict, decided and kept (CAL-14), never a silent overwrite
+            assert state is not None
+            current = self._writer(account).get(account, state.provider_event_id)
+            if current is None:
+                raise TransientError(
+                    f"event {state.provider_event_id} left the calendar; the sync will see"
+                ) from None
+            again = plan(activity, current, state, link, self._now())
+            return self._act(account, link, current, state, activity, again)
 
     # ------------------------------------------------------------------ acting
     def _act(
@@ -155,19 +199,20 @@ class CalendarSync:
                 assert event is not None and decided.fields is not None
                 return self._to_crm(account, link, event, state, activity, decided)
             case "trash_activity":
-                assert state is not None and activity is not None
-                return self._trash(account, state, activity, decided)
+                assert activity is not None and event is not None
+                return self._trash(account, state, activity, event, decided)
             case "create_event" | "update_event":
                 assert activity is not None and decided.fields is not None
                 return self._to_calendar(account, link, event, state, activity, decided)
             case "delete_event":
-                assert state is not None
-                self._writer(account).delete(account, state.provider_event_id)
+                assert decided.event_id is not None and (state is not None or activity is not None)
+                self._writer(account).delete(account, decided.event_id)
                 self._save(account, state, None, None, trashed=None, gone=True)
-                return CalendarOutcome("synced", "delete_event", decided.reason, state.activity_id)
+                gone = state.activity_id if state is not None else activity.id if activity else None
+                return CalendarOutcome("synced", "delete_event", decided.reason, gone)
             case "link":
                 assert event is not None and activity is not None
-                self._save(account, None, activity, event, trashed=None)
+                self._save(account, state, activity, event, trashed=None)
                 return CalendarOutcome("synced", "link", decided.reason, activity.id)
             case "keep_crm":
                 assert event is not None and state is not None and activity is not None
@@ -211,19 +256,38 @@ class CalendarSync:
             updated_at=event.updated,
             **fields.model_dump(),
         )
-        written = base.model_copy(
-            update={**_field_values(fields), "updated_at": event.updated, "trashed": False}
+        if decided.conflict is not None:  # kept before anything is written: a retry plans no conflict
+            self._store.add_conflict(account.tenant_id, decided.conflict)
+        unchanged = (
+            activity is not None and not activity.trashed and fingerprint(activity) == fingerprint(fields)
         )
-        self._store.put_activity(written)
+        written = (
+            activity
+            if activity is not None and unchanged  # already so (a retry): told again, nothing to write
+            else base.model_copy(
+                update={
+                    **_field_values(fields),
+                    "updated_at": _newer(event.updated, activity),
+                    "trashed": False,
+                }
+            )
+        )
+        # a new or restored activity is written before the CRM is told (a retry finds it by its
+        # id, or live under a marked row, and tells again); a changed one after (a retry would
+        # find both sides alike and tell nothing)
+        new = decided.action in ("create_activity", "restore_activity")
+        if new and not unchanged:
+            self._store.put_activity(written)
         events: list[CrmEvent] = [self._told(account, written, event, decided)]
         if decided.conflict is not None:
-            self._store.add_conflict(account.tenant_id, decided.conflict)
             events.append(self._conflict_event(account, written, decided))
         events += self._gap_events(account, written, event, decided)
         claimed = self._new_contacts(account, written, event)
         self._publisher.publish([*events, *claimed])
         for told in claimed:
             self._store.attendee_told(account.tenant_id, told.email)
+        if not new and not unchanged:
+            self._store.put_activity(written)
         self._save(account, state, written, event, trashed=None)
         return CalendarOutcome("synced", decided.action, decided.reason, written.id)
 
@@ -317,12 +381,21 @@ class CalendarSync:
         ]
 
     def _trash(
-        self, account: Account, state: SyncState, activity: Activity, decided: Plan
+        self,
+        account: Account,
+        state: SyncState | None,
+        activity: Activity,
+        event: CalendarEvent,
+        decided: Plan,
     ) -> CalendarOutcome:
         reason = decided.trash_reason
         assert reason is not None
-        trashed = activity.model_copy(update={"trashed": True, "updated_at": self._now()})
-        self._store.put_activity(trashed)
+        # the row is marked first: until the activity is trashed, a retry trashes it again (and
+        # tells the CRM again), or restores it if the event came back
+        if state is None:  # a create whose row was never written: the row is made, marked
+            self._save(account, None, activity, event, trashed=reason)
+        else:
+            self._save(account, state, None, None, trashed=reason)
         self._publisher.publish(
             [
                 ActivityTrashed(
@@ -334,7 +407,11 @@ class CalendarSync:
                 )
             ]
         )
-        self._save(account, state, None, None, trashed=reason)
+        if not activity.trashed:
+            trashed = activity.model_copy(
+                update={"trashed": True, "updated_at": _newer(event.updated, activity)}
+            )
+            self._store.put_activity(trashed)
         return CalendarOutcome("synced", "trash_activity", decided.reason, activity.id)
 
     def _to_calendar(
@@ -349,13 +426,16 @@ class CalendarSync:
         fields = decided.fields
         assert fields is not None and decided.event_id is not None
         writer = self._writer(account)
+        if decided.conflict is not None:  # kept before the write: a retry plans no conflict
+            self._store.add_conflict(account.tenant_id, decided.conflict)
         if decided.action == "create_event":
             written = writer.create(account, decided.event_id, fields, activity.id)
         else:
-            written = writer.patch(account, decided.event_id, fields, decided.changed)
+            # only over the version planned on: the event read, else the one last synced (CAL-14)
+            seen = event.etag if event is not None else state.provider_etag if state is not None else None
+            written = writer.patch(account, decided.event_id, fields, decided.changed, if_match=seen)
         told: list[CrmEvent] = self._gap_events(account, activity, event, decided)
         if decided.conflict is not None:
-            self._store.add_conflict(account.tenant_id, decided.conflict)
             told.insert(0, self._conflict_event(account, activity, decided))
         if told:
             self._publisher.publish(told)
@@ -384,10 +464,12 @@ class CalendarSync:
                 provider_event_id=event.provider_event_id,
                 calendar_id=event.calendar_id,
                 series_key=series_key(event),
+                ical_uid=event.ical_uid or (state.ical_uid if state is not None else None),
                 crm_version=activity.updated_at,
                 provider_etag=event.etag,
                 fingerprint=fingerprint(activity.fields()),
                 last_synced_at=self._now(),
+                trashed_by_sync=trashed,
             )
         else:
             assert state is not None
@@ -402,6 +484,15 @@ class CalendarSync:
             return self._writers[account.provider]
         except KeyError:
             raise PermanentError(f"no calendar writer for {account.provider} in this build") from None
+
+
+def _newer(at: datetime, activity: Activity | None) -> datetime:
+    """The `updated_at` of an activity the sync writes: the calendar's time of the change, made
+    just newer than the stored version if that is not older (the store keeps the newest, and
+    would drop the write: the CRM's clock ahead, or a PUT that repeated the fields later)."""
+    if activity is not None and at <= activity.updated_at:
+        return activity.updated_at + timedelta(microseconds=1)
+    return at
 
 
 def _field_values(fields: SyncedFields) -> dict[str, object]:

@@ -117,6 +117,7 @@ class SyncState(BaseModel):
     provider_event_id: str
     calendar_id: str
     series_key: str
+    ical_uid: str | None = Field(default=None, description="where a moved event is looked for (CAL-12)")
     crm_version: datetime | None = Field(default=None, description="the activity's updated_at last synced")
     provider_etag: str | None = None
     fingerprint: str

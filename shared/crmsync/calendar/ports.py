@@ -10,6 +10,11 @@ from typing import Protocol
 
 from crmsync.accounts.models import Account
 from crmsync.calendar.models import Activity, CalendarEvent, Conflict, SyncedFields, SyncState
+from crmsync.errors import TransientError
+
+
+class EventChanged(TransientError):
+    """A conditional write met a newer version of the event than the one it was planned on."""
 
 
 class ActivityStore(Protocol):
@@ -93,8 +98,21 @@ class CalendarWriter(Protocol):
         ...
 
     def patch(
-        self, account: Account, provider_event_id: str, fields: SyncedFields, changed: Sequence[str]
-    ) -> CalendarEvent: ...
+        self,
+        account: Account,
+        provider_event_id: str,
+        fields: SyncedFields,
+        changed: Sequence[str],
+        if_match: str | None = None,
+    ) -> CalendarEvent:
+        """Patches only the `changed` fields; with `if_match`, only if the event is still that
+        version (its etag), else EventChanged (CAL-14: a change made since is never overwritten
+        unseen)."""
+        ...
+
+    def get(self, account: Account, provider_event_id: str) -> CalendarEvent | None:
+        """The event in the primary calendar as it is now (None: there is none)."""
+        ...
 
     def delete(self, account: Account, provider_event_id: str) -> None:
         """Deletes the event; one gone already is done."""

@@ -189,8 +189,37 @@ def _plan_new(
 ) -> Plan:
     settings = link.settings
     if activity is not None and event is not None:
-        if event.activity_id != activity.id:
+        if event.activity_id not in (None, activity.id):
             return nothing("unrelated: the event is not this activity's")
+        # a create (of the event, or of the activity from it) went through, its row was never written
+        why = _out_of_scope(event, link, master)
+        if activity.trashed and why is None:
+            return Plan(
+                action="delete_event",
+                reason="trashed in the CRM before its create was recorded",
+                rule="CAL-1",
+                event_id=event.provider_event_id,
+            )
+        if why == "ignore" or activity.trashed:
+            return nothing("unfinished create: nothing of it is left to sync")
+        if why is not None:
+            reason: TrashReason = why  # type: ignore[assignment]
+            return Plan(
+                action="trash_activity",
+                reason=f"{reason} before the create was recorded",
+                rule=_TRASH_RULE[reason],
+                trash_reason=reason,
+                event_id=event.provider_event_id,
+            )
+        if event.activity_id is None:  # the activity the sync made from this event: the CRM is told again
+            return Plan(
+                action="create_activity",
+                reason="activity made from the event, not recorded: told again",
+                rule="CAL-15",
+                fields=to_synced_fields(event),
+                changed=list(FIELDS),
+                activity_type=activity.type,
+            )
         # our create went through but its state row was never written: adopt it
         changed = differing(activity.fields(), to_synced_fields(event))
         if not changed:
@@ -276,14 +305,14 @@ def _plan_known(
                     changed=list(FIELDS),
                     activity_type=activity_type_for_events(link.settings),
                 )
-            if activity.trashed:
-                return Plan(
-                    action="restore_activity",
-                    reason=f"back after {state.trashed_by_sync}",
-                    rule="CAL-12",
-                    fields=fields,
-                    changed=differing(activity.fields(), fields),
-                )
+            # trashed, or restored by a run that stopped before its row: the CRM is told (again)
+            return Plan(
+                action="restore_activity",
+                reason=f"back after {state.trashed_by_sync}",
+                rule="CAL-12",
+                fields=fields,
+                changed=differing(activity.fields(), fields),
+            )
     if activity is not None and activity.trashed:
         if state.trashed_by_sync is not None:
             return nothing(f"kept in the CRM trash by the sync ({state.trashed_by_sync})")
@@ -349,8 +378,8 @@ def _plan_changes(
     """Field changes of a synced item: one side, both (CAL-14), or none (CAL-15)."""
     if crm_changed and provider_changed:
         assert activity is not None and event is not None and crm is not None and provider is not None
-        if fingerprint(crm) == fingerprint(provider):
-            return nothing("both sides made the same change", "CAL-15")
+        if fingerprint(crm) == fingerprint(provider):  # or a run that stopped before its row
+            return Plan(action="link", reason="both sides made the same change: recorded", rule="CAL-15")
         conflict = resolve_conflict(activity, event, now)
         if conflict.winner == "crm":
             return Plan(

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from crmsync.accounts.models import Account, TokenSet
 from crmsync.calendar.models import CalendarEvent, SyncedFields
+from crmsync.calendar.ports import EventChanged
 from crmsync.providers.google.calendar_events import ACTIVITY_PROPERTY, from_google, to_google
 from crmsync.providers.google.client import AccountClients, google_service, raise_transient, status_of
 from crmsync.sync.core import ChangePage, CursorExpired, CursorStore
@@ -171,24 +172,51 @@ class GoogleCalendarWriter(_Client):
         return from_google(made, primary_id(account))
 
     def patch(
-        self, account: Account, provider_event_id: str, fields: SyncedFields, changed: Sequence[str]
+        self,
+        account: Account,
+        provider_event_id: str,
+        fields: SyncedFields,
+        changed: Sequence[str],
+        if_match: str | None = None,
     ) -> CalendarEvent:
         """events.patch with only the Google fields the changed synced fields rewrite; never
-        events.update, which would replace what the sync does not own."""
+        events.update, which would replace what the sync does not own. With `if_match`, the
+        request carries If-Match: Google answers 412 when the event has another etag now."""
         from googleapiclient.errors import HttpError
 
         body = to_google(fields, changed)
+        request = (
+            self._service(account)
+            .events()
+            .patch(calendarId=PRIMARY, eventId=provider_event_id, body=body, sendUpdates=NO_NOTIFICATIONS)
+        )
+        if if_match:
+            request.headers["If-Match"] = if_match
         try:
-            patched = (
-                self._service(account)
-                .events()
-                .patch(calendarId=PRIMARY, eventId=provider_event_id, body=body, sendUpdates=NO_NOTIFICATIONS)
-                .execute()
-            )
+            patched = request.execute()
         except HttpError as error:
+            if status_of(error) == 412:
+                raise EventChanged(
+                    f"event {provider_event_id} changed in the calendar since it was read"
+                ) from error
             _raise_transient(error, "an event patch")
             raise
         return from_google(patched, primary_id(account))
+
+    def get(self, account: Account, provider_event_id: str) -> CalendarEvent | None:
+        """events.get on the primary calendar; 404 (never there, or moved away) is None."""
+        from googleapiclient.errors import HttpError
+
+        try:
+            found = (
+                self._service(account).events().get(calendarId=PRIMARY, eventId=provider_event_id).execute()
+            )
+        except HttpError as error:
+            if status_of(error) == 404:
+                return None
+            _raise_transient(error, "an event")
+            raise
+        return from_google(found, primary_id(account))
 
     def delete(self, account: Account, provider_event_id: str) -> None:
         """events.delete; an event already gone (404) or already deleted (410) is done."""
