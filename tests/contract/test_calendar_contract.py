@@ -15,6 +15,7 @@ import pytest
 
 from crmsync.calendar.fingerprint import to_synced_fields
 from crmsync.calendar.models import Activity, CalendarEvent, SyncedFields
+from crmsync.calendar.ports import EventChanged
 from crmsync.calendar.rules import own_event_id
 from crmsync.errors import TransientError
 from crmsync.events import ActivityCreatedFromCalendar, ActivityRestored, ActivityTrashed
@@ -196,6 +197,32 @@ def test_the_sync_writes_patches_of_what_changed_and_never_notifies(connected: C
     writes = cal.writes()
     assert [w["method"] for w in writes] == ["patch", "insert", "delete"]
     assert all(w["sendUpdates"] == "none" for w in writes)
+
+
+@pytest.mark.rule("CAL-14")
+def test_a_patch_over_an_older_version_is_refused_and_the_crm_change_becomes_a_conflict(
+    connected: Connected,
+) -> None:
+    cal, rig = connected.cal, connected.rig
+    made = cal.user_creates(timed("Offer"))
+    rig.sync()
+    (activity,) = connected.converged().values()
+    seen = connected.event(made).etag
+    cal.user_edits(made, timed("Offer, from the calendar"))
+    with pytest.raises(EventChanged):
+        cal.writer.patch(cal.account, made, timed("Offer, from the CRM"), ["subject"], if_match=seen)
+    now = cal.writer.get(cal.account, made)
+    assert now is not None and now.summary == "Offer, from the calendar" and now.etag != seen
+    assert cal.writer.get(cal.account, "nosuchevent00") is None
+
+    # through the engine: a CRM change pushed over the calendar's unsynced one is decided and kept
+    renamed = activity.fields().model_copy(update={"subject": "Offer, from the CRM"})
+    rig.crm_put(activity.id, renamed)
+    rig.run_queued()
+    rig.sync()
+    assert connected.converged()[made].subject == "Offer, from the CRM"  # the later change
+    (kept,) = rig.store.conflicts(rig.account.tenant_id, activity.id)
+    assert (kept.winner, kept.provider_version.subject) == ("crm", "Offer, from the calendar")
 
 
 @pytest.mark.rule("CAL-18")

@@ -33,7 +33,12 @@ KNOWN_GAPs (questions of intended behaviour, not changed here; docs/architecture
   row leaves nothing that says so: a CRM change of that activity pushed before the sync's
   redelivery creates a second event (the push cannot know the first), and the redelivered sync
   then fails on the row (TransientError) on every run. The model's CRM does not edit such an
-  activity; a fix wants the row to say "made, not yet told" (a store change).
+  activity; a fix wants the row to say "made, not yet told" (a store change);
+- a trash that died after marking its row and before trashing the activity, whose event then came
+  back, is finished as a restore with the calendar's fields: a CRM change made meanwhile is not
+  weighed against the calendar's as a conflict (the row cannot say whether the CRM was told of
+  the trash, so the CRM is told of the restore). The model does not judge a double change met
+  under such a row (`unfinished_trash` counts them).
 """
 
 from __future__ import annotations
@@ -133,9 +138,11 @@ class World:
         self.rig.connect()
         self.connected = self.rig.link.original_connection_date
         self.ids = itertools.count()
+        self.went_out: set[str] = set()  # CRM activities that ever had a synced type (CAL-5)
         self.agreed: dict[str, str] = {}  # activity → the fingerprint both sides last had alike
         self.pending: dict[str, int] = {}  # activity → its conflicts when a double change was seen
         self.conflicts_seen = {"sync": 0, "push": 0}  # double changes decided, by the run that did
+        self.unfinished_trash = 0
 
     # ------------------------------------------------------------------ reading both sides
     def events(self, calendar_id: str = "primary") -> list[dict[str, Any]]:
@@ -168,7 +175,12 @@ class World:
                 self.pending.pop(activity_id, None)
                 self.agreed[activity_id] = crm
             elif agreed is not None and crm != agreed and cal != agreed:
-                self.pending.setdefault(activity_id, self.conflicts(activity_id))
+                state = self.rig.store.get_state(self.rig.account.tenant_id, activity_id)
+                if state is not None and state.trashed_by_sync is not None:
+                    self.unfinished_trash += 1  # KNOWN_GAP (module docstring): not judged
+                    self.pending.pop(activity_id, None)
+                else:
+                    self.pending.setdefault(activity_id, self.conflicts(activity_id))
 
     def after_run(self, kind: str) -> None:
         pairs = self.pairs()
@@ -254,6 +266,8 @@ class World:
         activity_id = f"act-{next(self.ids)}"
         created = self.connected - timedelta(days=1) if flags % 5 == 4 else self.clock.now()
         self.rig.crm_put(activity_id, fields_of(n), TYPES[flags % 3], created_at=created)
+        if TYPES[flags % 3] in self.rig.link.settings.activity_types:
+            self.went_out.add(activity_id)
 
     def crm_edit(self, pick: int, n: int) -> None:
         found = self.pick(self.crm_live(), pick)
@@ -269,6 +283,8 @@ class World:
         found = self.pick(self.crm_live(), pick)
         if found is not None:
             self.rig.crm_put(found.id, found.fields(), TYPES[which % 3])
+            if TYPES[which % 3] in self.rig.link.settings.activity_types:
+                self.went_out.add(found.id)
 
     # ------------------------------------------------------------------ the worker
     def push(self, crash: tuple[int, bool] | None, twice: bool) -> None:
@@ -287,14 +303,16 @@ class World:
             self.after_run("push")
         self.rig.queued.pop(0)
 
-    def sync(self, crash: tuple[int, bool] | None) -> None:
-        self.rig.plan.arm(*(crash or (0, False)))
-        self.before_run()
-        try:
-            self.rig.sync()
-        except Crash:
-            self.rig.crashes += 1
-        self.after_run("sync")
+    def sync(self, crash: tuple[int, bool] | None, twice: bool) -> None:
+        """A provider push arrived (twice: two syncs); the first may die, the next is its redelivery."""
+        for at in (crash, None) if twice else (crash,):
+            self.rig.plan.arm(*(at or (0, False)))
+            self.before_run()
+            try:
+                self.rig.sync()
+            except Crash:
+                self.rig.crashes += 1
+            self.after_run("sync")
 
     def play(self, action: tuple[Any, ...]) -> None:
         self.clock.tick()
@@ -321,8 +339,8 @@ class World:
                 self.crm_type(pick, which)
             case ("push", crash, twice):
                 self.push(crash, twice)
-            case ("sync", crash):
-                self.sync(crash)
+            case ("sync", crash, twice):
+                self.sync(crash, twice)
             case ("expire",):
                 self.calendar.expire_sync_tokens()
 
@@ -355,6 +373,9 @@ class World:
         assert not old_crm & {e.activity_id for e in self.primary()}, (
             "an activity older than the connection went out"
         )
+        # CAL-5: no event for an activity that was never of a synced type
+        ours = {e.activity_id for e in self.primary() if e.activity_id}
+        assert ours <= self.went_out, f"activities of an unsynced type went out: {ours - self.went_out}"
         # CAL-7: a series is one activity, made from its master (its first occurrence)
         made = [e for e in self.rig.told.events if isinstance(e, ActivityCreatedFromCalendar)]
         assert all("_" not in e.provider_event_id for e in made)
@@ -388,7 +409,7 @@ STEPS: dict[str, st.SearchStrategy[tuple[Any, ...]]] = {
     # a push job delivered (maybe twice); a sync run: a provider push that arrived (one that came
     # twice is two runs, a lost one none); half of them die at one of their first writes
     "push": st.tuples(st.just("push"), _CRASH, st.booleans()),
-    "sync": st.tuples(st.just("sync"), _CRASH),
+    "sync": st.tuples(st.just("sync"), _CRASH, st.booleans()),
     "expire": st.just(("expire",)),
 }
 # by weight: edits most, so that both sides often change one item between two runs
@@ -447,6 +468,7 @@ def test_any_two_way_history_converges(page_size: int, actions: list[tuple[Any, 
     event(f"synced items: {min(len(world.pairs()), 4)}")
     event(f"conflicts decided by a sync: {min(world.conflicts_seen['sync'], 2)}")
     event(f"conflicts decided by a push: {min(world.conflicts_seen['push'], 2)}")
+    event(f"double changes under a row marked trashed (KNOWN_GAP): {min(world.unfinished_trash, 1)}")
 
 
 def test_the_model_catches_what_it_should() -> None:
@@ -457,14 +479,14 @@ def test_the_model_catches_what_it_should() -> None:
         ("crm_create", 5, 0),
         ("cal_create", 13, 2),  # recurring
         ("cal_create", 26, 1),  # private
-        ("sync", (2, True)),
+        ("sync", (2, True), False),
         ("push", None, True),
         ("crm_edit", 0, 40),
         ("cal_edit", 1, 41),
         ("expire",),
-        ("sync", None),
+        ("sync", None, False),
         ("cal_move", 0),
-        ("sync", None),
+        ("sync", None, False),
         ("cal_move", 1),
     ]
     world = scenario(2, actions)
@@ -495,7 +517,9 @@ def test_an_update_from_the_calendar_reaches_the_crm_whatever_write_the_sync_die
 ) -> None:
     """Found by the model: the sync wrote the activity and died before telling the CRM; the
     retry found both sides alike and told nothing. The CRM is told first now."""
-    world = scenario(1, [("cal_create", 0, 0), ("sync", None), ("cal_edit", 0, 1), ("sync", crash)])
+    world = scenario(
+        1, [("cal_create", 0, 0), ("sync", None, False), ("cal_edit", 0, 1), ("sync", crash, False)]
+    )
     assert world.rig.crashes == 1
     assert [fields for fields, _ in world.rig.crm_view().values()] == [fingerprint(fields_of(1))]
 
@@ -507,10 +531,10 @@ def test_a_double_change_is_kept_as_a_conflict_even_if_the_sync_dies_after_a_wri
     kept; the retry found both sides alike. The conflict is kept before the write now."""
     actions = [
         ("cal_create", 0, 0),
-        ("sync", None),
+        ("sync", None, False),
         ("cal_edit", 0, 2),
         ("crm_edit", 0, 1),
-        ("sync", (at, True)),
+        ("sync", (at, True), False),
     ]
     world = scenario(1, actions)
     (activity_id,) = world.pairs()
@@ -529,9 +553,9 @@ def test_an_event_made_private_then_public_again_whatever_write_the_trash_dies_a
     its event was deleted. The row is marked before the activity is trashed now."""
     actions = [
         ("cal_create", 0, 0),
-        ("sync", None),
+        ("sync", None, False),
         ("cal_visibility", 0, 0),  # private
-        ("sync", crash),
+        ("sync", crash, False),
         ("cal_visibility", 0, 1),  # public again
     ]
     world = scenario(1, actions)
@@ -546,6 +570,7 @@ def test_an_activity_newer_than_the_calendars_change_is_still_trashed() -> None:
     world = World(1)
     ahead = world.clock.now() + timedelta(hours=1)
     world.rig.crm_put("act-ahead", fields_of(3), updated_at=ahead)
+    world.went_out.add("act-ahead")
     world.rig.run_queued()
     (made,) = world.live()
     world.clock.tick()
