@@ -116,6 +116,7 @@ def test_the_changes_after_a_cursor_are_listed_once_each_as_they_are_now(calenda
 
 @pytest.mark.rule("SYNC-3")
 @pytest.mark.rule("CAL-15")
+@pytest.mark.rule("CAL-16")
 def test_an_expired_cursor_gives_a_full_listing_of_the_same_shape_and_nothing_doubles(
     connected: Connected,
 ) -> None:
@@ -148,7 +149,8 @@ def test_an_expired_cursor_gives_a_full_listing_of_the_same_shape_and_nothing_do
 
     assert rig.sync().status == "synced"  # from the resync's cursor on
     paired = connected.converged()
-    assert set(paired) == {first, second}
+    assert set(paired) == {first, second}  # the lost cursor trashed nothing (CAL-16)
+    assert connected.told(ActivityTrashed) == []
     assert len(connected.told(ActivityCreatedFromCalendar)) == 2
 
 
@@ -363,7 +365,6 @@ def test_throttling_raises_transient_and_leaves_the_cursor(connected: Connected)
 @pytest.mark.rule("SYNC-2")
 @pytest.mark.rule("CAL-14")
 @pytest.mark.rule("CAL-15")
-@pytest.mark.rule("CAL-16")
 def test_a_crash_before_or_after_every_write_of_a_round_then_redelivery_converges(
     connected: Connected,
 ) -> None:
