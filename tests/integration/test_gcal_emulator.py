@@ -480,3 +480,26 @@ def test_controls_over_http_act_as_the_user_in_google_calendar(
     assert bad.status_code == 400
     missing = requests.post(f"{control}/delete", json={"address": address, "eventId": "nothere00"}, timeout=5)
     assert missing.status_code == 404
+
+
+@pytest.mark.rule("SYNC-1")
+def test_an_event_changed_between_two_pages_shifts_nothing_and_comes_with_the_next_sync(
+    user: tuple[Any, str, str, CalendarEmulator],
+) -> None:
+    """Paging is by change order, not by offset: an event edited while a listing pages leaves that
+    listing (it changed after the listing began) and no unchanged event is skipped for it; the
+    next sync from the listing's token brings the edit."""
+    service, address, _, calendar = user
+    made = [calendar.create_in_client(address, {"summary": f"E{n}", **TIMED}) for n in range(5)]
+    events = service.events()
+    first = events.list(calendarId="primary", maxResults=2).execute()
+    assert [e["summary"] for e in first["items"]] == ["E0", "E1"]
+    calendar.edit_in_client(address, made[0]["id"], {"summary": "E0 edited"})  # listed already
+    calendar.edit_in_client(address, made[3]["id"], {"summary": "E3 edited"})  # not listed yet
+    page, seen = first, [e["summary"] for e in first["items"]]
+    while "nextPageToken" in page:
+        page = events.list(calendarId="primary", maxResults=2, pageToken=page["nextPageToken"]).execute()
+        seen += [e["summary"] for e in page["items"]]
+    assert seen == ["E0", "E1", "E2", "E4"]  # E2 is not skipped for E0's leaving
+    later = events.list(calendarId="primary", syncToken=page["nextSyncToken"]).execute()
+    assert [e["summary"] for e in later["items"]] == ["E0 edited", "E3 edited"]

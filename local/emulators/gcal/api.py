@@ -625,7 +625,9 @@ class CalendarEmulator:
             events.sort(key=lambda e: instant_of(e["start"]))
         elif query.get("orderBy") == "updated":
             events.sort(key=lambda e: e["updated"])
-        return self._page(calendar, events, query, high)
+        # in change order, one item per event (no orderBy, no expanded instances): paged by change
+        in_change_order = "orderBy" not in query and query.get("singleEvents") != "true"
+        return self._page(calendar, events, query, high, keyed=in_change_order)
 
     def _window(self, events: list[dict[str, Any]], query: dict[str, str]) -> list[dict[str, Any]]:
         """timeMin/timeMax: events that end after timeMin and start before timeMax."""
@@ -642,13 +644,31 @@ class CalendarEmulator:
         ]
 
     def _page(
-        self, calendar: Calendar, items: list[dict[str, Any]], query: dict[str, str], high: int | None
+        self,
+        calendar: Calendar,
+        items: list[dict[str, Any]],
+        query: dict[str, str],
+        high: int | None,
+        keyed: bool = False,
     ) -> Response:
         """One page; `nextSyncToken` only on the last page of a list (high is its change number)."""
         size = min(int(query.get("maxResults", DEFAULT_PAGE)), MAX_PAGE)  # larger asks get the most
         if size < 1:
             raise Refused(400, f"Invalid value '{size}' for maxResults.", "invalid")
-        offset = int(_decode(query["pageToken"]).get("o", 0)) if "pageToken" in query else 0
+        token = _decode(query["pageToken"]) if "pageToken" in query else {}
+        if keyed and "o" not in token:
+            # in change order: the next page starts after the last change listed, so an event
+            # changed between two pages (it leaves this listing for the next sync's) shifts nothing
+            after = int(token.get("k", -1))
+            items = [e for e in items if calendar.changed[e["id"]] > after]
+            page = items[:size]
+            more = len(items) > size
+            next_token = {"k": calendar.changed[page[-1]["id"]]} if more and page else None
+        else:
+            offset = int(token.get("o", 0))
+            page = items[offset : offset + size]
+            more = offset + size < len(items)
+            next_token = {"o": offset + size} if more else None
         result: dict[str, Any] = {
             "kind": "calendar#events",
             "etag": f'"{self._etag}"',
@@ -657,12 +677,10 @@ class CalendarEmulator:
             "timeZone": calendar.time_zone,
             "accessRole": "owner",
             "defaultReminders": [],
-            "items": items[offset : offset + size],
+            "items": page,
         }
-        if offset + size < len(items):
-            result["nextPageToken"] = _encode(
-                {"o": offset + size, "h": high if high is not None else self._change}
-            )
+        if next_token is not None:
+            result["nextPageToken"] = _encode({**next_token, "h": high if high is not None else self._change})
         elif high is not None:
             result["nextSyncToken"] = _encode({"c": calendar.id, "s": high, "g": calendar.generation})
         return _json(result)
