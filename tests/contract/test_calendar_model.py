@@ -29,11 +29,6 @@ KNOWN_GAPs (questions of intended behaviour, not changed here; docs/architecture
 - a deletion on one side wins over an edit on the other, with no conflict recorded;
 - an activity whose type changes to an unsynced one after it synced keeps syncing (CAL-5 is judged
   when it first goes out), so the model only judges the type of activities that never synced;
-- a sync that dies after telling the CRM of an activity made from an event and before writing its
-  row leaves nothing that says so: a CRM change of that activity pushed before the sync's
-  redelivery creates a second event (the push cannot know the first), and the redelivered sync
-  then fails on the row (TransientError) on every run. The model's CRM does not edit such an
-  activity; a fix wants the row to say "made, not yet told" (a store change);
 - a trash that died after marking its row and before trashing the activity, whose event then came
   back, is finished as a restore with the calendar's fields: a CRM change made meanwhile is not
   weighed against the calendar's as a conflict (the row cannot say whether the CRM was told of
@@ -249,18 +244,11 @@ class World:
 
     # ------------------------------------------------------------------ the CRM
     def crm_live(self) -> list[Any]:
-        """The live activities the CRM knows of (it made them, or was told of them); not one the
-        sync made whose row a crash left unwritten (KNOWN_GAP, module docstring)."""
+        """The live activities the CRM knows of (it made them, or was told of them), including one
+        the sync made and told whose row a crash left unwritten."""
         view = self.rig.crm_view()
         known = self.rig.known_activities(self.primary())
-        tenant = self.rig.account.tenant_id
-        return [
-            a
-            for i, a in sorted(known.items())
-            if i in view
-            and not a.trashed
-            and (i in self.rig.crm_ids or self.rig.store.get_state(tenant, i) is not None)
-        ]
+        return [a for i, a in sorted(known.items()) if i in view and not a.trashed]
 
     def crm_create(self, n: int, flags: int) -> None:
         activity_id = f"act-{next(self.ids)}"
@@ -579,3 +567,25 @@ def test_an_activity_newer_than_the_calendars_change_is_still_trashed() -> None:
     world.check()
     found = world.rig.activity("act-ahead")
     assert found is not None and found.trashed
+
+
+@pytest.mark.rule("CAL-15")
+@pytest.mark.rule("SYNC-8")
+def test_a_crm_change_of_an_activity_whose_row_a_crash_left_unwritten_patches_its_event() -> None:
+    """Found by the model: the sync made an activity from an event, told the CRM and died before
+    its row; the CRM changed the activity and its push, knowing no event, created a second one,
+    and every later sync failed on the row. The activity keeps the event it was made from
+    (`origin_event_id`), so the push patches that event, and the redelivered sync records it."""
+    actions = [
+        ("cal_create", 0, 0),
+        ("sync", (2, True), False),  # dies after telling the CRM (its 2nd write), before the row
+        ("crm_edit", 0, 1),
+        ("push", None, False),
+        ("sync", None, False),
+    ]
+    world = scenario(1, actions)
+    assert world.rig.crashes == 1
+    (event,) = [e for e in world.primary() if e.status != "cancelled"]  # one event, not two
+    assert fingerprint(event) == fingerprint(fields_of(1))  # the CRM's change reached it
+    (pair,) = world.pairs().values()  # and the redelivered sync recorded the item
+    assert pair == (fingerprint(fields_of(1)), fingerprint(fields_of(1)))

@@ -14,6 +14,8 @@ from datetime import timedelta
 
 import pytest
 
+from crmsync.calendar.fingerprint import to_synced_fields
+from crmsync.calendar.models import Activity, CalendarEvent
 from crmsync.events import (
     ActivityCreatedFromCalendar,
     ActivityRestored,
@@ -115,3 +117,54 @@ def test_a_newer_crm_change_over_an_unsynced_calendar_change_wins_and_the_calend
     cal.sync()  # the calendar's change, listed now, is no change any more: nothing more is told
     assert len(cal.events(CalendarConflictRecorded)) == 1
     assert cal.activity(activity_id).subject == "Budget (CRM)"
+
+
+@pytest.mark.rule("SYNC-8")
+def test_an_event_whose_activity_is_synced_with_another_event_is_a_skip_not_a_stuck_sync(
+    emulators: Emulators,
+) -> None:
+    """An activity the sync made from an event, whose row a crash left unwritten, found synced
+    with another event by then (data from before the push learnt the origin): the event is a
+    recorded skip with its reason, the page's other events sync, and the cursor moves on."""
+    from crmsync.calendar.engine import activity_id_for
+    from crmsync.calendar.fingerprint import fingerprint
+    from crmsync.calendar.models import SyncState
+    from crmsync.providers.google.calendar_events import from_google
+
+    cal = Calendar(emulators)
+    orphan = cal.make("Made, told, row lost")
+    other = cal.make("Another event")
+    account = cal.user.account
+    activity_id = activity_id_for(account.account_id, orphan["id"])
+    made = from_google(orphan, cal.user.address)
+    cal.store.put_activity(_activity(cal, made, activity_id))
+    elsewhere = SyncState(
+        tenant_id=account.tenant_id,
+        activity_id=activity_id,
+        provider_event_id=other["id"] + "x",
+        calendar_id=cal.user.address,
+        series_key="x",
+        fingerprint=fingerprint(made),
+        last_synced_at=made.updated,
+    )
+    assert cal.store.put_state(account.account_id, elsewhere, None)
+    before = cal.cursors.get(account.account_id, "calendar")
+    result = cal.loop.run(account, cal.user.source)
+    assert result.status == "synced"
+    assert [(f.item_id, f.reason.split(":")[0]) for f in result.failed] == [(orphan["id"], "duplicate_event")]
+    (created,) = cal.events(ActivityCreatedFromCalendar)
+    assert created.provider_event_id == other["id"]  # the page's other event synced
+    assert cal.cursors.get(account.account_id, "calendar") != before
+
+
+def _activity(cal: Calendar, made: CalendarEvent, activity_id: str) -> Activity:
+    return Activity(
+        id=activity_id,
+        tenant_id=cal.user.account.tenant_id,
+        owner_user_id=cal.user.account.user_id,
+        type="meeting",
+        created_at=made.created,
+        updated_at=made.updated,
+        origin_event_id=made.provider_event_id,
+        **to_synced_fields(made).model_dump(),
+    )

@@ -866,6 +866,19 @@ def test_an_activity_made_from_an_event_whose_row_was_never_written_is_told_agai
     assert got.activity_type == "meeting"
 
 
+@pytest.mark.rule("CAL-15")
+@pytest.mark.rule("CAL-14")
+def test_an_unrecorded_activity_the_crm_changed_since_goes_to_its_event_if_newer() -> None:
+    """No row, the activity made from the event, and the CRM (told of it) changed it since: its
+    change goes to that event when it is the newer one; an older one gives way to the event."""
+    made = event(updated=AFTER)
+    newer = activity(subject="Renamed in the CRM", id="made-from-ev1", updated_at=LATER)
+    got = plan(newer, made, None, LINK, NOW)
+    assert (got.action, got.event_id, got.changed) == ("update_event", made.provider_event_id, ["subject"])
+    older = newer.model_copy(update={"updated_at": AFTER - timedelta(minutes=1)})
+    assert plan(older, made, None, LINK, NOW).action == "create_activity"
+
+
 @pytest.mark.rule("CAL-1")
 @pytest.mark.rule("CAL-8")
 @pytest.mark.parametrize(

@@ -60,7 +60,15 @@ class Activities:
 
     def put(self, principal: Principal, activity_id: str, body: ActivityPut) -> ActivityView:
         principal.require_directory_writer()
-        activity = Activity(id=activity_id, tenant_id=principal.tenant_id, trashed=False, **body.model_dump())
+        stored = self._store.get_activity(principal.tenant_id, activity_id)
+        origin = stored.origin_event_id if stored is not None else None  # ours, kept through the CRM's PUTs
+        activity = Activity(
+            id=activity_id,
+            tenant_id=principal.tenant_id,
+            trashed=False,
+            origin_event_id=origin,
+            **body.model_dump(),
+        )
         if self._store.put_activity(activity):
             self._push(activity)
         return self.get(principal, activity_id)

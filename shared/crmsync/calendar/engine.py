@@ -112,7 +112,30 @@ class CalendarSync:
         )
         if not guard.allowed:
             raise MassTrashRefused(guard.report)
-        return [self._act(account, link, event, state, activity, p) for event, state, activity, p in planned]
+        return [
+            self._act_on_one(account, link, event, state, activity, p)
+            for event, state, activity, p in planned
+        ]
+
+    def _act_on_one(
+        self,
+        account: Account,
+        link: CalendarLink,
+        event: CalendarEvent,
+        state: SyncState | None,
+        activity: Activity | None,
+        decided: Plan,
+    ) -> CalendarOutcome:
+        """One event of a page. An activity found with no row for this event (a run that stopped
+        before its row) may meanwhile have been synced with another event: that one stands, and
+        this event is a recorded skip, so one such item never holds up the calendar's sync."""
+        if state is not None or activity is None or decided.action == "nothing":
+            return self._act(account, link, event, state, activity, decided)
+        other = self._store.get_state(account.tenant_id, activity.id)
+        if other is not None and other.provider_event_id != event.provider_event_id:
+            why = f"duplicate_event: activity {activity.id} is synced with event {other.provider_event_id}"
+            return CalendarOutcome("skipped", "nothing", why, activity.id)
+        return self._act(account, link, event, state, activity, decided)
 
     def _moved(
         self, account: Account, link: CalendarLink, event: CalendarEvent, state: SyncState | None
@@ -164,9 +187,14 @@ class CalendarSync:
             self._store.hold(account.account_id, activity.id)
             return CalendarOutcome("skipped", "hold", "stopped: held until sync resumes", activity.id)
         state = self._store.get_state(account.tenant_id, activity.id)
-        decided = plan(activity, None, state, link, self._now())
+        origin = None
+        if state is None and activity.origin_event_id is not None:
+            # made from an event by a sync that stopped before its row: planned against that
+            # event, never given a second one (CAL-15)
+            origin = self._writer(account).get(account, activity.origin_event_id)
+        decided = plan(activity, origin, state, link, self._now())
         try:
-            return self._act(account, link, None, state, activity, decided)
+            return self._act(account, link, origin, state, activity, decided)
         except EventChanged:
             # the patch carried the etag last synced, and the calendar has changed the event
             # since (its change not synced yet): planned again against it, so that a change on
@@ -254,6 +282,7 @@ class CalendarSync:
             type=decided.activity_type or link.settings.save_events_as,
             created_at=event.created,
             updated_at=event.updated,
+            origin_event_id=event.provider_event_id,
             **fields.model_dump(),
         )
         if decided.conflict is not None:  # kept before anything is written: a retry plans no conflict

@@ -61,6 +61,9 @@ class Activity(SyncedFields):
     created_at: datetime
     updated_at: datetime
     trashed: bool = False
+    origin_event_id: str | None = Field(
+        default=None, description="the calendar event the sync made this activity from, if it did"
+    )
 
     def fields(self) -> SyncedFields:
         return SyncedFields.model_validate(self.model_dump(include=set(SyncedFields.model_fields)))

@@ -212,6 +212,18 @@ def _plan_new(
                 event_id=event.provider_event_id,
             )
         if event.activity_id is None:  # the activity the sync made from this event: the CRM is told again
+            provider = to_synced_fields(event)
+            edited = differing(activity.fields(), provider)
+            if edited and activity.updated_at > event.updated:
+                # and the CRM, told of it, changed it since: its change is the newer one
+                return Plan(
+                    action="update_event",
+                    reason="activity made from the event, not recorded, changed in the CRM since",
+                    rule="CAL-15",
+                    event_id=event.provider_event_id,
+                    fields=activity.fields(),
+                    changed=edited,
+                )
             return Plan(
                 action="create_activity",
                 reason="activity made from the event, not recorded: told again",
