@@ -10,7 +10,7 @@ import pytest
 from crmsync.accounts.models import TokenSet
 from crmsync.accounts.state import StateError, StateSigner
 from crmsync.auth import principal_from_claims
-from crmsync.crypto import SecretBox
+from crmsync.crypto import KEY_CACHE_S, SecretBox
 from crmsync.errors import Forbidden, Unauthorized
 from local.cfn import Resolver
 
@@ -82,6 +82,30 @@ def test_sealed_secrets_open_only_in_their_own_context() -> None:
     assert "very-secret" not in repr(TokenSet(refresh_token="very-secret")) + str(
         TokenSet(refresh_token="very-secret")
     )
+
+
+@pytest.mark.rule("SEC-3")
+def test_a_data_key_is_asked_of_kms_once_in_a_while_per_secret_and_context() -> None:
+    class Counting(LocalKeys):
+        def __init__(self) -> None:
+            super().__init__()
+            self.decrypts = 0
+
+        def decrypt_data_key(self, encrypted_key: bytes, context: Mapping[str, str]) -> bytes:
+            self.decrypts += 1
+            return super().decrypt_data_key(encrypted_key, context)
+
+    keys, now = Counting(), [0.0]
+    box = SecretBox(keys, clock=lambda: now[0])
+    mine, theirs = {"tenant_id": "t1", "account_id": "a1"}, {"tenant_id": "t1", "account_id": "a2"}
+    sealed = box.seal(b"token", mine)
+    assert [box.open(sealed, mine) for _ in range(3)] == [b"token"] * 3
+    assert keys.decrypts == 1  # the data key is kept a while
+    with pytest.raises(Exception):  # noqa: B017 - another context never meets the kept key
+        box.open(sealed, theirs)
+    assert keys.decrypts == 2
+    now[0] += KEY_CACHE_S + 1
+    assert box.open(sealed, mine) == b"token" and keys.decrypts == 3  # and asked again after
 
 
 @pytest.mark.rule("SEC-4")

@@ -74,6 +74,9 @@ class DynamoAccountStore:
     def __init__(self, table_name: str) -> None:
         self._name = table_name
         self._table = dynamodb().Table(table_name)
+        # account id → its item's key: an account's key never changes, so a worker that meets the
+        # same account job after job finds it with one consistent GetItem, not a query first
+        self._keys: dict[str, dict[str, str]] = {}
 
     def _query_all(self, **kwargs: Any) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
@@ -102,15 +105,22 @@ class DynamoAccountStore:
         return _account(item) if item else None
 
     def get_by_id(self, account_id: str) -> Account | None:
-        keys = self._table.query(
-            IndexName="gsi1", KeyConditionExpression=Key("gsi1pk").eq(f"ACC#{account_id}")
-        )["Items"]
-        if not keys:
+        key = self._keys.get(account_id)
+        if key is None:
+            keys = self._table.query(
+                IndexName="gsi1", KeyConditionExpression=Key("gsi1pk").eq(f"ACC#{account_id}")
+            )["Items"]
+            if not keys:
+                return None
+            key = {"pk": str(keys[0]["pk"]), "sk": str(keys[0]["sk"])}
+        item = self._table.get_item(Key=key, ConsistentRead=True).get("Item")
+        if not item:
+            self._keys.pop(account_id, None)
             return None
-        item = self._table.get_item(Key={"pk": keys[0]["pk"], "sk": keys[0]["sk"]}, ConsistentRead=True).get(
-            "Item"
-        )
-        return _account(item) if item else None
+        if len(self._keys) >= 10_000:
+            self._keys.clear()
+        self._keys[account_id] = key
+        return _account(item)
 
     def find_by_address(self, provider: str, address: str) -> list[tuple[str, str]]:
         """(tenant, account id) of the accounts that sync this provider mailbox."""
