@@ -338,3 +338,28 @@ def test_an_attendee_is_claimed_for_one_activity_until_told_then_for_none(store:
     store.attendee_told(cal.tenant, "new@client.test")
     assert store.claim_attendee(cal.tenant, "new@client.test", "a-1") is False  # told: never again
     assert store.claim_attendee(other.tenant, "new@client.test", "a-9") is True  # another tenant's own
+
+
+def test_a_writer_on_another_instance_that_read_the_row_before_a_change_loses(
+    request: pytest.FixtureRequest,
+) -> None:
+    """Two workers (two Lambda instances, each with its own store): one read the row, the other
+    changed it since; the first one's write, conditional on what it read, does not land, and
+    its next read sees the change and then writes."""
+    from crmsync.stores.activities import DynamoActivityStore
+
+    stack: LocalStack = request.getfixturevalue("stack")
+    mine, theirs = (DynamoActivityStore(stack.tables["ActivitiesTable"]) for _ in range(2))
+    cal = Calendar()
+    first = cal.state()
+    assert mine.put_state(cal.account, first, None)
+    read = mine.states_of_events(cal.account, [first.provider_event_id])[first.provider_event_id]
+    theirs_read = theirs.get_state(cal.tenant, first.activity_id)
+    assert read == first and theirs_read == first
+    changed = first.model_copy(update={"fingerprint": "f2"})
+    assert theirs.put_state(cal.account, changed, theirs_read)
+    assert mine.put_state(cal.account, first.model_copy(update={"fingerprint": "f3"}), read) is False
+    again = mine.get_state(cal.tenant, first.activity_id)
+    assert again == changed
+    assert mine.put_state(cal.account, first.model_copy(update={"fingerprint": "f4"}), again)
+    assert theirs.get_state(cal.tenant, first.activity_id) == first.model_copy(update={"fingerprint": "f4"})

@@ -15,12 +15,16 @@ Access patterns, and the item that serves each (see docs/architecture/data.md, "
 Writes:
 - put_activity is one conditional PutItem: the item is absent or its `updated_us` (microseconds
   since the epoch of `updated_at`) is older than the new one; an equal or newer one stands.
-- put_state reads the stored row (consistently) and, when it is still `expected`, writes in one
-  TransactWriteItems: the row (conditional on the JSON just read and its account), the event map
-  of the new event (conditional: absent or this activity's), the delete of the map of the event
-  the row had before (when the event or the account changed), and the counters (+1 for a new row;
-  -1 / +1 when the row changes connection). A crash before or after the call leaves both or
-  neither: no map without its row, no row without its map.
+- put_state writes in one TransactWriteItems: the row (conditional on the text of the row it
+  replaces and its account), the event map of the new event (conditional: absent or this
+  activity's), the delete of the map of the event the row had before (when the event or the
+  account changed), and the counters (+1 for a new row; -1 / +1 when the row changes
+  connection). The text it replaces is the one this instance last read or wrote for the row
+  when that is still `expected` (the engine has just read it), so no read comes first; a write
+  so refused, or one with no such text, reads the row (consistently), compares it with
+  `expected` as a model (a row written before the model gained a field still matches), and
+  writes conditional on what it read. A crash before or after the call leaves both or neither:
+  no map without its row, no row without its map.
 - count_states reads the counter rather than querying: an exact, consistent answer in one
   GetItem however many items the calendar has (a Query with Select=COUNT reads, and pays for,
   every item, and gsi1 is eventually consistent). The counter is written only in the state
@@ -102,6 +106,9 @@ class DynamoActivityStore:
     def __init__(self, table_name: str) -> None:
         self._name = table_name
         self._table = dynamodb().Table(table_name)
+        # (tenant, activity) → the text and connection of its state row as this instance last
+        # read or wrote it (put_state's condition names it, so a write needs no read first)
+        self._rows: dict[tuple[str, str], tuple[str, str]] = {}
 
     def _get(self, key: dict[str, str]) -> dict[str, Any] | None:
         item = self._table.get_item(Key=key, ConsistentRead=True).get("Item")
@@ -140,32 +147,56 @@ class DynamoActivityStore:
         return True
 
     # ---- sync state rows and their event maps
+    def _seen(self, raw: str, account_id: str) -> SyncState:
+        """A row as read (or its map's copy): kept by its text and connection, so that writing it
+        next needs no second read (put_state)."""
+        state = SyncState.model_validate_json(raw)
+        if len(self._rows) >= 10_000:
+            self._rows.clear()
+        self._rows[(state.tenant_id, state.activity_id)] = (raw, account_id)
+        return state
+
     def get_state(self, tenant_id: str, activity_id: str) -> SyncState | None:
         item = self._get({"pk": _activity_pk(tenant_id, activity_id), "sk": "STATE"})
-        return SyncState.model_validate_json(str(item["state"])) if item else None
+        return self._seen(str(item["state"]), str(item["account_id"])) if item else None
 
     def state_of_event(self, account_id: str, provider_event_id: str) -> SyncState | None:
         item = self._get(_map_key(account_id, provider_event_id))
-        return SyncState.model_validate_json(str(item["state"])) if item else None
+        return self._seen(str(item["state"]), account_id) if item else None
 
     def states_of_events(self, account_id: str, provider_event_ids: Sequence[str]) -> dict[str, SyncState]:
         """`state_of_event` for many: one BatchGetItem per 100 events, those mapped answered."""
         by_pk = {_map_key(account_id, e)["pk"]: e for e in provider_event_ids}
         found: dict[str, SyncState] = {}
         for item in self._batch_get([{"pk": pk, "sk": "MAP"} for pk in by_pk]):
-            found[by_pk[item["pk"]]] = SyncState.model_validate_json(str(item["state"]))
+            found[by_pk[item["pk"]]] = self._seen(str(item["state"]), account_id)
         return found
 
     def _batch_get(self, keys: list[dict[str, str]]) -> list[dict[str, Any]]:
         return batch_get(self._name, keys, consistent=True)
 
     def put_state(self, account_id: str, state: SyncState, expected: SyncState | None) -> bool:
-        row_key = {"pk": _activity_pk(state.tenant_id, state.activity_id), "sk": "STATE"}
-        stored = self._get(row_key)
-        if (stored is None) != (expected is None):
-            return False
-        if stored is not None and expected is not None and stored["state"] != state_json(expected):
+        key = (state.tenant_id, state.activity_id)
+        seen = self._rows.get(key)
+        if expected is None or (seen is not None and SyncState.model_validate_json(seen[0]) == expected):
+            # the row as this instance last read or wrote it: the write's condition checks it
+            # is still so, with no read first; only a refused write reads to tell why
+            stored = None if expected is None else {"state": seen[0], "account_id": seen[1]} if seen else None
+            if self._write_state(account_id, state, expected, stored):
+                return True
+            if expected is None:
+                return False
+        row = self._get({"pk": _activity_pk(*key), "sk": "STATE"})
+        if row is None or expected is None or SyncState.model_validate_json(str(row["state"])) != expected:
             return False  # another writer changed the row since the caller read it
+        return self._write_state(account_id, state, expected, row)
+
+    def _write_state(
+        self, account_id: str, state: SyncState, expected: SyncState | None, stored: dict[str, Any] | None
+    ) -> bool:
+        """One transaction: the row (conditional on the text it replaces), the event's map, the
+        old map's delete and the counters."""
+        row_key = {"pk": _activity_pk(state.tenant_id, state.activity_id), "sk": "STATE"}
         new_json = state_json(state)
         row: dict[str, Any] = {
             "TableName": self._name,
@@ -210,8 +241,10 @@ class DynamoActivityStore:
             self._table.meta.client.transact_write_items(TransactItems=actions)  # type: ignore[arg-type]
         except ClientError as error:
             if is_condition_failure(error):
+                self._rows.pop((state.tenant_id, state.activity_id), None)
                 return False  # the row changed meanwhile, or the event is another activity's
             raise
+        self._rows[(state.tenant_id, state.activity_id)] = (new_json, account_id)
         return True
 
     def _count(self, account_id: str, step: int) -> dict[str, Any]:
