@@ -17,6 +17,10 @@ kept before anything else, as a retry would find both sides alike and plan none)
   under a marked row is trashed again, or restored if its event came back;
 - towards the calendar: the provider write (a create under our own id, so a retry finds the
   event instead of making a second one, CAL-15), then the state row.
+A page keeps each item's order but tells the CRM once for all of them (`_Round`): every item's
+writes before telling, then the page's events in one publish (PutEvents of ten), then every
+item's writes after telling. A run that dies anywhere leaves each item where one of its own
+crash points would have, and the redelivery finishes it as above.
 """
 
 from __future__ import annotations
@@ -68,6 +72,33 @@ class MassTrashRefused(PermanentError):
     """CAL-16: the page would trash more than the allowed share of the calendar's activities."""
 
 
+class _Round:
+    """What one run tells the CRM, and the writes each item makes once it is told. A page's
+    events go out together (one PutEvents per ten) before any of its items' after-writes (state
+    rows, changed activities), so every item keeps its own order of writes; a push tells at once."""
+
+    def __init__(self, publisher: EventPublisher, batched: bool) -> None:
+        self._publisher = publisher
+        self._batched = batched
+        self._told: list[CrmEvent] = []
+        self._after: list[Callable[[], None]] = []
+
+    def tell(self, events: Sequence[CrmEvent], then: Callable[[], None]) -> None:
+        if not self._batched:
+            if events:
+                self._publisher.publish(events)
+            then()
+            return
+        self._told += events
+        self._after.append(then)
+
+    def finish(self) -> None:
+        if self._told:
+            self._publisher.publish(self._told)
+        for write in self._after:
+            write()
+
+
 class CalendarSync:
     def __init__(
         self,
@@ -112,10 +143,13 @@ class CalendarSync:
         )
         if not guard.allowed:
             raise MassTrashRefused(guard.report)
-        return [
-            self._act_on_one(account, link, event, state, activity, p)
+        page = _Round(self._publisher, batched=True)
+        outcomes = [
+            self._act_on_one(account, link, event, state, activity, p, page)
             for event, state, activity, p in planned
         ]
+        page.finish()
+        return outcomes
 
     def _act_on_one(
         self,
@@ -125,17 +159,18 @@ class CalendarSync:
         state: SyncState | None,
         activity: Activity | None,
         decided: Plan,
+        page: _Round,
     ) -> CalendarOutcome:
         """One event of a page. An activity found with no row for this event (a run that stopped
         before its row) may meanwhile have been synced with another event: that one stands, and
         this event is a recorded skip, so one such item never holds up the calendar's sync."""
         if state is not None or activity is None or decided.action == "nothing":
-            return self._act(account, link, event, state, activity, decided)
+            return self._act(account, link, event, state, activity, decided, page)
         other = self._store.get_state(account.tenant_id, activity.id)
         if other is not None and other.provider_event_id != event.provider_event_id:
             why = f"duplicate_event: activity {activity.id} is synced with event {other.provider_event_id}"
             return CalendarOutcome("skipped", "nothing", why, activity.id)
-        return self._act(account, link, event, state, activity, decided)
+        return self._act(account, link, event, state, activity, decided, page)
 
     def _moved(
         self, account: Account, link: CalendarLink, event: CalendarEvent, state: SyncState | None
@@ -194,7 +229,7 @@ class CalendarSync:
             origin = self._writer(account).get(account, activity.origin_event_id)
         decided = plan(activity, origin, state, link, self._now())
         try:
-            return self._act(account, link, origin, state, activity, decided)
+            return self._act(account, link, origin, state, activity, decided, _Round(self._publisher, False))
         except EventChanged:
             # the patch carried the etag last synced, and the calendar has changed the event
             # since (its change not synced yet): planned again against it, so that a change on
@@ -206,7 +241,7 @@ class CalendarSync:
                     f"event {state.provider_event_id} left the calendar; the sync will see"
                 ) from None
             again = plan(activity, current, state, link, self._now())
-            return self._act(account, link, current, state, activity, again)
+            return self._act(account, link, current, state, activity, again, _Round(self._publisher, False))
 
     # ------------------------------------------------------------------ acting
     def _act(
@@ -217,6 +252,7 @@ class CalendarSync:
         state: SyncState | None,
         activity: Activity | None,
         decided: Plan,
+        told: _Round,
     ) -> CalendarOutcome:
         match decided.action:
             case "nothing":
@@ -225,13 +261,13 @@ class CalendarSync:
                 )
             case "create_activity" | "update_activity" | "restore_activity":
                 assert event is not None and decided.fields is not None
-                return self._to_crm(account, link, event, state, activity, decided)
+                return self._to_crm(account, link, event, state, activity, decided, told)
             case "trash_activity":
                 assert activity is not None and event is not None
-                return self._trash(account, state, activity, event, decided)
+                return self._trash(account, state, activity, event, decided, told)
             case "create_event" | "update_event":
                 assert activity is not None and decided.fields is not None
-                return self._to_calendar(account, link, event, state, activity, decided)
+                return self._to_calendar(account, link, event, state, activity, decided, told)
             case "delete_event":
                 assert decided.event_id is not None and (state is not None or activity is not None)
                 self._writer(account).delete(account, decided.event_id)
@@ -244,7 +280,6 @@ class CalendarSync:
                 return CalendarOutcome("synced", "link", decided.reason, activity.id)
             case "keep_crm":
                 assert event is not None and state is not None and activity is not None
-                self._publisher.publish(self._gap_events(account, activity, event, decided))
                 kept = state.model_copy(
                     update={
                         "provider_etag": event.etag,
@@ -252,8 +287,15 @@ class CalendarSync:
                         "last_synced_at": self._now(),
                     }
                 )
-                if not self._store.put_state(account.account_id, kept, state):
-                    raise TransientError(f"the sync state of activity {state.activity_id} changed meanwhile")
+                was = state
+
+                def keep() -> None:
+                    if not self._store.put_state(account.account_id, kept, was):
+                        raise TransientError(
+                            f"the sync state of activity {was.activity_id} changed meanwhile"
+                        )
+
+                told.tell(self._gap_events(account, activity, event, decided), keep)
                 return CalendarOutcome("synced", "keep_crm", decided.reason, activity.id)
         raise PermanentError(f"no way to act on {decided.action!r}")
 
@@ -265,6 +307,7 @@ class CalendarSync:
         state: SyncState | None,
         activity: Activity | None,
         decided: Plan,
+        told: _Round,
     ) -> CalendarOutcome:
         fields = decided.fields
         assert fields is not None
@@ -312,12 +355,15 @@ class CalendarSync:
             events.append(self._conflict_event(account, written, decided))
         events += self._gap_events(account, written, event, decided)
         claimed = self._new_contacts(account, written, event)
-        self._publisher.publish([*events, *claimed])
-        for told in claimed:
-            self._store.attendee_told(account.tenant_id, told.email)
-        if not new and not unchanged:
-            self._store.put_activity(written)
-        self._save(account, state, written, event, trashed=None)
+
+        def after() -> None:
+            for contact in claimed:
+                self._store.attendee_told(account.tenant_id, contact.email)
+            if not new and not unchanged:
+                self._store.put_activity(written)
+            self._save(account, state, written, event, trashed=None)
+
+        told.tell([*events, *claimed], after)
         return CalendarOutcome("synced", decided.action, decided.reason, written.id)
 
     def _told(self, account: Account, activity: Activity, event: CalendarEvent, decided: Plan) -> CrmEvent:
@@ -416,6 +462,7 @@ class CalendarSync:
         activity: Activity,
         event: CalendarEvent,
         decided: Plan,
+        told: _Round,
     ) -> CalendarOutcome:
         reason = decided.trash_reason
         assert reason is not None
@@ -425,22 +472,22 @@ class CalendarSync:
             self._save(account, None, activity, event, trashed=reason)
         else:
             self._save(account, state, None, None, trashed=reason)
-        self._publisher.publish(
-            [
-                ActivityTrashed(
-                    tenant_id=account.tenant_id,
-                    user_id=activity.owner_user_id,
-                    account_id=account.account_id,
-                    activity_id=activity.id,
-                    reason=reason,
+
+        def after() -> None:
+            if not activity.trashed:
+                trashed = activity.model_copy(
+                    update={"trashed": True, "updated_at": _newer(event.updated, activity)}
                 )
-            ]
+                self._store.put_activity(trashed)
+
+        gone = ActivityTrashed(
+            tenant_id=account.tenant_id,
+            user_id=activity.owner_user_id,
+            account_id=account.account_id,
+            activity_id=activity.id,
+            reason=reason,
         )
-        if not activity.trashed:
-            trashed = activity.model_copy(
-                update={"trashed": True, "updated_at": _newer(event.updated, activity)}
-            )
-            self._store.put_activity(trashed)
+        told.tell([gone], after)
         return CalendarOutcome("synced", "trash_activity", decided.reason, activity.id)
 
     def _to_calendar(
@@ -451,6 +498,7 @@ class CalendarSync:
         state: SyncState | None,
         activity: Activity,
         decided: Plan,
+        told: _Round,
     ) -> CalendarOutcome:
         fields = decided.fields
         assert fields is not None and decided.event_id is not None
@@ -463,12 +511,10 @@ class CalendarSync:
             # only over the version planned on: the event read, else the one last synced (CAL-14)
             seen = event.etag if event is not None else state.provider_etag if state is not None else None
             written = writer.patch(account, decided.event_id, fields, decided.changed, if_match=seen)
-        told: list[CrmEvent] = self._gap_events(account, activity, event, decided)
+        events: list[CrmEvent] = self._gap_events(account, activity, event, decided)
         if decided.conflict is not None:
-            told.insert(0, self._conflict_event(account, activity, decided))
-        if told:
-            self._publisher.publish(told)
-        self._save(account, state, activity, written, trashed=None)
+            events.insert(0, self._conflict_event(account, activity, decided))
+        told.tell(events, lambda: self._save(account, state, activity, written, trashed=None))
         return CalendarOutcome("synced", decided.action, decided.reason, activity.id)
 
     # ------------------------------------------------------------------ state rows
