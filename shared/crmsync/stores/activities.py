@@ -52,7 +52,7 @@ from botocore.exceptions import ClientError
 from crmsync.calendar.models import Activity, Conflict, SyncState
 from crmsync.ids import id_key
 from crmsync.stores.aws import dynamodb
-from crmsync.stores.dynamo import batch_get, is_condition_failure, plain
+from crmsync.stores.dynamo import batch_get, is_condition_failure, plain, transact
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAP_IS_OURS = "attribute_not_exists(pk) OR (tenant_id = :t AND activity_id = :a)"
@@ -237,13 +237,9 @@ class DynamoActivityStore:
                 actions.append(self._count(account_id, +1))
         else:
             actions.append(self._count(account_id, +1))
-        try:
-            self._table.meta.client.transact_write_items(TransactItems=actions)  # type: ignore[arg-type]
-        except ClientError as error:
-            if is_condition_failure(error):
-                self._rows.pop((state.tenant_id, state.activity_id), None)
-                return False  # the row changed meanwhile, or the event is another activity's
-            raise
+        if not transact(self._table, actions):
+            self._rows.pop((state.tenant_id, state.activity_id), None)
+            return False  # the row changed meanwhile, or the event is another activity's
         self._rows[(state.tenant_id, state.activity_id)] = (new_json, account_id)
         return True
 

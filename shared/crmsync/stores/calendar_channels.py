@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 
 from crmsync.providers.google.calendar_push import ChannelRecord
 from crmsync.stores.aws import dynamodb
-from crmsync.stores.dynamo import is_condition_failure, plain
+from crmsync.stores.dynamo import is_condition_failure, plain, transact
 
 TTL_GRACE_S = 86_400
 CURRENT = "GCALCH"
@@ -76,13 +76,7 @@ class DynamoCalendarChannelStore:
         ]
         if old is not None:
             actions.append({"Delete": {"TableName": self._name, "Key": _by_id(old.channel_id)}})
-        try:
-            self._table.meta.client.transact_write_items(TransactItems=actions)  # type: ignore[arg-type]
-        except ClientError as error:
-            if is_condition_failure(error):
-                return False
-            raise
-        return True
+        return transact(self._table, actions)
 
     def forget(self, record: ChannelRecord) -> None:
         """The channel's items go; the account's current item only if it is still this channel."""

@@ -16,11 +16,10 @@ from datetime import datetime
 from typing import Any
 
 from boto3.dynamodb.conditions import Key
-from botocore.exceptions import ClientError
 
 from crmsync.directory import Blocklist, ConcurrentUpdate, DirectoryRecord, TenantSettings
 from crmsync.stores.aws import dynamodb
-from crmsync.stores.dynamo import batch_get, is_condition_failure, plain
+from crmsync.stores.dynamo import batch_get, plain, transact
 
 
 def _tenant_pk(tenant_id: str) -> str:
@@ -126,12 +125,8 @@ class DynamoDirectoryStore:
         self._transact(actions)
 
     def _transact(self, actions: list[dict[str, Any]]) -> None:
-        try:
-            self._table.meta.client.transact_write_items(TransactItems=actions)  # type: ignore[arg-type]
-        except ClientError as error:
-            if is_condition_failure(error):
-                raise ConcurrentUpdate from error
-            raise
+        if not transact(self._table, actions):
+            raise ConcurrentUpdate
 
     def owners_of(self, tenant_id: str, address: str) -> list[tuple[str, str]]:
         owners: list[tuple[str, str]] = []

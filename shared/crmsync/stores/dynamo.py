@@ -58,3 +58,17 @@ def is_condition_failure(error: Exception) -> bool:
         reasons = response.get("CancellationReasons") or []
         return any(r.get("Code") == "ConditionalCheckFailed" for r in reasons)
     return False
+
+
+def transact(table: Any, actions: list[dict[str, Any]]) -> bool:
+    """One TransactWriteItems: True when written, False when one of its conditions refused it
+    (the whole transaction then wrote nothing); any other error is raised."""
+    from botocore.exceptions import ClientError
+
+    try:
+        table.meta.client.transact_write_items(TransactItems=actions)
+    except ClientError as error:
+        if is_condition_failure(error):
+            return False
+        raise
+    return True

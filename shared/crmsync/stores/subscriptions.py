@@ -17,12 +17,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from boto3.dynamodb.conditions import Key
-from botocore.exceptions import ClientError
 
 from crmsync.errors import TransientError
 from crmsync.providers.microsoft.subscriptions import SubscriptionRecord
 from crmsync.stores.aws import dynamodb
-from crmsync.stores.dynamo import is_condition_failure, plain
+from crmsync.stores.dynamo import plain, transact
 
 TTL_GRACE_S = 86_400
 BATCH_GET_MAX = 100  # keys per BatchGetItem call (DynamoDB's limit)
@@ -113,13 +112,7 @@ class DynamoGraphSubscriptionStore:
             }
             for key in _keys(record)
         ]
-        try:
-            self._table.meta.client.transact_write_items(TransactItems=actions)  # type: ignore[arg-type]
-        except ClientError as error:
-            if is_condition_failure(error):
-                return False
-            raise
-        return True
+        return transact(self._table, actions)
 
     def forget(self, record: SubscriptionRecord) -> None:
         for key in _keys(record):
