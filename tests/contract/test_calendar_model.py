@@ -169,6 +169,10 @@ class World:
             if crm == cal:  # the user made them alike again: nothing left to decide
                 self.pending.pop(activity_id, None)
                 self.agreed[activity_id] = crm
+            elif agreed in (crm, cal):
+                # one side was changed back to what both agreed on: by content (the fingerprint,
+                # CAL-15) only the other side changed, and no conflict is owed
+                self.pending.pop(activity_id, None)
             elif agreed is not None and crm != agreed and cal != agreed:
                 state = self.rig.store.get_state(self.rig.account.tenant_id, activity_id)
                 if state is not None and state.trashed_by_sync is not None:
@@ -589,3 +593,25 @@ def test_a_crm_change_of_an_activity_whose_row_a_crash_left_unwritten_patches_it
     assert fingerprint(event) == fingerprint(fields_of(1))  # the CRM's change reached it
     (pair,) = world.pairs().values()  # and the redelivered sync recorded the item
     assert pair == (fingerprint(fields_of(1)), fingerprint(fields_of(1)))
+
+
+@pytest.mark.rule("CAL-14")
+@pytest.mark.rule("CAL-15")
+def test_a_calendar_change_undone_before_any_sync_is_no_change_and_owes_no_conflict() -> None:
+    """Found by the model: the calendar changed an event and changed it back before a sync saw
+    it, while the CRM changed the activity; the push's conditional patch met a new etag, read the
+    event, found it as agreed, and wrote the CRM's change with no conflict: right by content."""
+    actions = [
+        ("cal_create", 0, 0),
+        ("cal_edit", 0, 1),
+        ("crm_create", 0, 0),
+        ("sync", None, False),
+        ("cal_edit", 0, 2),
+        ("crm_edit", 0, 0),
+        ("push", None, False),
+        ("cal_edit", 0, 1),
+        ("push", (3, False), False),
+    ]
+    world = scenario(1, actions)
+    assert world.rig.crashes == 1
+    assert all(world.conflicts(activity_id) == 0 for activity_id in world.pairs())
