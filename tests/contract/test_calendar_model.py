@@ -615,3 +615,24 @@ def test_a_calendar_change_undone_before_any_sync_is_no_change_and_owes_no_confl
     world = scenario(1, actions)
     assert world.rig.crashes == 1
     assert all(world.conflicts(activity_id) == 0 for activity_id in world.pairs())
+
+
+@pytest.mark.rule("CAL-1")
+@pytest.mark.rule("CAL-15")
+def test_a_calendar_change_told_then_undone_before_the_redelivery_is_told_again() -> None:
+    """Found by the model: a sync wrote and told one calendar change and died before its row;
+    the user changed the event back before the redelivery, which found the event as the row has
+    it and told nothing, so the CRM kept the undone version. The activity is marked as the sync's
+    own write (`written_by_sync`), so the redelivery finishes it with the calendar as it is now."""
+    actions = [
+        ("cal_create", 0, 0),
+        ("cal_create", 0, 0),
+        ("cal_edit", 0, 1),
+        ("sync", None, False),
+        ("cal_create", 0, 0),
+        ("cal_edit", 0, 0),
+        ("sync", (3, False), False),
+        ("cal_edit", 0, 1),
+    ]
+    world = scenario(2, actions)
+    assert world.rig.crashes == 1

@@ -109,7 +109,11 @@ def test_nothing_echoes_and_a_crm_change_is_patched_without_notifying_anyone(cal
     # the CRM renames the activity: the event is patched, and the patch does not come back
     activity = calendar.activity(created.activity_id)
     renamed = activity.model_copy(
-        update={"subject": "Review of the offer", "updated_at": activity.updated_at + timedelta(minutes=1)}
+        update={
+            "subject": "Review of the offer",
+            "updated_at": activity.updated_at + timedelta(minutes=1),
+            "written_by_sync": False,  # the CRM's own change, as its PUT makes it
+        }
     )
     calendar.store.put_activity(renamed)
     outcome = calendar.engine.push(calendar.user.account, renamed)
@@ -158,7 +162,9 @@ def test_when_both_sides_changed_the_most_recent_wins_and_the_other_is_kept(cale
     (created,) = calendar.events(ActivityCreatedFromCalendar)
     activity = calendar.activity(created.activity_id)
     # the CRM changed it a while ago; the calendar changes it now: the calendar's wins
-    older = activity.model_copy(update={"subject": "Budget (CRM)", "updated_at": activity.updated_at})
+    older = activity.model_copy(
+        update={"subject": "Budget (CRM)", "updated_at": activity.updated_at, "written_by_sync": False}
+    )
     calendar.store.put_activity(
         older.model_copy(update={"updated_at": activity.updated_at + timedelta(seconds=1)})
     )

@@ -84,7 +84,11 @@ def test_a_crm_change_pushed_over_a_newer_unsynced_calendar_change_loses_and_is_
     event_id, activity_id = _synced_then_edited_in_google(cal, later_by_s=60)
     crm = cal.activity(activity_id)
     crm = crm.model_copy(
-        update={"subject": "Budget (CRM)", "updated_at": crm.updated_at + timedelta(seconds=1)}
+        update={
+            "subject": "Budget (CRM)",
+            "updated_at": crm.updated_at + timedelta(seconds=1),
+            "written_by_sync": False,
+        }
     )
     cal.store.put_activity(crm)
     outcome = cal.engine.push(cal.user.account, crm)
@@ -105,7 +109,11 @@ def test_a_newer_crm_change_over_an_unsynced_calendar_change_wins_and_the_calend
     event_id, activity_id = _synced_then_edited_in_google(cal, later_by_s=-30)
     crm = cal.activity(activity_id)
     crm = crm.model_copy(
-        update={"subject": "Budget (CRM)", "updated_at": crm.updated_at + timedelta(minutes=5)}
+        update={
+            "subject": "Budget (CRM)",
+            "updated_at": crm.updated_at + timedelta(minutes=5),
+            "written_by_sync": False,
+        }
     )
     cal.store.put_activity(crm)
     outcome = cal.engine.push(cal.user.account, crm)

@@ -81,7 +81,7 @@ class Activities:
             return
         # a deletion wins over the stored version, whatever the clocks say
         at = max(datetime.now(UTC), found.updated_at + timedelta(microseconds=1))
-        trashed = found.model_copy(update={"trashed": True, "updated_at": at})
+        trashed = found.model_copy(update={"trashed": True, "updated_at": at, "written_by_sync": False})
         if self._store.put_activity(trashed):
             self._push(trashed)
 

@@ -7,14 +7,13 @@ the mass-trash guard (CAL-16) before any of them acts, and then they act in turn
 
 Writes are ordered so that a crash between any two is healed by the redelivery (a conflict is
 kept before anything else, as a retry would find both sides alike and plan none):
-- towards the CRM: a new or restored activity, then its event on the bus, then the state row
-  (a retry finds the activity by its id, or live under a row still marked trashed, and tells
-  the CRM again); a change: its event on the bus, then the activity (idempotent by
-  `updated_at`), then the row, so that a changed activity was told.
-  A crash before the row leaves the item planned again: the event goes out again (at least
-  once; the CRM de-duplicates by activity id), the activity is written unless already so, then
-  the row. A trash marks the row, tells the CRM, then trashes the activity: a live activity
-  under a marked row is trashed again, or restored if its event came back;
+- towards the CRM: the activity (idempotent by `updated_at`; marked `written_by_sync`), then its
+  events on the bus, then the state row. A retry finds a new activity by its id, a restored one
+  live under a row still marked trashed, a changed one as the sync's own write whose fields are
+  not the row's; each is finished from the calendar as it is then (a change undone meanwhile
+  included) and told again (at least once; the CRM de-duplicates by activity id). A trash marks
+  the row, tells the CRM, then trashes the activity: a live activity under a marked row is
+  trashed again, or restored if its event came back;
 - towards the calendar: the provider write (a create under our own id, so a retry finds the
   event instead of making a second one, CAL-15), then the state row.
 A page keeps each item's order but tells the CRM once for all of them (`_Round`): every item's
@@ -341,14 +340,15 @@ class CalendarSync:
                     **_field_values(fields),
                     "updated_at": _newer(event.updated, activity),
                     "trashed": False,
+                    "written_by_sync": True,
                 }
             )
         )
-        # a new or restored activity is written before the CRM is told (a retry finds it by its
-        # id, or live under a marked row, and tells again); a changed one after (a retry would
-        # find both sides alike and tell nothing)
-        new = decided.action in ("create_activity", "restore_activity")
-        if new and not unchanged:
+        # the activity is written before the CRM is told: a retry finds a new one by its id, or
+        # live under a marked row, or a change marked as the sync's own write not yet recorded
+        # (written_by_sync, its fields not the row's), and finishes it from the calendar as it is
+        # then, telling the CRM (again)
+        if not unchanged:
             self._store.put_activity(written)
         events: list[CrmEvent] = [self._told(account, written, event, decided)]
         if decided.conflict is not None:
@@ -359,8 +359,6 @@ class CalendarSync:
         def after() -> None:
             for contact in claimed:
                 self._store.attendee_told(account.tenant_id, contact.email)
-            if not new and not unchanged:
-                self._store.put_activity(written)
             self._save(account, state, written, event, trashed=None)
 
         told.tell([*events, *claimed], after)

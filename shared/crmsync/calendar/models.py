@@ -64,6 +64,9 @@ class Activity(SyncedFields):
     origin_event_id: str | None = Field(
         default=None, description="the calendar event the sync made this activity from, if it did"
     )
+    written_by_sync: bool = Field(
+        default=False, description="this version was written by the sync from the calendar, not by the CRM"
+    )
 
     def fields(self) -> SyncedFields:
         return SyncedFields.model_validate(self.model_dump(include=set(SyncedFields.model_fields)))

@@ -335,6 +335,23 @@ def _plan_known(
             event_id=state.provider_event_id,
         )
 
+    if (
+        activity is not None
+        and activity.written_by_sync
+        and fingerprint(activity.fields()) != state.fingerprint
+    ):
+        # the sync wrote the calendar's version into the activity and stopped before its row:
+        # no change of the CRM's; finished with the calendar's version as it is now (told again)
+        if event is None:
+            return nothing("unrecorded sync write: the calendar's next sync finishes it", "CAL-15")
+        found = to_synced_fields(event)
+        return Plan(
+            action="update_activity",
+            reason="unrecorded sync write: finished with the calendar's version",
+            rule="CAL-15",
+            fields=found,
+            changed=differing(found, activity.fields()),
+        )
     crm = activity.fields() if activity is not None else None
     provider = to_synced_fields(event) if event is not None else None
     crm_changed = crm is not None and fingerprint(crm) != state.fingerprint
