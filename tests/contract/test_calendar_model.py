@@ -196,8 +196,11 @@ class World:
             )
             self.conflicts_seen[kind] += 1
             del self.pending[activity_id]
+        told = self.rig.crm_view()
         for activity_id, (crm, cal) in pairs.items():
-            if crm == cal:
+            # agreed: both sides alike, and the CRM told so (a run that died before telling it
+            # left the store ahead of the CRM: that is not an agreement yet)
+            if crm == cal and told.get(activity_id, (None, False))[0] == crm:
                 self.agreed[activity_id] = crm
 
     # ------------------------------------------------------------------ the user, in Google Calendar
@@ -636,3 +639,23 @@ def test_a_calendar_change_told_then_undone_before_the_redelivery_is_told_again(
     ]
     world = scenario(2, actions)
     assert world.rig.crashes == 1
+
+
+@pytest.mark.rule("CAL-14")
+def test_a_calendar_change_written_but_never_told_then_undone_is_no_side_of_a_conflict() -> None:
+    """Found by the model: the sync wrote a calendar change into the activity and died before
+    telling the CRM; the calendar undid it, and the CRM changed the activity: only the CRM
+    changed what both sides last agreed on (the row), so its change goes out with no conflict."""
+    actions = [
+        ("cal_create", 0, 0),
+        ("cal_create", 0, 1),
+        ("cal_create", 0, 0),
+        ("sync", None, False),
+        ("cal_edit", 0, 2),
+        ("sync", (2, False), False),
+        ("cal_edit", 0, 0),
+        ("crm_edit", 0, 1),
+    ]
+    world = scenario(1, actions)
+    assert world.rig.crashes == 1
+    assert all(world.conflicts(activity_id) == 0 for activity_id in world.pairs())
