@@ -4,6 +4,7 @@ real handlers) served over HTTP and configured to use them."""
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 import requests
+from hypothesis import settings as hypothesis_settings
 
 from local.__main__ import local_parameters
 from local.devissuer import DevIssuer
@@ -18,6 +20,13 @@ from local.emulators.servers import Emulators, start_emulators
 from local.http import LocalServer
 from local.stack import LocalStack
 from tests.integration.helpers import wait_for_quiet_queue
+
+# `make test` runs the same generated scenarios every time (the model tests' 1,000 per provider
+# among them), so a run passes or fails on the code alone; HYPOTHESIS_PROFILE=explore draws new
+# ones on each run, to look for what the fixed set has not met.
+hypothesis_settings.register_profile("ci", derandomize=True)
+hypothesis_settings.register_profile("explore", derandomize=False)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

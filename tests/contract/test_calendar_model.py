@@ -137,7 +137,7 @@ class World:
         self.agreed: dict[str, str] = {}  # activity → the fingerprint both sides last had alike
         self.pending: dict[str, int] = {}  # activity → its conflicts when a double change was seen
         self.seen_as: dict[str, tuple[str, str]] = {}  # activity → the double change (CRM's, calendar's)
-        self.decided: dict[str, tuple[str, str]] = {}  # activity → the double change last decided
+        self.decided: dict[str, str] = {}  # activity → the CRM's version in the double change last decided
         self.conflicts_seen = {"sync": 0, "push": 0}  # double changes decided, by the run that did
         self.unfinished_trash = 0
 
@@ -186,7 +186,7 @@ class World:
                     self._drop(activity_id)
                 elif activity_id in self.pending:
                     self.seen_as[activity_id] = (crm, cal)  # still open, as the sides are now
-                elif self.decided.get(activity_id) != (crm, cal):  # not one decided already
+                elif self.decided.get(activity_id) != crm:  # the CRM's side was not weighed already
                     self.pending[activity_id] = self.conflicts(activity_id)
                     self.seen_as[activity_id] = (crm, cal)
 
@@ -210,8 +210,8 @@ class World:
             )
             self.conflicts_seen[kind] += 1
             del self.pending[activity_id]
-            if activity_id in self.seen_as:  # decided: the same two versions met again are no new one
-                self.decided[activity_id] = self.seen_as.pop(activity_id)
+            if activity_id in self.seen_as:  # decided: the CRM side it weighed is owed no second conflict
+                self.decided[activity_id] = self.seen_as.pop(activity_id)[0]
         told = self.rig.crm_view()
         for activity_id, (crm, cal) in pairs.items():
             # agreed: both sides alike, and the CRM told so (a run that died before telling it
