@@ -8,7 +8,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from crmsync import services
 from crmsync.api import public_base_url_of
-from crmsync.providers.google.push import PushRefused, headers_get
+from crmsync.providers.google.client import headers_get
+from crmsync.providers.google.push import PushRefused
 
 logger = Logger()
 

@@ -71,7 +71,8 @@ class Activities:
         )
         if self._store.put_activity(activity):
             self._push(activity)
-        return self.get(principal, activity_id)
+            return self._view(activity)
+        return self.get(principal, activity_id)  # an as new or newer one stands: as it is now
 
     def delete(self, principal: Principal, activity_id: str) -> None:
         """The CRM deleted it: it goes to the trash here, and its event leaves the calendar."""
@@ -91,10 +92,13 @@ class Activities:
             raise NotFound(f"no activity {activity_id}")
         if not principal.can_write_directory and found.owner_user_id != principal.user_id:
             raise Forbidden("an activity is readable by its owner and the CRM backend")
+        return self._view(found)
+
+    def _view(self, activity: Activity) -> ActivityView:
         return ActivityView(
-            activity=found,
-            sync=self._store.get_state(principal.tenant_id, activity_id),
-            conflicts=self._store.conflicts(principal.tenant_id, activity_id),
+            activity=activity,
+            sync=self._store.get_state(activity.tenant_id, activity.id),
+            conflicts=self._store.conflicts(activity.tenant_id, activity.id),
         )
 
     def _push(self, activity: Activity) -> None:

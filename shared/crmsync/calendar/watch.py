@@ -18,13 +18,6 @@ from crmsync.jobs import Job
 logger = Logger()
 
 
-def calendar_may_sync(account: Account) -> bool:
-    """Whether anything may be queued or renewed for the account's calendar: the one place the
-    pushes and the renewals ask. An account that may not sync (ACC-8, ACC-9), is not connected
-    for calendar, or whose calendar is stopped (CAL-9) may not."""
-    return account.calendar_syncing
-
-
 class CalendarWatcher(Protocol):
     """A provider's push channel for one calendar connection."""
 
@@ -67,7 +60,7 @@ class CalendarWatchJob:
 
     def __call__(self, job: Job, message_id: str) -> None:
         account = self._sync.account_of(job)  # Paused for an account that may not sync
-        if not calendar_may_sync(account):
+        if not account.calendar_syncing:  # not connected for calendar, or stopped (CAL-9)
             raise Paused(f"account {account.account_id} does not sync its calendar")
         watcher = self._watchers.get(account.provider)
         expires_at = watcher.renew(account) if watcher is not None else None

@@ -14,8 +14,8 @@ queued unless every check passes:
 5. `sync` (Google's greeting when a channel opens) → 200, nothing queued;
 6. `exists` / `not_exists` → one `calendar.sync` job for the account, its deduplication id made
    of the channel id and the message number, so a push Google delivers twice is queued once;
-   unless the account may not sync its calendar any more (calendar/watch.py
-   `calendar_may_sync`), then 200 and dropped.
+   unless the account may not sync its calendar any more (`Account.calendar_syncing`: not
+   paused, disconnected or stopped), then 200 and dropped.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Protocol
 from pydantic import BaseModel
 
 from crmsync.jobtypes import JobType
+from crmsync.providers.google.client import headers_get
 
 if TYPE_CHECKING:
     from crmsync.accounts.models import Account
@@ -91,11 +92,6 @@ class CalendarPushOutcome:
     account_id: str | None = None
 
 
-def header(headers: Mapping[str, str] | None, name: str) -> str | None:
-    wanted = name.lower()
-    return next((v for k, v in (headers or {}).items() if k.lower() == wanted), None)
-
-
 def _plain_id(value: str | None) -> str | None:
     if value is None:
         return None
@@ -112,19 +108,18 @@ class CalendarPush:
         self._queue = queue
 
     def accept(self, headers: Mapping[str, str] | None) -> CalendarPushOutcome:
-        from crmsync.calendar.watch import calendar_may_sync
         from crmsync.jobs import Job
 
-        token = header(headers, "X-Goog-Channel-Token")
+        token = headers_get(headers, "X-Goog-Channel-Token")
         if not token:
             return CalendarPushOutcome(401, "refused", "no channel token")
-        channel_id = _plain_id(header(headers, "X-Goog-Channel-ID"))
+        channel_id = _plain_id(headers_get(headers, "X-Goog-Channel-ID"))
         if channel_id is None:
             return CalendarPushOutcome(400, "bad", "no readable X-Goog-Channel-ID")
-        state = (header(headers, "X-Goog-Resource-State") or "").strip()
+        state = (headers_get(headers, "X-Goog-Resource-State") or "").strip()
         if state != "sync" and state not in SYNCING_STATES:
             return CalendarPushOutcome(400, "bad", "unknown X-Goog-Resource-State", channel_id)
-        number = (header(headers, "X-Goog-Message-Number") or "").strip()
+        number = (headers_get(headers, "X-Goog-Message-Number") or "").strip()
         if not number.isascii() or not number.isdigit() or len(number) > 20:
             return CalendarPushOutcome(400, "bad", "no readable X-Goog-Message-Number", channel_id)
 
@@ -135,7 +130,7 @@ class CalendarPush:
             )
         if not token_matches(token, record):
             return CalendarPushOutcome(403, "refused", "channel token does not match", channel_id)
-        resource_id = _plain_id(header(headers, "X-Goog-Resource-ID"))
+        resource_id = _plain_id(headers_get(headers, "X-Goog-Resource-ID"))
         if resource_id != record.resource_id:  # spec/calendar.md: drop unknown resource ids
             return CalendarPushOutcome(
                 200, "dropped", "resource id is not the channel's", channel_id, record.account_id
@@ -144,7 +139,7 @@ class CalendarPush:
             return CalendarPushOutcome(200, "ignored", "channel opened", channel_id, record.account_id)
 
         account = self._accounts.get_by_id(record.account_id)
-        if account is None or account.tenant_id != record.tenant_id or not calendar_may_sync(account):
+        if account is None or account.tenant_id != record.tenant_id or not account.calendar_syncing:
             return CalendarPushOutcome(
                 200, "dropped", "the account does not sync its calendar", channel_id, record.account_id
             )

@@ -26,7 +26,7 @@ from crmsync.accounts.models import Account, TokenSet
 from crmsync.errors import Paused, PermanentError, TransientError
 from crmsync.providers.google.calendar import PRIMARY, _raise_transient, calendar_service
 from crmsync.providers.google.calendar_push import ChannelRecord, ChannelStore, token_digest
-from crmsync.providers.google.client import status_of
+from crmsync.providers.google.client import AccountClients, status_of
 
 logger = Logger()
 
@@ -92,7 +92,7 @@ class GoogleCalendarChannels:
             raise PermanentError(f"google calendar refused channels.stop ({status_of(error)})") from error
 
 
-class GoogleCalendarWatcher:
+class GoogleCalendarWatcher(AccountClients):
     """A CalendarWatcher (calendar/watch.py) over Google Calendar channels."""
 
     def __init__(
@@ -103,8 +103,7 @@ class GoogleCalendarWatcher:
         store: ChannelStore,
         refused: Callable[[str, str], str] | None = None,
     ) -> None:
-        self._token = access_token  # Credentials.access_token: refreshes, or raises AccountPaused
-        self._refused = refused  # Credentials.refused: a new token after a 401, or AccountPaused
+        super().__init__(access_token, api_base, refused)
         self._api = GoogleCalendarChannels(api_base, webhook_url)
         self._watches = bool(webhook_url)
         self._store = store
@@ -113,12 +112,8 @@ class GoogleCalendarWatcher:
     def watches(self) -> bool:
         return self._watches
 
-    def _refresh(self, account: Account) -> Callable[[str], str] | None:
-        refused = self._refused
-        return (lambda old: refused(account.account_id, old)) if refused is not None else None
-
     def _open(self, account: Account, access_token: str) -> ChannelRecord:
-        answer, token = self._api.open(access_token, self._refresh(account))
+        answer, token = self._api.open(access_token, self._refresh_for(account.account_id))
         return ChannelRecord(
             channel_id=str(answer["id"]),
             account_id=account.account_id,
@@ -134,17 +129,8 @@ class GoogleCalendarWatcher:
             logger.info("no calendar webhook URL: no push channel; the poll syncs the calendar")
             return None
         old = self._store.current(account.account_id)
-        record = self._open(account, access_token)
-        if not self._store.replace(old, record):
-            self._stop_at_google(account, record, access_token)
-            raise TransientError("the calendar's channel changed while a new one was opened")
-        logger.info(
-            "calendar channel opened",
-            extra={"account_id": account.account_id, "channel_id": record.channel_id},
-        )
-        if old is not None:
-            self._stop_at_google(account, old, access_token)
-        return record.expires_at
+        lost = TransientError("the calendar's channel changed while a new one was opened")
+        return self._swap(account, old, access_token, lost)
 
     def renew(self, account: Account) -> int | None:
         """SYNC-7: a new channel first, recorded as current (the old one forgotten in the same
@@ -156,12 +142,20 @@ class GoogleCalendarWatcher:
             if old is not None:
                 self._remove(account, old, access_token)
             return None
+        # disconnected (or renewed) meanwhile: nothing more to do for this renewal
+        lost = Paused(f"account {account.account_id}'s calendar channel changed during the renewal")
+        return self._swap(account, old, access_token, lost)
+
+    def _swap(self, account: Account, old: ChannelRecord | None, access_token: str, lost: Exception) -> int:
+        """A new channel opened and recorded as current in place of `old` (forgotten in the same
+        write), then `old` stopped at Google; `lost` is raised, the new one stopped, when the
+        current channel is no longer `old`."""
         record = self._open(account, access_token)
-        if not self._store.replace(old, record):  # disconnected (or renewed) meanwhile
+        if not self._store.replace(old, record):
             self._stop_at_google(account, record, access_token)
-            raise Paused(f"account {account.account_id}'s calendar channel changed during the renewal")
+            raise lost
         logger.info(
-            "calendar channel renewed",
+            "calendar channel opened",
             extra={
                 "account_id": account.account_id,
                 "channel_id": record.channel_id,
@@ -191,7 +185,9 @@ class GoogleCalendarWatcher:
 
     def _stop_at_google(self, account: Account, record: ChannelRecord, access_token: str) -> None:
         try:
-            self._api.stop(access_token, record.channel_id, record.resource_id, self._refresh(account))
+            self._api.stop(
+                access_token, record.channel_id, record.resource_id, self._refresh_for(account.account_id)
+            )
         except Exception as error:  # a failed stop is not fatal: the channel lapses on its own
             logger.warning(
                 "calendar channel not stopped; it lapses on its own and its pushes are dropped",

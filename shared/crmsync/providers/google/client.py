@@ -4,7 +4,7 @@ throttling and 5xx as TransientError). Imported only where Google is called (col
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from crmsync.errors import PermanentError, TransientError, retry_after_seconds
@@ -65,6 +65,11 @@ class AccountClients:
     def _refresh_for(self, account_id: str) -> Callable[[str], str] | None:
         refused = self._refused
         return (lambda old: refused(account_id, old)) if refused is not None else None
+
+
+def headers_get(headers: Mapping[str, str] | None, name: str) -> str | None:
+    """A header of a webhook's event, whatever case the gateway gave its name."""
+    return next((v for k, v in (headers or {}).items() if k.lower() == name.lower()), None)
 
 
 def status_of(error: Any) -> int:

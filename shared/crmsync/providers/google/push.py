@@ -8,7 +8,6 @@ import binascii
 import json
 import threading
 import time
-from collections.abc import Mapping
 from typing import Any, Protocol
 
 import jwt
@@ -148,7 +147,3 @@ class GmailPush:
                 job, f"{envelope.message.messageId}-{account_id}"
             )  # Pub/Sub's id: duplicates collapse
         return PushOutcome(status="queued", account_ids=[a for _, a in accounts])
-
-
-def headers_get(headers: Mapping[str, str] | None, name: str) -> str | None:
-    return next((v for k, v in (headers or {}).items() if k.lower() == name.lower()), None)
