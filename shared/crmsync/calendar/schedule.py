@@ -18,11 +18,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from crmsync.accounts.models import Account
-from crmsync.jobs import Job
 from crmsync.jobtypes import JobType
-from crmsync.mail.watch import DueItems
-from crmsync.schedule import DueItem
+from crmsync.schedule import ConnectionSchedule, DueItems, Periodic, Renewal
 
 POLL = "DUE#calpoll"
 RENEWAL = "DUE#calwatch"
@@ -38,65 +35,14 @@ def renewal_due(now: int, expires_at: int, before_s: int = RENEW_BEFORE_S) -> in
     return now + max(0, left - before_s, left // 2)
 
 
-class CalendarPolls:
+class CalendarPolls(ConnectionSchedule):
     def __init__(self, items: DueItems, poll_after_s: int, clock: Callable[[], float] = time.time) -> None:
         if poll_after_s <= 0:
             raise ValueError("the calendar poll period must be positive seconds")
-        self._items = items
-        self._after = poll_after_s
-        self._clock = clock
-
-    def started(self, account: Account, channel_expires_at: int | None = None) -> None:
-        """A calendar connection starts syncing (connect, or a reconnect); with a push channel,
-        its renewal is scheduled too."""
-        self._items.put(self._poll(account))
-        if channel_expires_at is not None:
-            self._items.put(self._renewal(account, channel_expires_at))
-
-    def synced(self, account: Account) -> bool:
-        """The connection has just synced: its poll moves a full period on (False: it was
-        disconnected meanwhile, and nothing is scheduled again)."""
-        return self._items.replace(self._poll(account))
-
-    def renewed(self, account: Account, channel_expires_at: int | None) -> bool:
-        """After a channel renewal: the next one by the new expiry (False: disconnected
-        meanwhile). Without a channel any more (no webhook URL), the renewal item goes."""
-        if channel_expires_at is None:
-            self._items.remove(f"ACC#{account.account_id}", RENEWAL)
-            return True
-        return self._items.replace(self._renewal(account, channel_expires_at))
-
-    def stopped(self, account: Account) -> None:
-        for sk in (POLL, RENEWAL):
-            self._items.remove(f"ACC#{account.account_id}", sk)
-
-    def _poll(self, account: Account) -> DueItem:
-        job = Job(
-            type=JobType.CALENDAR_SYNC,
-            tenant_id=account.tenant_id,
-            account_id=account.account_id,
-            payload={"reason": "poll"},
-        )
-        return DueItem(
-            pk=f"ACC#{account.account_id}",
-            sk=POLL,
-            due_at=int(self._clock()) + self._after,
-            job=job.model_dump(mode="json"),
-            every_s=self._after,
-            lane=LANE,
-        )
-
-    def _renewal(self, account: Account, expires_at: int) -> DueItem:
-        job = Job(
-            type=JobType.CALENDAR_WATCH,
-            tenant_id=account.tenant_id,
-            account_id=account.account_id,
-            payload={"expires_at": expires_at},
-        )
-        return DueItem(
-            pk=f"ACC#{account.account_id}",
-            sk=RENEWAL,
-            due_at=renewal_due(int(self._clock()), expires_at),
-            job=job.model_dump(mode="json"),
-            every_s=RENEW_RETRY_S,
+        super().__init__(
+            items,
+            Periodic(POLL, JobType.CALENDAR_SYNC, "poll", lane=LANE),
+            poll_after_s,
+            Renewal(RENEWAL, JobType.CALENDAR_WATCH, renewal_due, RENEW_RETRY_S),
+            clock,
         )

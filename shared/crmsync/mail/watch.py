@@ -25,7 +25,7 @@ from aws_lambda_powertools import Logger
 from crmsync.accounts.models import Account
 from crmsync.jobs import Job
 from crmsync.jobtypes import JobType
-from crmsync.schedule import DueItem
+from crmsync.schedule import ConnectionSchedule, DueItems, Periodic, Renewal
 
 logger = Logger()
 
@@ -43,22 +43,14 @@ class Watcher(Protocol):
         ...
 
 
-class DueItems(Protocol):
-    def put(self, item: DueItem) -> None: ...
-
-    def replace(self, item: DueItem) -> bool: ...
-
-    def remove(self, pk: str, sk: str) -> None: ...
-
-
 def renew_at(now: int, expires_at: int, every_s: int = RENEW_EVERY_S) -> int:
     """When to renew a channel that expires at `expires_at`: within `every_s`, and never later
     than half-way to its expiry, whatever lifetime the provider chose to give it."""
     return now + max(0, min(every_s, (expires_at - now) // 2))
 
 
-class SyncSchedule:
-    """The due items of a mailbox's watch renewal and catch-up poll."""
+class SyncSchedule(ConnectionSchedule):
+    """The due items of a mailbox's catch-up poll and watch renewal."""
 
     def __init__(
         self,
@@ -67,65 +59,14 @@ class SyncSchedule:
         renew_every_s: int = RENEW_EVERY_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if catchup_after_s <= 0 or renew_every_s <= 0:
-            raise ValueError("catch-up and renewal periods must be positive seconds")
-        self._items = items
-        self._catchup_after = catchup_after_s
-        self._renew_every = renew_every_s
-        self._clock = clock
-
-    def started(self, account: Account, expires_at: int | None) -> None:
-        """A mailbox starts syncing (connect, or a reconnect after a disconnect)."""
-        self._items.put(self._catchup(account, int(self._clock())))
-        if expires_at is not None:
-            self._items.put(self._watch(account, expires_at))
-
-    def renewed(self, account: Account, expires_at: int | None) -> bool:
-        """After a renewal: the next one by the new expiry. False if the account's schedule is
-        gone (disconnected meanwhile); with no channel to keep, the renewal item goes."""
-        if expires_at is None:
-            self._items.remove(f"ACC#{account.account_id}", WATCH)
-            return True
-        return self._items.replace(self._watch(account, expires_at))
-
-    def synced(self, account: Account) -> bool:
-        """The account has just synced: its catch-up poll moves a full period on."""
-        return self._items.replace(self._catchup(account, int(self._clock())))
-
-    def stopped(self, account: Account) -> None:
-        """ACC-8: nothing is scheduled for the account any more."""
-        for sk in (WATCH, CATCHUP):
-            self._items.remove(f"ACC#{account.account_id}", sk)
-
-    def _catchup(self, account: Account, now: int) -> DueItem:
-        job = Job(
-            type=JobType.MAIL_SYNC,
-            tenant_id=account.tenant_id,
-            account_id=account.account_id,
-            payload={"reason": "catch-up"},
-        )
-        return DueItem(
-            pk=f"ACC#{account.account_id}",
-            sk=CATCHUP,
-            due_at=now + self._catchup_after,
-            job=job.model_dump(mode="json"),
-            every_s=self._catchup_after,
-        )
-
-    def _watch(self, account: Account, expires_at: int) -> DueItem:
-        job = Job(
-            type=JobType.MAIL_WATCH,
-            tenant_id=account.tenant_id,
-            account_id=account.account_id,
-            payload={"expires_at": expires_at},
-        )
-        return DueItem(
-            pk=f"ACC#{account.account_id}",
-            sk=WATCH,
-            due_at=renew_at(int(self._clock()), expires_at, self._renew_every),
-            job=job.model_dump(mode="json"),
-            # if a renewal fails for good, the scheduler still tries again a period later
-            every_s=self._renew_every,
+        super().__init__(
+            items,
+            Periodic(CATCHUP, JobType.MAIL_SYNC, "catch-up"),
+            catchup_after_s,
+            Renewal(
+                WATCH, JobType.MAIL_WATCH, lambda now, exp: renew_at(now, exp, renew_every_s), renew_every_s
+            ),
+            clock,
         )
 
 
